@@ -1,0 +1,34 @@
+# Two commands matter: `make up` runs the product on embedded defaults, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up test lint typecheck unit bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/zhisuan up
+
+lint: $(STAMP)
+	$(BIN)/ruff check scheduler agents api simulations tests benchmarks
+	$(BIN)/ruff format --check scheduler agents api simulations tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy scheduler agents api simulations
+
+unit: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/placement.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,258 @@
+"""The accelerator catalog: every accelerator model the center can run, with cited specifications.
+
+The catalog is data (``seeds/accelerators.yaml``), validated here before anything uses it. Trace and inventory
+names resolve through aliases, so ``V100M32`` (Alibaba openb), ``v100`` (Gavel) and ``Tesla V100-SXM2-32GB``
+(NVML) all find the same entry::
+
+    >>> from scheduler.catalog import load_catalog
+    >>> catalog = load_catalog()
+    >>> catalog.resolve("V100M32").model
+    'V100-32G'
+    >>> catalog["Ascend910B"].domestic
+    True
+
+Opaque models (a trace names them but publishes no specifications, like Alibaba's G1-G3) are declared with
+``opaque: true``; their numbers stay null so nothing downstream can mistake a guess for a data-sheet value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from enum import StrEnum
+from functools import cache
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from scheduler.errors import ConfigError, load_yaml_mapping, validate_model
+
+SEEDS_DIR = Path(__file__).resolve().parent.parent / "seeds"
+DEFAULT_CATALOG_PATH = SEEDS_DIR / "accelerators.yaml"
+
+
+class Kind(StrEnum):
+    GPU = "gpu"
+    NPU = "npu"
+    MLU = "mlu"
+    XPU = "xpu"
+    DCU = "dcu"
+
+
+class Precision(StrEnum):
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+class InterconnectType(StrEnum):
+    NVLINK = "nvlink"
+    HCCS = "hccs"
+    MLU_LINK = "mlu-link"
+    XPU_LINK = "xpu-link"
+    INFINITY_FABRIC = "infinity-fabric"
+    METAX_LINK = "metax-link"
+    MT_LINK = "mt-link"
+    ILUVATAR_LINK = "iluvatar-link"
+    PCIE = "pcie"
+
+
+class SoftwareStack(StrEnum):
+    CUDA = "cuda"
+    CANN = "cann"
+    NEUWARE = "neuware"
+    XRE = "xre"
+    DTK = "dtk"
+    COREX = "corex"
+    MACA = "maca"
+    MUSA = "musa"
+    ROCM = "rocm"
+
+
+class Tier(StrEnum):
+    CLOUD = "cloud"
+    EDGE = "edge"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PeakTflops(_Strict):
+    """Peak *dense* throughput per precision; int8 is in TOPS. ``None`` where no public figure exists."""
+
+    fp32: float | None = Field(default=None, ge=0)
+    bf16: float | None = Field(default=None, ge=0)
+    fp16: float | None = Field(default=None, ge=0)
+    int8: float | None = Field(default=None, ge=0)
+
+    def get(self, precision: Precision) -> float | None:
+        value: float | None = getattr(self, precision.value)
+        return value
+
+    def known(self) -> bool:
+        return any(v is not None for v in (self.fp32, self.bf16, self.fp16, self.int8))
+
+
+class Interconnect(_Strict):
+    """The device-to-device fabric and how many devices one fast domain (an island) joins."""
+
+    type: InterconnectType
+    domain_size: int | None = Field(default=None, ge=1, description="devices joined in one island")
+    bandwidth_gbps: float | None = Field(default=None, ge=0, description="per-device bidirectional GB/s")
+
+
+#: Number groups that must each carry a citation in ``source`` (or be covered by ``source.all``).
+CITED_FIELDS = ("memory_gib", "peak_tflops", "tdp_w", "interconnect")
+
+
+class AcceleratorModel(_Strict):
+    """One accelerator product. Numbers are per device (per package for multi-die parts such as MI300X)."""
+
+    model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    vendor: str
+    family: str
+    kind: Kind
+    memory_gib: float | None = Field(default=None, gt=0)
+    peak_tflops: PeakTflops = PeakTflops()
+    tdp_w: float | None = Field(default=None, gt=0)
+    interconnect: Interconnect | None = None
+    software_stack: SoftwareStack | None = None
+    domestic: bool
+    tier: Tier = Tier.CLOUD
+    training: bool = True
+    released: int | None = Field(default=None, ge=2000, le=2100)
+    historical: bool = False
+    opaque: bool = False
+    aliases: tuple[str, ...] = ()
+    source: dict[str, str]
+    notes: str | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _source_entries_are_citations(cls, value: dict[str, str]) -> dict[str, str]:
+        allowed = {*CITED_FIELDS, "all", "model"}
+        for key, citation in value.items():
+            if key not in allowed:
+                raise ValueError(f"unknown source key {key!r}; use one of {', '.join(sorted(allowed))}")
+            if not citation or not citation.strip():
+                raise ValueError(f"source.{key} is empty; name the data sheet or benchmark")
+        return value
+
+    @model_validator(mode="after")
+    def _every_number_is_cited(self) -> AcceleratorModel:
+        present = {
+            "memory_gib": self.memory_gib is not None,
+            "peak_tflops": self.peak_tflops.known(),
+            "tdp_w": self.tdp_w is not None,
+            "interconnect": self.interconnect is not None
+            and (self.interconnect.domain_size is not None or self.interconnect.bandwidth_gbps is not None),
+        }
+        if "all" not in self.source:
+            missing = [name for name, has in present.items() if has and name not in self.source]
+            if missing:
+                raise ValueError(f"no source for {', '.join(missing)}; add source.<field> or source.all")
+        if self.opaque:
+            if any(present.values()):
+                raise ValueError("an opaque model publishes no numbers; leave them null")
+        elif not self.historical:
+            # tdp_w may stay null: several domestic vendors publish no board power for parts they do describe.
+            absent = [n for n in ("memory_gib", "peak_tflops") if not present[n]]
+            if absent:
+                raise ValueError(
+                    f"a current model needs memory_gib and peak_tflops (missing: {', '.join(absent)}); "
+                    f"mark it opaque or historical otherwise"
+                )
+        return self
+
+    @property
+    def island_size(self) -> int:
+        """Devices in one fast-interconnect domain; 1 where the model only has PCIe."""
+        if self.interconnect is None or self.interconnect.domain_size is None:
+            return 1
+        return self.interconnect.domain_size
+
+
+class CatalogDocument(_Strict):
+    """The YAML document shape of ``seeds/accelerators.yaml``."""
+
+    version: int = Field(ge=1)
+    reference: str = Field(description="model whose throughput defines 1.0 (one NCU)")
+    models: list[AcceleratorModel] = Field(min_length=1)
+
+
+def normalise_name(name: str) -> str:
+    """Case- and punctuation-insensitive alias key: ``'Tesla V100-SXM2 32GB' -> 'teslav100sxm232gb'``."""
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+class Catalog:
+    """Validated, indexed accelerator models. Immutable after construction."""
+
+    def __init__(self, document: CatalogDocument, source: str | Path = "<catalog>") -> None:
+        self.source = str(source)
+        self._models: dict[str, AcceleratorModel] = {}
+        self._names: dict[str, str] = {}
+        for index, entry in enumerate(document.models):
+            if entry.model in self._models:
+                raise ConfigError(source, f"models[{index}].model", f"duplicate model {entry.model!r}")
+            self._models[entry.model] = entry
+            for name in (entry.model, *entry.aliases):
+                key = normalise_name(name)
+                owner = self._names.get(key)
+                if owner is not None and owner != entry.model:
+                    raise ConfigError(source, f"models[{index}].aliases", f"{name!r} already names model {owner!r}")
+                self._names[key] = entry.model
+        if document.reference not in self._models:
+            raise ConfigError(
+                source, "reference", f"unknown model {document.reference!r}", allowed=sorted(self._models)
+            )
+        self.reference = document.reference
+
+    def __getitem__(self, model: str) -> AcceleratorModel:
+        try:
+            return self._models[model]
+        except KeyError:
+            raise KeyError(f"unknown accelerator model {model!r}") from None
+
+    def __contains__(self, model: object) -> bool:
+        return isinstance(model, str) and model in self._models
+
+    def __iter__(self) -> Iterator[AcceleratorModel]:
+        return iter(self._models.values())
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    def lookup(self, name: str) -> AcceleratorModel | None:
+        """The model a name or alias refers to, or ``None``."""
+        model = self._names.get(normalise_name(name))
+        return self._models[model] if model is not None else None
+
+    def resolve(self, name: str, *, source: str | Path = "<input>", field: str = "model") -> AcceleratorModel:
+        """Like :meth:`lookup` but raises a :class:`ConfigError` that lists the known models."""
+        found = self.lookup(name)
+        if found is None:
+            raise ConfigError(source, field, f"unknown accelerator model {name!r}", allowed=self.names)
+        return found
+
+
+def parse_catalog(data: object, source: str | Path = "<catalog>") -> Catalog:
+    """Validate a catalog document already parsed from YAML/JSON."""
+    document = validate_model(CatalogDocument, data, source)
+    return Catalog(document, source)
+
+
+def load_catalog(path: str | Path | None = None) -> Catalog:
+    """Load and validate a catalog file (default ``seeds/accelerators.yaml``); cached per path."""
+    return _load_catalog_cached(str(Path(path) if path is not None else DEFAULT_CATALOG_PATH))
+
+
+@cache
+def _load_catalog_cached(path: str) -> Catalog:
+    return parse_catalog(load_yaml_mapping(path), path)

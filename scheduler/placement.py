@@ -1,0 +1,414 @@
+"""The placement engine: where a job would start now, or structured reasons why it cannot.
+
+Placement is all-or-nothing per job and never splits a worker across nodes. Order of concerns:
+
+1. **Pool choice** (heterogeneity): acceptable models (or every model that runs the job class), filtered by the
+   domestic preference, ordered by estimated finish time from the throughput matrix; each pool is checked in
+   O(1) against its indexes before any node is looked at.
+2. **Topology** for gangs: one node, else one interconnect island, else one switch, else across switches —
+   the tightest level the pool's slot counters say can hold the gang, within ``topology_required``.
+3. **Scoring** for single-node choices: a bounded set of candidates from the pool's sorted index, scored by the
+   configured scorer (FGD by default).
+
+    >>> from scheduler.model import Job, Node
+    >>> from scheduler.state import ClusterState
+    >>> from scheduler.placement import PlacementEngine
+    >>> state = ClusterState([Node(id="n1", model="A100", devices=8, cpu_milli=64000, memory_mib=512000)])
+    >>> engine = PlacementEngine()
+    >>> result = engine.place(state, Job(id="j1", devices_per_worker=2))
+    >>> result.placement.workers[0].devices
+    (0, 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from scheduler.catalog import Catalog, load_catalog
+from scheduler.model import (
+    MILLI,
+    DomesticPreference,
+    Job,
+    Placement,
+    Reason,
+    ReasonCode,
+    TopologyLevel,
+    WorkerPlacement,
+)
+from scheduler.scoring import Scorer, make_scorer, whole_devices_on
+from scheduler.state import ClusterState, DomainState, NodeState, PoolState
+from scheduler.throughput import ThroughputMatrix, load_throughput
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    """Knobs of the placement engine. ``candidates`` bounds how many nodes a scorer sees per worker."""
+
+    scorer: str = "fgd"
+    candidates: int = 8
+    seed: int = 0
+    #: Report at most this many pools' reasons for a job that cannot start (the fastest pools first).
+    max_reasons: int = 4
+
+
+@dataclass
+class PlacementResult:
+    """Either a placement (the job can start now) or the reasons it cannot, per pool tried."""
+
+    placement: Placement | None = None
+    reasons: list[Reason] = field(default_factory=list)
+    relative_throughput: float = 0.0
+
+
+class PlacementEngine:
+    """Finds placements on a :class:`ClusterState` without changing it (the caller allocates)."""
+
+    def __init__(
+        self,
+        config: PlacementConfig | None = None,
+        catalog: Catalog | None = None,
+        throughput: ThroughputMatrix | None = None,
+        scorer: Scorer | None = None,
+    ) -> None:
+        self.config = config or PlacementConfig()
+        self.catalog = catalog or load_catalog()
+        self.throughput = throughput or (load_throughput(catalog=catalog) if catalog else load_throughput())
+        self.scorer = scorer or make_scorer(self.config.scorer, self.config.seed)
+        self._model_order: dict[tuple[tuple[str, ...], str, str], list[tuple[str, float]]] = {}
+
+    # ------------------------------------------------------------------------------------------ pools
+
+    def acceptable_models(self, job: Job) -> list[tuple[str, float]]:
+        """``(model, relative throughput)`` the job may use, fastest first; cached per job shape."""
+        key = (job.models, job.job_class.value, job.domestic.value)
+        order = self._model_order.get(key)
+        if order is None:
+            names = job.models or tuple(self.throughput.models_for(job.job_class))
+            rows: list[tuple[str, float, bool]] = []
+            for name in names:
+                entry = self.catalog.lookup(name)
+                if entry is None:
+                    continue
+                if job.domestic is DomesticPreference.REQUIRED and not entry.domestic:
+                    continue
+                rel = self.throughput.relative(entry.model, job.job_class)
+                if rel <= 0:
+                    continue
+                rows.append((entry.model, rel, entry.domestic))
+            prefer_domestic = job.domestic is DomesticPreference.PREFERRED
+            rows.sort(key=lambda r: (prefer_domestic and not r[2], -r[1], r[0]))
+            order = self._model_order[key] = [(m, rel) for m, rel, _ in rows]
+        return order
+
+    def candidate_pools(self, state: ClusterState, job: Job) -> Iterator[tuple[PoolState, float]]:
+        for model, rel in self.acceptable_models(job):
+            for pool in state.pools_by_model.get(model, ()):
+                yield pool, rel
+
+    # ------------------------------------------------------------------------------------------ entry
+
+    def place(self, state: ClusterState, job: Job) -> PlacementResult:
+        """Where ``job`` would start now on ``state`` (unchanged), or why it cannot."""
+        result = PlacementResult()
+        tried = 0
+        for pool, rel in self.candidate_pools(state, job):
+            tried += 1
+            reason = self._quick_reject(pool, job)
+            if reason is None:
+                placement, reason = self._place_in_pool(state, pool, job)
+                if placement is not None:
+                    result.placement = placement
+                    result.relative_throughput = rel
+                    return result
+            if reason is not None and len(result.reasons) < self.config.max_reasons:
+                result.reasons.append(reason)
+        if not tried:
+            wanted = ", ".join(job.models) if job.models else f"any model that runs {job.job_class.value}"
+            domestic = " (domestic only)" if job.domestic is DomesticPreference.REQUIRED else ""
+            result.reasons.append(
+                Reason(
+                    ReasonCode.MODEL_MISMATCH,
+                    "no pool of {wanted} exists in the cluster",
+                    detail={"wanted": wanted + domestic},
+                )
+            )
+        return result
+
+    def observe(self, job: Job) -> None:
+        """Tell the scorer a job was placed, so fragmentation is measured against the live size mix."""
+        self.scorer.observe(job)
+
+    # ------------------------------------------------------------------------------------------ checks
+
+    def _quick_reject(self, pool: PoolState, job: Job) -> Reason | None:
+        """O(1) checks against the pool's counters; ``None`` means "worth trying"."""
+        k = job.whole_devices
+        if k:
+            if k > pool.max_devices:
+                return Reason(
+                    ReasonCode.UNSCHEDULABLE,
+                    "a worker needs {devices_per_worker} devices but nodes of {pool} have at most "
+                    "{max_devices_per_node}",
+                    pool.id,
+                    {"devices_per_worker": k, "max_devices_per_node": pool.max_devices},
+                )
+            if pool.slots[k] >= job.workers:
+                return None
+            needed = job.workers * k * MILLI
+            if pool.free_milli < needed:
+                return self._no_capacity(pool, job)
+            return Reason(
+                ReasonCode.FRAGMENTATION,
+                "{free_devices:g} devices free in {pool}, but only {worker_slots} groups of "
+                "{devices_per_worker} free devices on one node for {workers} workers",
+                pool.id,
+                {
+                    "free_devices": pool.free_milli / MILLI,
+                    "worker_slots": pool.slots[k],
+                    "devices_per_worker": k,
+                    "workers": job.workers,
+                },
+            )
+        if job.device_milli:
+            if pool.by_partial and pool.by_partial[-1][0] >= job.device_milli:
+                return None
+            if pool.free_milli < job.total_device_milli:
+                return self._no_capacity(pool, job)
+            return Reason(
+                ReasonCode.FRAGMENTATION,
+                "{free_devices:g} devices free in {pool}, but no single device has {device_milli} milli free",
+                pool.id,
+                {"free_devices": pool.free_milli / MILLI, "device_milli": job.device_milli},
+            )
+        if pool.by_cpu and pool.by_cpu[-1][0] >= job.cpu_milli_per_worker:
+            return None
+        return Reason(
+            ReasonCode.NO_CAPACITY,
+            "no node in {pool} has {cpu_milli} CPU milli free",
+            pool.id,
+            {"cpu_milli": job.cpu_milli_per_worker},
+        )
+
+    @staticmethod
+    def _no_capacity(pool: PoolState, job: Job) -> Reason:
+        return Reason(
+            ReasonCode.NO_CAPACITY,
+            "{pool} has {free_devices:g} devices free; the job needs {requested_devices:g}",
+            pool.id,
+            {"free_devices": pool.free_milli / MILLI, "requested_devices": job.total_devices},
+        )
+
+    # ------------------------------------------------------------------------------------------ placing
+
+    def _place_in_pool(self, state: ClusterState, pool: PoolState, job: Job) -> tuple[Placement | None, Reason | None]:
+        if job.workers == 1:
+            choice = self._best_node(pool, job)
+            if choice is None:
+                return None, self._resource_reason(pool, job)
+            ns, devices = choice
+            return self._placement(pool, job, [(ns, devices)], TopologyLevel.NODE), None
+        if job.whole_devices:
+            return self._place_gang(pool, job)
+        return self._place_replicas(state, pool, job)
+
+    def _fits_host(self, ns: NodeState, job: Job, workers: int = 1) -> bool:
+        return (
+            ns.schedulable
+            and ns.cpu_free >= job.cpu_milli_per_worker * workers
+            and ns.mem_free >= job.memory_mib_per_worker * workers
+        )
+
+    def _candidates(self, pool: PoolState, job: Job) -> Iterator[NodeState]:
+        """Nodes that can hold one worker's devices, tightest (or emptiest) first, from the pool's index."""
+        if job.whole_devices:
+            index, need = pool.by_whole, job.whole_devices
+        elif job.device_milli:
+            index, need = pool.by_partial, job.device_milli
+        else:
+            index, need = pool.by_cpu, job.cpu_milli_per_worker
+        nodes = pool.nodes
+        if self.scorer.tight_first:
+            for _, i in index.islice(index.bisect_left((need, -1)), None):
+                yield nodes[i]
+        else:
+            start = index.bisect_left((need, -1))
+            for _, i in index.islice(start, None, reverse=True):
+                yield nodes[i]
+
+    def _best_node(self, pool: PoolState, job: Job) -> tuple[NodeState, tuple[int, ...]] | None:
+        best: tuple[float, int, NodeState, tuple[int, ...]] | None = None
+        seen = 0
+        # Host checks (CPU, memory) can reject many index candidates in a row; bound that walk too.
+        budget = self.config.candidates * 16
+        for ns in self._candidates(pool, job):
+            budget -= 1
+            if budget < 0:
+                break
+            if not self._fits_host(ns, job):
+                continue
+            scored = self.scorer.evaluate(ns, job)
+            if scored is None:
+                continue
+            score, devices = scored
+            if best is None or (score, ns.index) < (best[0], best[1]):
+                best = (score, ns.index, ns, devices)
+            seen += 1
+            if seen >= self.config.candidates:
+                break
+        return (best[2], best[3]) if best is not None else None
+
+    def _resource_reason(self, pool: PoolState, job: Job) -> Reason:
+        return Reason(
+            ReasonCode.NO_CAPACITY,
+            "nodes of {pool} with free devices lack CPU or memory for a worker "
+            "({cpu_milli} CPU milli, {memory_mib} MiB)",
+            pool.id,
+            {"cpu_milli": job.cpu_milli_per_worker, "memory_mib": job.memory_mib_per_worker},
+        )
+
+    def _place_gang(self, pool: PoolState, job: Job) -> tuple[Placement | None, Reason | None]:
+        """Whole-device gang: the tightest topology domain whose slot counter holds all workers."""
+        k, workers = job.whole_devices, job.workers
+        limit = job.topology_required
+        if workers * k <= pool.max_devices:
+            for ns in self._candidates_whole(pool, workers * k):
+                if self._fits_host(ns, job, workers):
+                    devices = whole_devices_on(ns, workers * k)
+                    assert devices is not None
+                    chunks = [(ns, devices[i * k : (i + 1) * k]) for i in range(workers)]
+                    return self._placement(pool, job, chunks, TopologyLevel.NODE), None
+        levels: list[tuple[TopologyLevel, list[DomainState]]] = []
+        if pool.multi_node_islands:
+            levels.append((TopologyLevel.ISLAND, list(pool.islands.values())))
+        levels.append((TopologyLevel.SWITCH, list(pool.switches.values())))
+        for level, domains in levels:
+            if level > limit:
+                break
+            fitting = sorted((d for d in domains if d.slots[k] >= workers), key=lambda d: (d.slots[k], d.id))
+            for domain in fitting:
+                filled = self._fill(domain.nodes, job)
+                if filled is not None:
+                    return self._placement(pool, job, filled, level), None
+        if limit < TopologyLevel.POOL:
+            return None, Reason(
+                ReasonCode.TOPOLOGY,
+                "{worker_slots} workers of {devices_per_worker} devices fit in {pool}, but no single "
+                "{required} holds {workers}",
+                pool.id,
+                {
+                    "required": limit.name.lower(),
+                    "worker_slots": pool.slots[k],
+                    "devices_per_worker": k,
+                    "workers": workers,
+                },
+            )
+        # Across switches: fill the fullest switches first so the gang touches as few as possible.
+        switches = sorted(pool.switches.values(), key=lambda d: (-d.slots[k], d.id))
+        nodes = [ns for domain in switches if domain.slots[k] for ns in domain.nodes]
+        spread = self._fill(nodes, job)
+        if spread is None:
+            return None, self._resource_reason(pool, job)
+        return self._placement(pool, job, spread, TopologyLevel.POOL), None
+
+    def _candidates_whole(self, pool: PoolState, need: int) -> Iterator[NodeState]:
+        index = pool.by_whole
+        for n, (_, i) in enumerate(index.islice(index.bisect_left((need, -1)), None)):
+            if n >= self.config.candidates * 16:
+                return
+            yield pool.nodes[i]
+
+    def _fill(self, nodes: list[NodeState], job: Job) -> list[tuple[NodeState, tuple[int, ...]]] | None:
+        """Greedy: nodes holding the most workers first, so the gang spans as few nodes as possible."""
+        k, cpu, mem = job.whole_devices, job.cpu_milli_per_worker, job.memory_mib_per_worker
+        capacity: list[tuple[int, int, NodeState]] = []
+        for ns in nodes:
+            if not ns.schedulable or ns.free_whole < k:
+                continue
+            fit = ns.free_whole // k
+            if cpu:
+                fit = min(fit, ns.cpu_free // cpu)
+            if mem:
+                fit = min(fit, ns.mem_free // mem)
+            if fit > 0:
+                capacity.append((-fit, ns.index, ns))
+        capacity.sort(key=lambda c: (c[0], c[1]))
+        chunks: list[tuple[NodeState, tuple[int, ...]]] = []
+        remaining = job.workers
+        for neg_fit, _, ns in capacity:
+            take = min(-neg_fit, remaining)
+            devices = whole_devices_on(ns, take * k)
+            assert devices is not None
+            chunks.extend((ns, devices[i * k : (i + 1) * k]) for i in range(take))
+            remaining -= take
+            if not remaining:
+                return chunks
+        return None
+
+    def _place_replicas(self, state: ClusterState, pool: PoolState, job: Job) -> tuple[Placement | None, Reason | None]:
+        """Fractional or device-less workers: one at a time, each on the scorer's best node, all or nothing.
+
+        Workers are tentatively allocated as they are chosen (so the next sees the capacity taken) and the
+        tentative allocation is released before returning: the caller commits the final placement.
+        """
+        chunks: list[tuple[NodeState, tuple[int, ...]]] = []
+        tentative = f"\x00tentative:{job.id}"
+        try:
+            for i in range(job.workers):
+                choice = self._best_node(pool, job)
+                if choice is None:
+                    return None, self._resource_reason(pool, job)
+                ns, devices = choice
+                chunks.append((ns, devices))
+                worker = self._worker(ns, devices, job)
+                state.allocate(
+                    Placement(
+                        job_id=f"{tentative}:{i}",
+                        model=pool.model,
+                        pool=pool.id,
+                        workers=(worker,),
+                        topology=TopologyLevel.NODE,
+                    )
+                )
+        finally:
+            for i in range(len(chunks)):
+                state.release(f"{tentative}:{i}")
+        return self._placement(pool, job, chunks, _tightest_level(chunks)), None
+
+    # ------------------------------------------------------------------------------------------ results
+
+    @staticmethod
+    def _worker(ns: NodeState, devices: tuple[int, ...], job: Job) -> WorkerPlacement:
+        return WorkerPlacement(
+            node=ns.id,
+            devices=devices,
+            milli=min(job.device_milli, MILLI) if devices else 0,
+            cpu_milli=job.cpu_milli_per_worker,
+            memory_mib=job.memory_mib_per_worker,
+        )
+
+    def _placement(
+        self,
+        pool: PoolState,
+        job: Job,
+        chunks: list[tuple[NodeState, tuple[int, ...]]],
+        level: TopologyLevel,
+    ) -> Placement:
+        return Placement(
+            job_id=job.id,
+            model=pool.model,
+            pool=pool.id,
+            workers=tuple(self._worker(ns, devices, job) for ns, devices in chunks),
+            topology=level if level is not TopologyLevel.POOL else _tightest_level(chunks),
+        )
+
+
+def _tightest_level(chunks: list[tuple[NodeState, tuple[int, ...]]]) -> TopologyLevel:
+    nodes = {ns.id for ns, _ in chunks}
+    if len(nodes) <= 1:
+        return TopologyLevel.NODE
+    if len({ns.island.id for ns, _ in chunks}) == 1:
+        return TopologyLevel.ISLAND
+    if len({ns.switch.id for ns, _ in chunks}) == 1:
+        return TopologyLevel.SWITCH
+    return TopologyLevel.POOL

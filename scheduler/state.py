@@ -1,0 +1,360 @@
+"""Cluster state with incremental indexes, so that finding candidates never scans all nodes.
+
+Per pool (one accelerator model in one site) the state keeps three sorted indexes, updated in O(log n) whenever
+a node's free capacity changes:
+
+* ``by_whole``: ``(free whole devices, node index)``: whole-device workers bisect to the tightest node that fits;
+* ``by_partial``: ``(largest free milli on one device, node index)``: fractional workers bisect the same way;
+* ``by_cpu``: ``(free CPU milli, node index)``: device-less workers.
+
+Per pool, island and switch it also keeps *worker slots*: ``slots[k]`` is how many k-device workers fit if
+every node is filled (``sum(free_whole // k)``), so a gang that cannot fit is rejected in O(1) and a gang that
+can is packed into the tightest island or switch that holds it.
+
+    >>> from scheduler.state import ClusterState
+    >>> from scheduler.model import Node
+    >>> state = ClusterState([Node(id="n1", model="H100", devices=8, cpu_milli=64000, memory_mib=512000)])
+    >>> state.pools["default/H100"].slots[4]
+    2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from sortedcontainers import SortedList
+
+from scheduler.model import MILLI, DeviceHealth, Node, Placement, WorkerPlacement
+
+
+class CapacityError(RuntimeError):
+    """An allocation that would over-commit a device, CPU or memory; the state is left unchanged."""
+
+
+class NodeState:
+    """Mutable free capacity of one node; owned by its :class:`PoolState`."""
+
+    __slots__ = (
+        "cpu_free",
+        "free",
+        "free_whole",
+        "healthy",
+        "index",
+        "island",
+        "max_free",
+        "mem_free",
+        "node",
+        "pool",
+        "schedulable",
+        "switch",
+    )
+
+    def __init__(self, node: Node, index: int, pool: PoolState) -> None:
+        self.node = node
+        self.index = index
+        self.pool = pool
+        self.free: list[int] = [MILLI] * node.devices
+        self.healthy: list[bool] = [True] * node.devices
+        self.cpu_free = node.cpu_milli
+        self.mem_free = node.memory_mib
+        self.schedulable = True
+        self.free_whole = node.devices
+        self.max_free = MILLI if node.devices else 0
+        self.island: DomainState
+        self.switch: DomainState
+
+    @property
+    def id(self) -> str:
+        return self.node.id
+
+    def usable_free(self) -> Iterator[tuple[int, int]]:
+        """``(device index, free milli)`` of healthy devices on a schedulable node."""
+        if not self.schedulable:
+            return
+        for i, (free, ok) in enumerate(zip(self.free, self.healthy, strict=True)):
+            if ok:
+                yield i, free
+
+    def _recount(self) -> tuple[int, int]:
+        whole = 0
+        best = 0
+        if self.schedulable:
+            for free, ok in zip(self.free, self.healthy, strict=True):
+                if ok:
+                    if free == MILLI:
+                        whole += 1
+                    if free > best:
+                        best = free
+        return whole, best
+
+
+@dataclass(eq=False)
+class DomainState:
+    """An island (fast interconnect domain) or a switch (network leaf) within one pool."""
+
+    id: str
+    nodes: list[NodeState] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+
+
+class PoolState:
+    """All nodes of one model in one site, with the indexes described in the module docstring."""
+
+    def __init__(self, pool_id: str, model: str, site: str, max_devices: int) -> None:
+        self.id = pool_id
+        self.model = model
+        self.site = site
+        self.max_devices = max_devices
+        self.nodes: list[NodeState] = []
+        self.by_whole = SortedList()
+        self.by_partial = SortedList()
+        self.by_cpu = SortedList()
+        self.islands: dict[str, DomainState] = {}
+        self.switches: dict[str, DomainState] = {}
+        self.slots = [0] * (max_devices + 1)
+        self.capacity_milli = 0
+        self.free_milli = 0
+        # Islands that span several nodes matter for gangs; single-node islands are covered by the node level.
+        self.multi_node_islands = False
+
+    def _domain(self, table: dict[str, DomainState], key: str) -> DomainState:
+        domain = table.get(key)
+        if domain is None:
+            domain = table[key] = DomainState(key, [], [0] * (self.max_devices + 1))
+        return domain
+
+    def grow(self, max_devices: int) -> None:
+        """Widen slot arrays when a node with more devices than any before joins."""
+        if max_devices <= self.max_devices:
+            return
+        extra = max_devices - self.max_devices
+        for arrays in (
+            [self.slots],
+            [d.slots for d in self.islands.values()],
+            [d.slots for d in self.switches.values()],
+        ):
+            for array in arrays:
+                array.extend([0] * extra)
+        self.max_devices = max_devices
+
+    def node_by_index(self, index: int) -> NodeState:
+        return self.nodes[index]
+
+
+class ClusterState:
+    """Nodes, pools, running placements and the indexes over them. Not thread-safe; the core owns it.
+
+    Mutations go through :meth:`allocate`, :meth:`release`, :meth:`add_node`, :meth:`remove_node`,
+    :meth:`set_device_health` and :meth:`set_schedulable`, which keep every index exact.
+    """
+
+    def __init__(self, nodes: Iterable[Node] = ()) -> None:
+        self.nodes: dict[str, NodeState] = {}
+        self.pools: dict[str, PoolState] = {}
+        self.pools_by_model: dict[str, list[PoolState]] = {}
+        self.allocations: dict[str, Placement] = {}
+        for node in nodes:
+            self.add_node(node)
+
+    # ------------------------------------------------------------------------------------------ inventory
+
+    def add_node(self, node: Node) -> NodeState:
+        if node.id in self.nodes:
+            raise ValueError(f"node {node.id!r} already exists")
+        pool = self.pools.get(node.pool)
+        if pool is None:
+            pool = self.pools[node.pool] = PoolState(node.pool, node.model, node.site, node.devices)
+            self.pools_by_model.setdefault(node.model, []).append(pool)
+        pool.grow(node.devices)
+        ns = NodeState(node, len(pool.nodes), pool)
+        pool.nodes.append(ns)
+        ns.island = pool._domain(pool.islands, node.island)
+        ns.switch = pool._domain(pool.switches, node.switch)
+        ns.island.nodes.append(ns)
+        ns.switch.nodes.append(ns)
+        if len(ns.island.nodes) > 1:
+            pool.multi_node_islands = True
+        self.nodes[node.id] = ns
+        pool.capacity_milli += node.devices * MILLI
+        pool.free_milli += node.devices * MILLI
+        pool.by_whole.add((ns.free_whole, ns.index))
+        pool.by_partial.add((ns.max_free, ns.index))
+        pool.by_cpu.add((ns.cpu_free, ns.index))
+        for k in range(1, pool.max_devices + 1):
+            gained = ns.free_whole // k
+            pool.slots[k] += gained
+            ns.island.slots[k] += gained
+            ns.switch.slots[k] += gained
+        return ns
+
+    def remove_node(self, node_id: str) -> list[str]:
+        """Mark a node gone: it takes no new work. Returns the ids of jobs that ran on it (to requeue).
+
+        The node keeps its slot in the pool's arrays (indexes are positional), but it is never a candidate again.
+        """
+        self.set_schedulable(node_id, False)
+        return [job_id for job_id, p in self.allocations.items() if any(w.node == node_id for w in p.workers)]
+
+    def set_schedulable(self, node_id: str, schedulable: bool) -> None:
+        ns = self.nodes[node_id]
+        if ns.schedulable == schedulable:
+            return
+        ns.schedulable = schedulable
+        self._reindex(ns)
+        ns.pool.by_cpu.remove((ns.cpu_free if not schedulable else -1, ns.index))
+        ns.pool.by_cpu.add((ns.cpu_free if schedulable else -1, ns.index))
+
+    def set_device_health(self, node_id: str, device: int, health: DeviceHealth) -> None:
+        ns = self.nodes[node_id]
+        ns.healthy[device] = health is DeviceHealth.HEALTHY
+        self._reindex(ns)
+
+    # ------------------------------------------------------------------------------------------ indexes
+
+    def _index(self, ns: NodeState, whole: int, best: int) -> None:
+        """Move ``ns`` from its old index keys to ``(whole, best)`` and update slot counters by the delta."""
+        pool = ns.pool
+        old_whole, old_best = ns.free_whole, ns.max_free
+        pool.by_whole.remove((old_whole, ns.index))
+        pool.by_partial.remove((old_best, ns.index))
+        pool.by_whole.add((whole, ns.index))
+        pool.by_partial.add((best, ns.index))
+        if whole != old_whole:
+            pool_slots, island_slots, switch_slots = pool.slots, ns.island.slots, ns.switch.slots
+            for k in range(1, pool.max_devices + 1):
+                delta = whole // k - old_whole // k
+                if delta:
+                    pool_slots[k] += delta
+                    island_slots[k] += delta
+                    switch_slots[k] += delta
+        ns.free_whole, ns.max_free = whole, best
+
+    def _reindex(self, ns: NodeState) -> None:
+        whole, best = ns._recount()
+        if whole != ns.free_whole or best != ns.max_free:
+            self._index(ns, whole, best)
+
+    # ------------------------------------------------------------------------------------------ allocation
+
+    def fits(self, worker: WorkerPlacement) -> bool:
+        ns = self.nodes.get(worker.node)
+        if ns is None or not ns.schedulable:
+            return False
+        if ns.cpu_free < worker.cpu_milli or ns.mem_free < worker.memory_mib:
+            return False
+        return all(0 <= d < len(ns.free) and ns.healthy[d] and ns.free[d] >= worker.milli for d in worker.devices)
+
+    def allocate(self, placement: Placement) -> None:
+        """Take the capacity of every worker, all or nothing; raises :class:`CapacityError` if any would overflow."""
+        if placement.job_id in self.allocations:
+            raise CapacityError(f"job {placement.job_id!r} is already allocated")
+        # Check the sum per node and device first: two workers of one gang may share a node.
+        need: dict[tuple[str, int], int] = {}
+        cpu: dict[str, int] = {}
+        mem: dict[str, int] = {}
+        for w in placement.workers:
+            if len(set(w.devices)) != len(w.devices):
+                raise CapacityError(f"job {placement.job_id!r}: a worker lists a device twice on {w.node}")
+            for d in w.devices:
+                need[(w.node, d)] = need.get((w.node, d), 0) + w.milli
+            cpu[w.node] = cpu.get(w.node, 0) + w.cpu_milli
+            mem[w.node] = mem.get(w.node, 0) + w.memory_mib
+        for (node_id, d), milli in need.items():
+            ns = self.nodes.get(node_id)
+            if ns is None or not ns.schedulable:
+                raise CapacityError(f"job {placement.job_id!r}: node {node_id!r} is not schedulable")
+            if not (0 <= d < len(ns.free)) or not ns.healthy[d] or ns.free[d] < milli:
+                raise CapacityError(f"job {placement.job_id!r}: device {node_id}[{d}] lacks {milli} milli")
+        for node_id in cpu:
+            ns = self.nodes.get(node_id)
+            if ns is None or ns.cpu_free < cpu[node_id] or ns.mem_free < mem[node_id]:
+                raise CapacityError(f"job {placement.job_id!r}: node {node_id!r} lacks CPU or memory")
+        self._apply(placement, -1)
+        self.allocations[placement.job_id] = placement
+
+    def release(self, job_id: str) -> Placement:
+        """Give back exactly what :meth:`allocate` took for ``job_id``."""
+        placement = self.allocations.pop(job_id)
+        self._apply(placement, +1)
+        return placement
+
+    def _apply(self, placement: Placement, sign: int) -> None:
+        touched: dict[str, NodeState] = {}
+        for w in placement.workers:
+            ns = self.nodes[w.node]
+            for d in w.devices:
+                ns.free[d] += sign * w.milli
+            if w.cpu_milli:
+                ns.pool.by_cpu.remove((ns.cpu_free if ns.schedulable else -1, ns.index))
+                ns.cpu_free += sign * w.cpu_milli
+                ns.pool.by_cpu.add((ns.cpu_free if ns.schedulable else -1, ns.index))
+            ns.mem_free += sign * w.memory_mib
+            ns.pool.free_milli += sign * w.milli * len(w.devices)
+            touched[w.node] = ns
+        for ns in touched.values():
+            self._reindex(ns)
+
+    # ------------------------------------------------------------------------------------------ queries
+
+    def max_worker_devices(self, model: str) -> int:
+        """Most devices any node of ``model`` has (0 if none): the largest worker that could ever fit."""
+        return max((p.max_devices for p in self.pools_by_model.get(model, ())), default=0)
+
+    def copy(self) -> ClusterState:
+        """An independent copy (for what-if and ETA fast-forwarding)."""
+        twin = ClusterState(ns.node for ns in self._all_nodes())
+        for ns in self._all_nodes():
+            if not ns.schedulable:
+                twin.set_schedulable(ns.id, False)
+            for d, ok in enumerate(ns.healthy):
+                if not ok:
+                    twin.set_device_health(ns.id, d, DeviceHealth.UNHEALTHY)
+        for placement in self.allocations.values():
+            twin._apply(placement, -1)
+            twin.allocations[placement.job_id] = placement
+        return twin
+
+    def _all_nodes(self) -> Iterator[NodeState]:
+        for pool in self.pools.values():
+            yield from pool.nodes
+
+    def check_invariants(self) -> None:
+        """Recount everything by brute force and compare with the indexes; raises ``AssertionError`` on drift."""
+        used: dict[tuple[str, int], int] = {}
+        cpu_used: dict[str, int] = {}
+        mem_used: dict[str, int] = {}
+        for placement in self.allocations.values():
+            for w in placement.workers:
+                for d in w.devices:
+                    used[(w.node, d)] = used.get((w.node, d), 0) + w.milli
+                cpu_used[w.node] = cpu_used.get(w.node, 0) + w.cpu_milli
+                mem_used[w.node] = mem_used.get(w.node, 0) + w.memory_mib
+        for pool in self.pools.values():
+            slots = [0] * (pool.max_devices + 1)
+            islands: dict[str, list[int]] = {k: [0] * (pool.max_devices + 1) for k in pool.islands}
+            switches: dict[str, list[int]] = {k: [0] * (pool.max_devices + 1) for k in pool.switches}
+            free_milli = 0
+            for ns in pool.nodes:
+                for d in range(ns.node.devices):
+                    expected = MILLI - used.get((ns.id, d), 0)
+                    assert 0 <= expected <= MILLI, f"{ns.id}[{d}] over-allocated: {expected}"
+                    assert ns.free[d] == expected, f"{ns.id}[{d}] free {ns.free[d]} != {expected}"
+                    free_milli += expected
+                assert ns.cpu_free == ns.node.cpu_milli - cpu_used.get(ns.id, 0) >= 0, f"{ns.id} cpu drift"
+                assert ns.mem_free == ns.node.memory_mib - mem_used.get(ns.id, 0) >= 0, f"{ns.id} mem drift"
+                whole, best = ns._recount()
+                assert (ns.free_whole, ns.max_free) == (whole, best), f"{ns.id} cached counts drift"
+                assert (whole, ns.index) in pool.by_whole and (best, ns.index) in pool.by_partial
+                assert (ns.cpu_free if ns.schedulable else -1, ns.index) in pool.by_cpu
+                for k in range(1, pool.max_devices + 1):
+                    slots[k] += whole // k
+                    islands[ns.island.id][k] += whole // k
+                    switches[ns.switch.id][k] += whole // k
+            assert len(pool.by_whole) == len(pool.by_partial) == len(pool.by_cpu) == len(pool.nodes)
+            assert pool.slots == slots, f"{pool.id} slots {pool.slots} != {slots}"
+            assert pool.free_milli == free_milli, f"{pool.id} free {pool.free_milli} != {free_milli}"
+            for key, domain in pool.islands.items():
+                assert domain.slots == islands[key], f"island {key} slots drift"
+            for key, domain in pool.switches.items():
+                assert domain.slots == switches[key], f"switch {key} slots drift"
