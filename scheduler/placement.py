@@ -76,6 +76,7 @@ class PlacementEngine:
         self.throughput = throughput or (load_throughput(catalog=catalog) if catalog else load_throughput())
         self.scorer = scorer or make_scorer(self.config.scorer, self.config.seed)
         self._model_order: dict[tuple[tuple[str, ...], str, str], list[tuple[str, float]]] = {}
+        self._infeasible: dict[tuple[object, ...], tuple[int, tuple[Reason, ...]]] = {}
 
     # ------------------------------------------------------------------------------------------ pools
 
@@ -109,7 +110,24 @@ class PlacementEngine:
     # ------------------------------------------------------------------------------------------ entry
 
     def place(self, state: ClusterState, job: Job) -> PlacementResult:
-        """Where ``job`` would start now on ``state`` (unchanged), or why it cannot."""
+        """Where ``job`` would start now on ``state`` (unchanged), or why it cannot.
+
+        A shape that could not be placed stays unplaceable until capacity grows (``state.capacity_epoch``
+        moves): allocations only shrink what is free. So the reasons of the first rejection are reused for
+        every identical job until then, which keeps a long saturated queue at a dictionary lookup per job.
+        """
+        shape = _shape_key(job)
+        known = self._infeasible.get(shape)
+        if known is not None and known[0] == state.capacity_epoch:
+            return PlacementResult(reasons=list(known[1]))
+        result = self._place(state, job)
+        if result.placement is None:
+            if len(self._infeasible) > 100_000:
+                self._infeasible.clear()
+            self._infeasible[shape] = (state.capacity_epoch, tuple(result.reasons))
+        return result
+
+    def _place(self, state: ClusterState, job: Job) -> PlacementResult:
         result = PlacementResult()
         tried = 0
         for pool, rel in self.candidate_pools(state, job):
@@ -401,6 +419,20 @@ class PlacementEngine:
             workers=tuple(self._worker(ns, devices, job) for ns, devices in chunks),
             topology=level if level is not TopologyLevel.POOL else _tightest_level(chunks),
         )
+
+
+def _shape_key(job: Job) -> tuple[object, ...]:
+    """Everything about a job that placement looks at; jobs with equal keys place (or fail) alike."""
+    return (
+        job.models,
+        job.job_class,
+        job.domestic,
+        job.workers,
+        job.device_milli,
+        job.cpu_milli_per_worker,
+        job.memory_mib_per_worker,
+        job.topology_required,
+    )
 
 
 def _tightest_level(chunks: list[tuple[NodeState, tuple[int, ...]]]) -> TopologyLevel:

@@ -20,12 +20,16 @@ can is packed into the tightest island or switch that holds it.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from sortedcontainers import SortedList
 
 from scheduler.model import MILLI, DeviceHealth, Node, Placement, WorkerPlacement
+
+
+_EPOCHS = itertools.count(1)
 
 
 class CapacityError(RuntimeError):
@@ -154,6 +158,9 @@ class ClusterState:
         self.pools: dict[str, PoolState] = {}
         self.pools_by_model: dict[str, list[PoolState]] = {}
         self.allocations: dict[str, Placement] = {}
+        #: Changes whenever capacity may have *grown* (release, new node, node or device back in service).
+        #: Unique across all states, so a cache keyed by it can never confuse two states.
+        self.capacity_epoch = next(_EPOCHS)
         for node in nodes:
             self.add_node(node)
 
@@ -162,6 +169,7 @@ class ClusterState:
     def add_node(self, node: Node) -> NodeState:
         if node.id in self.nodes:
             raise ValueError(f"node {node.id!r} already exists")
+        self.capacity_epoch = next(_EPOCHS)
         pool = self.pools.get(node.pool)
         if pool is None:
             pool = self.pools[node.pool] = PoolState(node.pool, node.model, node.site, node.devices)
@@ -201,6 +209,8 @@ class ClusterState:
         if ns.schedulable == schedulable:
             return
         ns.schedulable = schedulable
+        if schedulable:
+            self.capacity_epoch = next(_EPOCHS)
         self._reindex(ns)
         ns.pool.by_cpu.remove((ns.cpu_free if not schedulable else -1, ns.index))
         ns.pool.by_cpu.add((ns.cpu_free if schedulable else -1, ns.index))
@@ -208,6 +218,8 @@ class ClusterState:
     def set_device_health(self, node_id: str, device: int, health: DeviceHealth) -> None:
         ns = self.nodes[node_id]
         ns.healthy[device] = health is DeviceHealth.HEALTHY
+        if ns.healthy[device]:
+            self.capacity_epoch = next(_EPOCHS)
         self._reindex(ns)
 
     # ------------------------------------------------------------------------------------------ indexes
@@ -249,50 +261,58 @@ class ClusterState:
         """Take the capacity of every worker, all or nothing; raises :class:`CapacityError` if any would overflow."""
         if placement.job_id in self.allocations:
             raise CapacityError(f"job {placement.job_id!r} is already allocated")
-        # Check the sum per node and device first: two workers of one gang may share a node.
-        need: dict[tuple[str, int], int] = {}
-        cpu: dict[str, int] = {}
-        mem: dict[str, int] = {}
-        for w in placement.workers:
-            if len(set(w.devices)) != len(w.devices):
-                raise CapacityError(f"job {placement.job_id!r}: a worker lists a device twice on {w.node}")
-            for d in w.devices:
-                need[(w.node, d)] = need.get((w.node, d), 0) + w.milli
-            cpu[w.node] = cpu.get(w.node, 0) + w.cpu_milli
-            mem[w.node] = mem.get(w.node, 0) + w.memory_mib
-        for (node_id, d), milli in need.items():
+        demand = self._demand(placement)
+        # Check everything before touching anything: a failed allocation leaves the state as it was.
+        for node_id, (devices, cpu, mem) in demand.items():
             ns = self.nodes.get(node_id)
             if ns is None or not ns.schedulable:
                 raise CapacityError(f"job {placement.job_id!r}: node {node_id!r} is not schedulable")
-            if not (0 <= d < len(ns.free)) or not ns.healthy[d] or ns.free[d] < milli:
-                raise CapacityError(f"job {placement.job_id!r}: device {node_id}[{d}] lacks {milli} milli")
-        for node_id in cpu:
-            ns = self.nodes.get(node_id)
-            if ns is None or ns.cpu_free < cpu[node_id] or ns.mem_free < mem[node_id]:
+            for d, milli in devices.items():
+                if not (0 <= d < len(ns.free)) or not ns.healthy[d] or ns.free[d] < milli:
+                    raise CapacityError(f"job {placement.job_id!r}: device {node_id}[{d}] lacks {milli} milli")
+            if ns.cpu_free < cpu or ns.mem_free < mem:
                 raise CapacityError(f"job {placement.job_id!r}: node {node_id!r} lacks CPU or memory")
-        self._apply(placement, -1)
+        self._apply(demand, -1)
         self.allocations[placement.job_id] = placement
 
     def release(self, job_id: str) -> Placement:
         """Give back exactly what :meth:`allocate` took for ``job_id``."""
         placement = self.allocations.pop(job_id)
-        self._apply(placement, +1)
+        self._apply(self._demand(placement), +1)
+        self.capacity_epoch = next(_EPOCHS)
         return placement
 
-    def _apply(self, placement: Placement, sign: int) -> None:
-        touched: dict[str, NodeState] = {}
+    @staticmethod
+    def _demand(placement: Placement) -> dict[str, tuple[dict[int, int], int, int]]:
+        """Per node: milli per device, CPU and memory the placement takes (workers of one gang may share a node)."""
+        demand: dict[str, tuple[dict[int, int], int, int]] = {}
         for w in placement.workers:
-            ns = self.nodes[w.node]
+            if len(set(w.devices)) != len(w.devices):
+                raise CapacityError(f"job {placement.job_id!r}: a worker lists a device twice on {w.node}")
+            entry = demand.get(w.node)
+            if entry is None:
+                devices: dict[int, int] = {}
+                cpu = mem = 0
+            else:
+                devices, cpu, mem = entry
             for d in w.devices:
-                ns.free[d] += sign * w.milli
-            if w.cpu_milli:
-                ns.pool.by_cpu.remove((ns.cpu_free if ns.schedulable else -1, ns.index))
-                ns.cpu_free += sign * w.cpu_milli
-                ns.pool.by_cpu.add((ns.cpu_free if ns.schedulable else -1, ns.index))
-            ns.mem_free += sign * w.memory_mib
-            ns.pool.free_milli += sign * w.milli * len(w.devices)
-            touched[w.node] = ns
-        for ns in touched.values():
+                devices[d] = devices.get(d, 0) + w.milli
+            demand[w.node] = (devices, cpu + w.cpu_milli, mem + w.memory_mib)
+        return demand
+
+    def _apply(self, demand: dict[str, tuple[dict[int, int], int, int]], sign: int) -> None:
+        for node_id, (devices, cpu, mem) in demand.items():
+            ns = self.nodes[node_id]
+            pool = ns.pool
+            for d, milli in devices.items():
+                ns.free[d] += sign * milli
+                pool.free_milli += sign * milli
+            if cpu:
+                key = ns.cpu_free if ns.schedulable else -1
+                pool.by_cpu.remove((key, ns.index))
+                ns.cpu_free += sign * cpu
+                pool.by_cpu.add((ns.cpu_free if ns.schedulable else -1, ns.index))
+            ns.mem_free += sign * mem
             self._reindex(ns)
 
     # ------------------------------------------------------------------------------------------ queries
@@ -311,7 +331,7 @@ class ClusterState:
                 if not ok:
                     twin.set_device_health(ns.id, d, DeviceHealth.UNHEALTHY)
         for placement in self.allocations.values():
-            twin._apply(placement, -1)
+            twin._apply(twin._demand(placement), -1)
             twin.allocations[placement.job_id] = placement
         return twin
 

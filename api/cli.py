@@ -1,0 +1,136 @@
+"""The ``zhisuan`` command line.
+
+Today it runs the policy core on files (``zhisuan place``) and ``zhisuan up`` shows the core at work on the
+example cluster; the API client commands, the live service and the simulator attach here as their issues land::
+
+    zhisuan up
+    zhisuan place --cluster seeds/clusters/example.yaml --jobs seeds/examples/demo-jobs.yaml -o json
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from scheduler.cluster import load_cluster
+from scheduler.core import CoreConfig, SchedulerCore
+from scheduler.errors import ConfigError
+from scheduler.model import MILLI, Decision, DecisionKind
+from scheduler.placement import PlacementConfig
+from scheduler.scoring import SCORERS
+from scheduler.state import ClusterState
+from scheduler.workload import load_jobs
+
+app = typer.Typer(help="Zhisuan (智算): a scheduler for intelligent computing centers.", no_args_is_help=True)
+console = Console(width=160) if not Console().is_terminal else Console()
+errors = Console(stderr=True)
+
+SEEDS = Path(__file__).resolve().parent.parent / "seeds"
+
+
+class Output(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+
+
+def _decision_dict(decision: Decision) -> dict[str, object]:
+    placement = decision.placement
+    return {
+        "job": decision.job_id,
+        "decision": decision.kind.value,
+        "model": placement.model if placement else None,
+        "pool": placement.pool if placement else None,
+        "topology": placement.topology.name.lower() if placement else None,
+        "workers": [{"node": w.node, "devices": list(w.devices), "milli": w.milli} for w in placement.workers]
+        if placement
+        else [],
+        "estimated_finish": decision.estimated_finish,
+        "reasons": [r.as_dict() for r in decision.reasons],
+    }
+
+
+def _print_decisions(decisions: list[Decision], state: ClusterState) -> None:
+    table = Table(title="Decisions", show_lines=False)
+    for column in ("job", "decision", "model", "nodes", "topology", "why not"):
+        table.add_column(column)
+    for d in decisions:
+        p = d.placement
+        nodes = ""
+        if p:
+            nodes = p.nodes[0] if len(p.nodes) == 1 else f"{p.nodes[0]} +{len(p.nodes) - 1}"
+        style = "green" if d.kind is DecisionKind.START else "yellow"
+        table.add_row(
+            d.job_id,
+            f"[{style}]{d.kind.value}[/{style}]",
+            p.model if p else "",
+            nodes,
+            p.topology.name.lower() if p else "",
+            "; ".join(r.message for r in d.reasons[:2]),
+        )
+    console.print(table)
+    pools = Table(title="Pools after this step")
+    for column in ("pool", "devices", "allocated", "share"):
+        pools.add_column(column, justify="right" if column != "pool" else "left")
+    for pool in state.pools.values():
+        used = pool.capacity_milli - pool.free_milli
+        pools.add_row(
+            pool.id,
+            f"{pool.capacity_milli // MILLI}",
+            f"{used / MILLI:g}",
+            f"{used / pool.capacity_milli:.0%}" if pool.capacity_milli else "-",
+        )
+    console.print(pools)
+
+
+def _run(cluster_path: Path, jobs_path: Path, scorer: str, seed: int, output: Output) -> None:
+    try:
+        cluster = load_cluster(cluster_path)
+        state = cluster.state()
+        jobs = load_jobs(jobs_path, state=state)
+    except ConfigError as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if scorer not in SCORERS:
+        errors.print(f"[red]error:[/red] --scorer {scorer!r} is not one of {', '.join(SCORERS)}")
+        raise typer.Exit(2)
+    core = SchedulerCore(CoreConfig(placement=PlacementConfig(scorer=scorer, seed=seed)))
+    decisions = core.step(state, jobs, now=0.0)
+    if output is Output.JSON:
+        console.print_json(json.dumps([_decision_dict(d) for d in decisions]))
+    else:
+        console.print(f"[bold]{cluster.name}[/bold]: {len(cluster.nodes)} nodes, {cluster.devices} devices")
+        _print_decisions(decisions, state)
+
+
+@app.command()
+def place(
+    cluster: Annotated[Path, typer.Option(help="cluster file (or a name in seeds/clusters/)")] = SEEDS
+    / "clusters"
+    / "example.yaml",
+    jobs: Annotated[Path, typer.Option(help="jobs file")] = SEEDS / "examples" / "demo-jobs.yaml",
+    scorer: Annotated[str, typer.Option(help=f"node scorer: {', '.join(SCORERS)}")] = "fgd",
+    seed: int = 0,
+    output: Annotated[Output, typer.Option("--output", "-o")] = Output.TABLE,
+) -> None:
+    """Run one scheduling step of the policy core on a cluster file and a jobs file."""
+    _run(cluster, jobs, scorer, seed, output)
+
+
+@app.command()
+def up() -> None:
+    """Run the product on embedded defaults.
+
+    Until the API, the Ray service and the agents land, this shows the policy core deciding for the demo jobs
+    on the example cluster (the same call the live service and the simulator make).
+    """
+    _run(SEEDS / "clusters" / "example.yaml", SEEDS / "examples" / "demo-jobs.yaml", "fgd", 0, Output.TABLE)
+
+
+if __name__ == "__main__":
+    app()
