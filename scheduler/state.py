@@ -28,7 +28,6 @@ from sortedcontainers import SortedList
 
 from scheduler.model import MILLI, DeviceHealth, Node, Placement, WorkerPlacement
 
-
 _EPOCHS = itertools.count(1)
 
 
