@@ -2,8 +2,8 @@
 
 The core is pure: it reads no clock, database or network. The live service and the simulator hold a
 :class:`~scheduler.state.ClusterState`, hand it to :meth:`SchedulerCore.step` with the pending jobs and their own
-notion of *now*, and carry out the decisions it returns. ``step`` applies the starts it decides to ``state``
-(so the caller's state already reflects them) and leaves everything else alone::
+notion of *now*, and carry out the decisions it returns. ``step`` applies what it decides to ``state`` — starts
+are allocated and charged, preemption victims are released — so the caller's state already reflects them::
 
     >>> from scheduler.core import SchedulerCore
     >>> from scheduler.model import Job, Node
@@ -13,18 +13,52 @@ notion of *now*, and carry out the decisions it returns. ``step`` applies the st
     >>> [d.kind.value for d in core.step(state, [Job(id="a", devices_per_worker=8),
     ...                                           Job(id="b", devices_per_worker=1)], now=0.0)]
     ['start', 'reject']
+
+One step: order the pending jobs (priority class, then weighted DRF with decayed history, or FIFO), and for
+each: check quota per candidate pool, place it all-or-nothing; if capacity is what is missing, try preemption
+or reclaim, else give the head job of its queue a reservation that later jobs may only backfill around.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import statistics
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
+from scheduler.backfill import Reservation, plan_reservation
 from scheduler.catalog import Catalog, load_catalog
-from scheduler.model import Decision, DecisionKind, Job, Reason, ReasonCode
-from scheduler.placement import PlacementConfig, PlacementEngine, PlacementResult
-from scheduler.state import ClusterState
-from scheduler.throughput import ThroughputMatrix, load_throughput
+from scheduler.fairshare import FairShare, UsageHistory
+from scheduler.metering import LedgerEntry, Meter, StopCause
+from scheduler.model import Decision, DecisionKind, DomesticPreference, Job, Reason, ReasonCode
+from scheduler.placement import Admission, PlacementConfig, PlacementEngine, PlacementResult
+from scheduler.preemption import Preemptor
+from scheduler.queueing import DrfOrder, FifoOrder
+from scheduler.quota import QuotaCheck, demand_for, tenant_account, user_account
+from scheduler.state import ClusterState, PoolState, RunningJob
+from scheduler.tenancy import NCU, QueuePolicy, empty_policy
+from scheduler.throughput import JobClass, ThroughputMatrix, load_throughput
+
+
+@dataclass(frozen=True)
+class QueueingConfig:
+    """Ordering, fairness, preemption and backfill knobs."""
+
+    ordering: Literal["drf", "fifo"] = "drf"
+    #: Half-life of the decayed usage history that fair share adds to current usage.
+    history_half_life_s: float = 7 * 24 * 3600.0
+    #: Weight of history against current usage in the fair-share key (0 = current only).
+    history_weight: float = 0.5
+    preemption: bool = True
+    #: A running job is not preempted before it has run this long (KAI's min-guaranteed-runtime).
+    min_runtime_s: float = 600.0
+    #: Preemption searches per step, and candidate victims looked at per pool.
+    max_preemption_attempts: int = 16
+    max_victim_candidates: int = 256
+    backfill: bool = True
+    #: Reservations made per step (Slurm's bf_max_job_test plays the same role).
+    max_reservations: int = 8
 
 
 @dataclass(frozen=True)
@@ -32,22 +66,37 @@ class CoreConfig:
     """Everything that makes two runs of the core behave identically (with the same catalog and matrix)."""
 
     placement: PlacementConfig = field(default_factory=PlacementConfig)
-    #: Jobs whose runtime is unknown are assumed to take this long on the reference model (finish estimates).
-    default_runtime_s: float = 3600.0
+    queueing: QueueingConfig = field(default_factory=QueueingConfig)
+
+
+class RuntimeEstimator:
+    """Expected runtime on the reference model: the user's walltime, else the median of the class's recent jobs."""
+
+    def __init__(self, window: int = 200) -> None:
+        self._by_class: dict[JobClass, deque[float]] = {}
+        self._window = window
+        self._median: dict[JobClass, float] = {}
+
+    def record(self, job_class: JobClass, reference_seconds: float) -> None:
+        history = self._by_class.setdefault(job_class, deque(maxlen=self._window))
+        history.append(reference_seconds)
+        self._median[job_class] = statistics.median(history)
+
+    def estimate(self, job: Job) -> float | None:
+        if job.runtime_s is not None:
+            return job.runtime_s
+        return self._median.get(job.job_class)
 
 
 class SchedulerCore:
-    """One scheduling pass: order pending jobs, place each all-or-nothing, explain the rest.
-
-    Deterministic: the same state, jobs, ``now`` and config give the same decisions (the random scorer, too,
-    draws from a generator seeded by ``config.placement.seed``).
-    """
+    """One scheduling pass over a cluster state. Deterministic for a given state, input, ``now`` and config."""
 
     def __init__(
         self,
         config: CoreConfig | None = None,
         catalog: Catalog | None = None,
         throughput: ThroughputMatrix | None = None,
+        policy: QueuePolicy | None = None,
     ) -> None:
         self.config = config or CoreConfig()
         self.catalog = catalog or load_catalog()
@@ -55,36 +104,271 @@ class SchedulerCore:
             load_throughput(catalog=self.catalog) if catalog is not None else load_throughput()
         )
         self.placement = PlacementEngine(self.config.placement, self.catalog, self.throughput)
+        self.runtimes = RuntimeEstimator()
+        queueing = self.config.queueing
+        self.history = UsageHistory(queueing.history_half_life_s)
+        self.fairshare = FairShare(self.history, queueing.history_weight)
+        self.policy = policy or empty_policy(self.catalog)
+        self.quota = QuotaCheck(self.policy)
+        self.meter = Meter(self.catalog, self.policy)
+        self.preemptor = Preemptor(self.placement, self.quota, queueing.min_runtime_s, queueing.max_victim_candidates)
+        #: Reservations made by the last step (reported as why-pending; rebuilt every step).
+        self.reservations: dict[str, Reservation] = {}
+        self._domestic_jobs: dict[tuple[str, str, DomesticPreference], Job] = {}
+
+    # ------------------------------------------------------------------------------------------ policy
+
+    def set_policy(self, policy: QueuePolicy) -> None:
+        """Swap in a validated policy; usage already charged keeps its accounts until those jobs stop."""
+        self.policy = policy
+        self.quota = QuotaCheck(policy)
+        self.meter = Meter(self.catalog, policy)
+        self.preemptor = Preemptor(
+            self.placement, self.quota, self.config.queueing.min_runtime_s, self.config.queueing.max_victim_candidates
+        )
 
     @staticmethod
     def order(pending: Iterable[Job]) -> list[Job]:
-        """Higher priority first, then first come first served, then by id (a total, stable order)."""
-        return sorted(pending, key=lambda j: (-j.priority, j.submit_time, j.id))
+        """Priority first, then submit time, then id: the FIFO baseline order."""
+        return list(FifoOrder(pending))
+
+    # ------------------------------------------------------------------------------------------ step
 
     def step(self, state: ClusterState, pending: Iterable[Job], now: float) -> list[Decision]:
-        """Decide for every pending job: ``start`` (applied to ``state``) or ``reject`` with reasons."""
+        """Decide for every pending job: ``start`` (applied), ``preempt`` (victims released) or ``reject``."""
+        self._advance_history(state, now)
+        jobs = [self._effective(job) for job in pending]
+        ordering = self.config.queueing
+        ncu_capacity = self._ncu_capacity(state)
+        capacity = self.fairshare.capacities(state, ncu_capacity)
+        totals = {"tenant": self.history.total("tenant:"), "user": self.history.total("user:")}
+
+        def share(job: Job, tenant_level: bool) -> float:
+            if tenant_level:
+                account, weight = tenant_account(job.tenant), self.policy.weight(job.tenant)
+                return self.fairshare.key(state, account, weight, capacity, totals["tenant"])
+            return self.fairshare.key(state, user_account(job.tenant, job.user), 1.0, capacity, totals["user"])
+
+        order = self._make_order(jobs, share)
         decisions: list[Decision] = []
-        for job in self.order(pending):
-            decisions.append(self.decide(state, job, now))
+        self.reservations = {}
+        heads: set[str | None] = set()
+        preemption_attempts = 0
+        try:
+            for job in order:
+                if job.id in state.allocations:
+                    decisions.append(self._already_running(job))
+                    continue
+                queue = self.quota.queue_of(job)
+                admit = self._admission(state, queue, job)
+                result = self.placement.place(state, job, admit)
+                if result.placement is not None:
+                    decisions.append(self._start(state, job, queue, result, now))
+                    continue
+                if not result.capacity_blocked:
+                    decisions.append(Decision(DecisionKind.REJECT, job.id, reasons=tuple(result.reasons)))
+                    continue
+                backfilled = self._backfill(state, job, queue, admit, now) if self.reservations else None
+                if backfilled is not None:
+                    decisions.append(backfilled)
+                    continue
+                if ordering.preemption and preemption_attempts < ordering.max_preemption_attempts:
+                    preemption_attempts += 1
+                    preempted = self._preempt(state, job, queue, now)
+                    if preempted:
+                        decisions.extend(preempted)
+                        continue
+                reasons = list(result.reasons)
+                if (
+                    ordering.backfill
+                    and queue not in heads
+                    and len(self.reservations) < ordering.max_reservations
+                    and self.runtimes.estimate(job) is not None
+                ):
+                    heads.add(queue)
+                    reservation = plan_reservation(self.placement, state, job, now)
+                    if reservation is not None:
+                        reservation.hide(state)
+                        self.reservations[job.id] = reservation
+                        reasons.insert(0, _reservation_reason(reservation, own=True))
+                elif self.reservations:
+                    first = min(self.reservations.values(), key=lambda r: r.start)
+                    reasons.append(_reservation_reason(first, own=False))
+                decisions.append(Decision(DecisionKind.REJECT, job.id, reasons=tuple(reasons)))
+        finally:
+            for reservation in self.reservations.values():
+                reservation.lift(state)
         return decisions
 
     def decide(self, state: ClusterState, job: Job, now: float) -> Decision:
-        """Place one job now if possible (and allocate it on ``state``), else say why not."""
-        if job.id in state.allocations:
-            return Decision(
-                kind=DecisionKind.REJECT,
-                job_id=job.id,
-                reasons=(Reason(ReasonCode.UNSCHEDULABLE, "job {job} is already running", detail={"job": job.id}),),
-            )
-        result: PlacementResult = self.placement.place(state, job)
-        if result.placement is None:
-            return Decision(kind=DecisionKind.REJECT, job_id=job.id, reasons=tuple(result.reasons))
-        state.allocate(result.placement)
-        self.placement.observe(job)
-        runtime = job.runtime_s if job.runtime_s is not None else self.config.default_runtime_s
-        return Decision(
-            kind=DecisionKind.START,
-            job_id=job.id,
-            placement=result.placement,
-            estimated_finish=now + runtime / result.relative_throughput,
+        """One job through :meth:`step` (a convenience for callers that place jobs one at a time)."""
+        decisions = self.step(state, [job], now)
+        return next(d for d in decisions if d.job_id == job.id and d.kind is not DecisionKind.PREEMPT)
+
+    def _make_order(self, jobs: list[Job], share: Callable[[Job, bool], float]) -> Iterable[Job]:
+        if self.config.queueing.ordering == "drf":
+            return DrfOrder(jobs, share)
+        return FifoOrder(jobs)
+
+    # ------------------------------------------------------------------------------------------ stops
+
+    def finish(
+        self, state: ClusterState, job_id: str, now: float, cause: StopCause = StopCause.FINISHED
+    ) -> LedgerEntry | None:
+        """Release a job that stopped and return its ledger entry; learns its runtime for estimates."""
+        running = state.running.get(job_id)
+        if running is None:
+            if job_id in state.allocations:
+                state.release(job_id)
+            return None
+        state.release(job_id)
+        if cause is StopCause.FINISHED:
+            self.runtimes.record(running.job.job_class, (now - running.started_at) * running.relative)
+        return self.meter.stop(running, now, cause)
+
+    def checkpointed(self, state: ClusterState, job_id: str, now: float) -> None:
+        """Note a job's checkpoint: preemption then prefers it (less work lost)."""
+        running = state.running.get(job_id)
+        if running is not None:
+            running.last_checkpoint = now
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def _effective(self, job: Job) -> Job:
+        """The job with its queue's and tenant's domestic policy applied (the stricter wins)."""
+        queue = self.policy.resolve(job.queue, job.tenant)
+        policy = self.policy.domestic(queue, job.tenant)
+        order = [DomesticPreference.ANY, DomesticPreference.PREFERRED, DomesticPreference.REQUIRED]
+        if order.index(policy) <= order.index(job.domestic):
+            return job
+        key = (job.id, job.queue, policy)
+        cached = self._domestic_jobs.get(key)
+        if cached is None or cached is not job:
+            cached = job.model_copy(update={"domestic": policy})
+            if len(self._domestic_jobs) > 100_000:
+                self._domestic_jobs.clear()
+            self._domestic_jobs[key] = cached
+        return cached
+
+    def _admission(self, state: ClusterState, queue: str | None, job: Job) -> Admission | None:
+        if queue is None:
+            return None
+
+        def admit(pool: PoolState, relative: float) -> Reason | None:
+            return self.quota.admit(state, queue, demand_for(pool.model, job.total_devices, relative), pool.id)
+
+        return admit
+
+    def _running(self, job: Job, queue: str | None, result: PlacementResult, now: float) -> RunningJob:
+        placement = result.placement
+        assert placement is not None
+        rel = result.relative_throughput
+        estimate = self.runtimes.estimate(job)
+        return RunningJob(
+            job=job,
+            placement=placement,
+            started_at=now,
+            expected_end=now + estimate / rel if estimate is not None and rel > 0 else None,
+            relative=rel,
+            accounts=self.quota.accounts(job, queue),
+            demand=demand_for(placement.model, job.total_devices, rel),
         )
+
+    def _start(self, state: ClusterState, job: Job, queue: str | None, result: PlacementResult, now: float) -> Decision:
+        running = self._running(job, queue, result, now)
+        state.start(running)
+        self.placement.observe(job)
+        return Decision(
+            DecisionKind.START,
+            job.id,
+            placement=running.placement,
+            estimated_finish=running.expected_end,
+            ledger=(self.meter.start(running),),
+        )
+
+    def _already_running(self, job: Job) -> Decision:
+        reason = Reason(ReasonCode.UNSCHEDULABLE, "job {job} is already running", detail={"job": job.id})
+        return Decision(DecisionKind.REJECT, job.id, reasons=(reason,))
+
+    def _backfill(
+        self, state: ClusterState, job: Job, queue: str | None, admit: Admission | None, now: float
+    ) -> Decision | None:
+        """Start ``job`` on reserved room if it ends before every reservation it would touch starts."""
+        estimate = self.runtimes.estimate(job)
+        if estimate is None:
+            return None
+        lifted = [r for r in self.reservations.values() if r.start >= now + estimate / _fastest(self, job)]
+        if not lifted:
+            return None
+        for reservation in lifted:
+            reservation.lift(state)
+        try:
+            result = self.placement.place(state, job, admit)
+            if result.placement is None:
+                return None
+            end = now + estimate / result.relative_throughput
+            nodes = set(result.placement.nodes)
+            for reservation in self.reservations.values():
+                touches = nodes & {w.node for w in reservation.placement.workers}
+                if touches and (reservation not in lifted or end > reservation.start):
+                    return None
+            return self._start(state, job, queue, result, now)
+        finally:
+            for reservation in lifted:
+                reservation.hide(state)
+
+    def _preempt(self, state: ClusterState, job: Job, queue: str | None, now: float) -> list[Decision]:
+        plan = self.preemptor.plan(state, job, queue, now)
+        if plan is None:
+            return []
+        decisions: list[Decision] = []
+        for victim in plan.victims:
+            state.release(victim.job.id)
+            reason = Reason(
+                ReasonCode.PRIORITY if victim.job.priority < job.priority else ReasonCode.QUOTA,
+                "preempted by {by} ({why})",
+                plan.pool.id,
+                {"by": job.id, "why": "higher priority" if victim.job.priority < job.priority else "reclaim"},
+            )
+            decisions.append(
+                Decision(
+                    DecisionKind.PREEMPT,
+                    victim.job.id,
+                    reasons=(reason,),
+                    ledger=(self.meter.stop(victim, now, StopCause.PREEMPTED),),
+                )
+            )
+        result = PlacementResult(placement=plan.placement, relative_throughput=plan.relative)
+        decisions.append(self._start(state, job, queue, result, now))
+        return decisions
+
+    def _advance_history(self, state: ClusterState, now: float) -> None:
+        ncu = {account: usage.get(NCU, 0.0) for account, usage in state.usage.items() if ":" in account}
+        self.history.advance(ncu, now)
+
+    def _ncu_capacity(self, state: ClusterState) -> float:
+        return sum(
+            pool.capacity_milli / 1000 * self.throughput.relative(pool.model, JobClass.GENERIC)
+            for pool in state.pools.values()
+        )
+
+
+def _fastest(core: SchedulerCore, job: Job) -> float:
+    models = core.placement.acceptable_models(job)
+    return models[0][1] if models else 1.0
+
+
+def _reservation_reason(reservation: Reservation, own: bool) -> Reason:
+    if own:
+        return Reason(
+            ReasonCode.RESERVATION,
+            "reserved from t={start:g} on {nodes} node(s) of {pool}",
+            reservation.placement.pool,
+            {"start": reservation.start, "nodes": len(reservation.placement.nodes)},
+        )
+    return Reason(
+        ReasonCode.RESERVATION,
+        "room is held for {job} from t={start:g}; only jobs that end before then may use it",
+        reservation.placement.pool,
+        {"job": reservation.job.id, "start": reservation.start},
+    )

@@ -22,12 +22,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from scheduler.catalog import Tier
 from scheduler.throughput import JobClass
+
+if TYPE_CHECKING:
+    from scheduler.metering import LedgerEntry
 
 MILLI = 1000
 
@@ -297,3 +300,5 @@ class Decision:
     placement: Placement | None = None
     reasons: tuple[Reason, ...] = ()
     estimated_finish: float | None = None
+    #: Ledger entries the decision produced: a start entry, or the stop entry of a preempted job.
+    ledger: tuple[LedgerEntry, ...] = ()

@@ -22,7 +22,7 @@ Placement is all-or-nothing per job and never splits a worker across nodes. Orde
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from scheduler.catalog import Catalog, load_catalog
@@ -59,6 +59,12 @@ class PlacementResult:
     placement: Placement | None = None
     reasons: list[Reason] = field(default_factory=list)
     relative_throughput: float = 0.0
+    #: Some pool passed quota but had no room: the case for preemption or a reservation.
+    capacity_blocked: bool = False
+
+
+#: ``admit(pool, relative_throughput) -> None | Reason``: quota's say on one candidate pool.
+Admission = Callable[[PoolState, float], Reason | None]
 
 
 class PlacementEngine:
@@ -76,7 +82,7 @@ class PlacementEngine:
         self.throughput = throughput or (load_throughput(catalog=catalog) if catalog else load_throughput())
         self.scorer = scorer or make_scorer(self.config.scorer, self.config.seed)
         self._model_order: dict[tuple[tuple[str, ...], str, str], list[tuple[str, float]]] = {}
-        self._infeasible: dict[tuple[object, ...], tuple[int, tuple[Reason, ...]]] = {}
+        self._infeasible: dict[tuple[object, ...], tuple[int, Reason]] = {}
 
     # ------------------------------------------------------------------------------------------ pools
 
@@ -109,38 +115,46 @@ class PlacementEngine:
 
     # ------------------------------------------------------------------------------------------ entry
 
-    def place(self, state: ClusterState, job: Job) -> PlacementResult:
+    def place(self, state: ClusterState, job: Job, admit: Admission | None = None) -> PlacementResult:
         """Where ``job`` would start now on ``state`` (unchanged), or why it cannot.
 
-        A shape that could not be placed stays unplaceable until capacity grows (``state.capacity_epoch``
-        moves): allocations only shrink what is free. So the reasons of the first rejection are reused for
-        every identical job until then, which keeps a long saturated queue at a dictionary lookup per job.
-        """
-        shape = _shape_key(job)
-        known = self._infeasible.get(shape)
-        if known is not None and known[0] == state.capacity_epoch:
-            return PlacementResult(reasons=list(known[1]))
-        result = self._place(state, job)
-        if result.placement is None:
-            if len(self._infeasible) > 100_000:
-                self._infeasible.clear()
-            self._infeasible[shape] = (state.capacity_epoch, tuple(result.reasons))
-        return result
+        ``admit(pool, relative_throughput)`` is asked before a pool is tried (quota lives outside placement);
+        a reason it returns is reported and the pool skipped.
 
-    def _place(self, state: ClusterState, job: Job) -> PlacementResult:
+        A shape that did not fit a pool keeps not fitting until capacity grows (``state.capacity_epoch``
+        moves), because allocations only shrink what is free. The first failure is remembered per (shape,
+        pool), which keeps a long saturated queue at a few dictionary lookups per job.
+        """
         result = PlacementResult()
+        shape = _shape_key(job)
+        epoch = state.capacity_epoch
         tried = 0
         for pool, rel in self.candidate_pools(state, job):
             tried += 1
-            reason = self._quick_reject(pool, job)
-            if reason is None:
-                placement, reason = self._place_in_pool(state, pool, job)
-                if placement is not None:
-                    result.placement = placement
-                    result.relative_throughput = rel
-                    return result
-            if reason is not None and len(result.reasons) < self.config.max_reasons:
-                result.reasons.append(reason)
+            if admit is not None:
+                refusal = admit(pool, rel)
+                if refusal is not None:
+                    self._note(result, refusal)
+                    continue
+            key = (shape, pool.id)
+            known = self._infeasible.get(key)
+            if known is not None and known[0] == epoch:
+                reason: Reason | None = known[1]
+            else:
+                reason = self._quick_reject(pool, job)
+                if reason is None:
+                    placement, reason = self._place_in_pool(state, pool, job)
+                    if placement is not None:
+                        result.placement = placement
+                        result.relative_throughput = rel
+                        return result
+                if reason is not None:
+                    if len(self._infeasible) > 200_000:
+                        self._infeasible.clear()
+                    self._infeasible[key] = (epoch, reason)
+            result.capacity_blocked = True
+            if reason is not None:
+                self._note(result, reason)
         if not tried:
             wanted = ", ".join(job.models) if job.models else f"any model that runs {job.job_class.value}"
             domestic = " (domestic only)" if job.domestic is DomesticPreference.REQUIRED else ""
@@ -152,6 +166,17 @@ class PlacementEngine:
                 )
             )
         return result
+
+    def place_in(self, state: ClusterState, job: Job, pool: PoolState) -> Placement | None:
+        """A placement in one given pool, bypassing the memo (preemption and reservations probe with it)."""
+        if self._quick_reject(pool, job) is not None:
+            return None
+        placement, _ = self._place_in_pool(state, pool, job)
+        return placement
+
+    def _note(self, result: PlacementResult, reason: Reason) -> None:
+        if len(result.reasons) < self.config.max_reasons:
+            result.reasons.append(reason)
 
     def observe(self, job: Job) -> None:
         """Tell the scorer a job was placed, so fragmentation is measured against the live size mix."""

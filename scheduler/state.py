@@ -22,13 +22,31 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sortedcontainers import SortedList
 
-from scheduler.model import MILLI, DeviceHealth, Node, Placement, WorkerPlacement
+from scheduler.model import MILLI, DeviceHealth, Job, Node, Placement, WorkerPlacement
 
 _EPOCHS = itertools.count(1)
+
+
+@dataclass(slots=True)
+class RunningJob:
+    """A job the core started: what it holds, since when, until when (estimated), and what it is charged.
+
+    ``accounts`` are the quota and fair-share accounts it is charged to (its queue path, its tenant and its user);
+    ``demand`` is its usage per flavor: devices under the model's name and normalised compute under ``ncu``.
+    """
+
+    job: Job
+    placement: Placement
+    started_at: float
+    expected_end: float | None
+    relative: float
+    accounts: tuple[str, ...] = ()
+    demand: dict[str, float] = field(default_factory=dict)
+    last_checkpoint: float | None = None
 
 
 class CapacityError(RuntimeError):
@@ -157,6 +175,12 @@ class ClusterState:
         self.pools: dict[str, PoolState] = {}
         self.pools_by_model: dict[str, list[PoolState]] = {}
         self.allocations: dict[str, Placement] = {}
+        #: Jobs started through :meth:`start` (a subset of ``allocations``, which also holds raw allocations).
+        self.running: dict[str, RunningJob] = {}
+        #: Usage per account (queue, tenant or user) per flavor, kept incrementally by start/release.
+        self.usage: dict[str, dict[str, float]] = {}
+        #: Running jobs per pool, in start order: where preemption looks for victims.
+        self.running_by_pool: dict[str, dict[str, None]] = {}
         #: Changes whenever capacity may have *grown* (release, new node, node or device back in service).
         #: Unique across all states, so a cache keyed by it can never confuse two states.
         self.capacity_epoch = next(_EPOCHS)
@@ -274,12 +298,36 @@ class ClusterState:
         self._apply(demand, -1)
         self.allocations[placement.job_id] = placement
 
+    def start(self, running: RunningJob) -> None:
+        """Allocate a job's placement and charge its accounts; all or nothing like :meth:`allocate`."""
+        self.allocate(running.placement)
+        job_id = running.placement.job_id
+        self.running[job_id] = running
+        self.running_by_pool.setdefault(running.placement.pool, {})[job_id] = None
+        self._charge(running, +1.0)
+
     def release(self, job_id: str) -> Placement:
-        """Give back exactly what :meth:`allocate` took for ``job_id``."""
+        """Give back exactly what :meth:`allocate` (or :meth:`start`) took for ``job_id``."""
         placement = self.allocations.pop(job_id)
         self._apply(self._demand(placement), +1)
+        running = self.running.pop(job_id, None)
+        if running is not None:
+            self.running_by_pool[placement.pool].pop(job_id, None)
+            self._charge(running, -1.0)
         self.capacity_epoch = next(_EPOCHS)
         return placement
+
+    def _charge(self, running: RunningJob, sign: float) -> None:
+        for account in running.accounts:
+            usage = self.usage.setdefault(account, {})
+            for flavor, amount in running.demand.items():
+                left = usage.get(flavor, 0.0) + sign * amount
+                # Float sums drift by ulps; snap to zero so "no usage" compares equal to 0.
+                usage[flavor] = left if abs(left) > 1e-9 else 0.0
+
+    def used(self, account: str, flavor: str) -> float:
+        usage = self.usage.get(account)
+        return usage.get(flavor, 0.0) if usage else 0.0
 
     @staticmethod
     def _demand(placement: Placement) -> dict[str, tuple[dict[int, int], int, int]]:
@@ -323,15 +371,19 @@ class ClusterState:
     def copy(self) -> ClusterState:
         """An independent copy (for what-if and ETA fast-forwarding)."""
         twin = ClusterState(ns.node for ns in self._all_nodes())
+        # Allocations first: a job may still hold a device that has since turned unhealthy.
+        for placement in self.allocations.values():
+            running = self.running.get(placement.job_id)
+            if running is not None:
+                twin.start(replace(running, demand=dict(running.demand)))
+            else:
+                twin.allocate(placement)
         for ns in self._all_nodes():
             if not ns.schedulable:
                 twin.set_schedulable(ns.id, False)
             for d, ok in enumerate(ns.healthy):
                 if not ok:
                     twin.set_device_health(ns.id, d, DeviceHealth.UNHEALTHY)
-        for placement in self.allocations.values():
-            twin._apply(twin._demand(placement), -1)
-            twin.allocations[placement.job_id] = placement
         return twin
 
     def _all_nodes(self) -> Iterator[NodeState]:
@@ -340,6 +392,17 @@ class ClusterState:
 
     def check_invariants(self) -> None:
         """Recount everything by brute force and compare with the indexes; raises ``AssertionError`` on drift."""
+        expected_usage: dict[str, dict[str, float]] = {}
+        for running in self.running.values():
+            assert self.allocations.get(running.placement.job_id) is running.placement, "running without allocation"
+            for account in running.accounts:
+                for flavor, amount in running.demand.items():
+                    bucket = expected_usage.setdefault(account, {})
+                    bucket[flavor] = bucket.get(flavor, 0.0) + amount
+        for account, flavors in self.usage.items():
+            for flavor, amount in flavors.items():
+                want = expected_usage.get(account, {}).get(flavor, 0.0)
+                assert abs(amount - want) < 1e-6, f"usage of {account}/{flavor}: {amount} != {want}"
         used: dict[tuple[str, int], int] = {}
         cpu_used: dict[str, int] = {}
         mem_used: dict[str, int] = {}
@@ -371,6 +434,9 @@ class ClusterState:
                     islands[ns.island.id][k] += whole // k
                     switches[ns.switch.id][k] += whole // k
             assert len(pool.by_whole) == len(pool.by_partial) == len(pool.by_cpu) == len(pool.nodes)
+            assert set(self.running_by_pool.get(pool.id, {})) == {
+                j for j, r in self.running.items() if r.placement.pool == pool.id
+            }, f"{pool.id} running index drift"
             assert pool.slots == slots, f"{pool.id} slots {pool.slots} != {slots}"
             assert pool.free_milli == free_milli, f"{pool.id} free {pool.free_milli} != {free_milli}"
             for key, domain in pool.islands.items():

@@ -1,0 +1,121 @@
+"""Backfill with reservations (Slurm's sched/backfill, which none of the Kubernetes schedulers has).
+
+The head job of a queue that cannot start for lack of capacity gets a **reservation**: the earliest time the
+running jobs' estimated ends free enough room, and the devices it would take then. From that moment the
+capacity the reservation needs *and that is free now* is hidden behind a phantom allocation, so jobs that would
+still be running at the reservation's start cannot take it. Jobs that end before the reservation starts may use
+it (they *backfill*): the phantom is lifted for them and put back, resized, after they start.
+
+    hidden(device) = max(0, free_now(device) - (free_at_start(device) - reserved(device)))
+
+Only what is free now and needed later is hidden, so a reservation never blocks more than it must.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scheduler.model import Job, Placement, TopologyLevel, WorkerPlacement
+from scheduler.placement import PlacementEngine
+from scheduler.state import ClusterState, RunningJob
+
+PHANTOM_PREFIX = "\x00reservation:"
+
+
+@dataclass
+class Reservation:
+    """Room held for ``job`` from ``start`` on, on the devices of ``placement``."""
+
+    job: Job
+    start: float
+    placement: Placement
+    #: Per (node, device): free milli at ``start`` minus what the reservation takes there (never below 0).
+    device_slack: dict[tuple[str, int], int]
+    cpu_slack: dict[str, int]
+    memory_slack: dict[str, int]
+
+    @property
+    def phantom_id(self) -> str:
+        return PHANTOM_PREFIX + self.job.id
+
+    def hide(self, state: ClusterState) -> None:
+        """Allocate the phantom that keeps long jobs off the reserved room (idempotent)."""
+        if self.phantom_id in state.allocations:
+            return
+        workers: list[WorkerPlacement] = []
+        for (node, device), slack in self.device_slack.items():
+            ns = state.nodes[node]
+            hidden = max(0, ns.free[device] - slack) if ns.healthy[device] else 0
+            if hidden:
+                workers.append(WorkerPlacement(node=node, devices=(device,), milli=hidden))
+        for node, slack in self.cpu_slack.items():
+            ns = state.nodes[node]
+            cpu = max(0, ns.cpu_free - slack)
+            memory = max(0, ns.mem_free - self.memory_slack.get(node, 0))
+            if cpu or memory:
+                workers.append(WorkerPlacement(node=node, devices=(), milli=0, cpu_milli=cpu, memory_mib=memory))
+        if workers:
+            state.allocate(
+                Placement(
+                    job_id=self.phantom_id,
+                    model=self.placement.model,
+                    pool=self.placement.pool,
+                    workers=tuple(workers),
+                    topology=TopologyLevel.POOL,
+                )
+            )
+
+    def lift(self, state: ClusterState) -> None:
+        if self.phantom_id in state.allocations:
+            state.release(self.phantom_id)
+
+
+def plan_reservation(engine: PlacementEngine, state: ClusterState, job: Job, now: float) -> Reservation | None:
+    """Earliest start for ``job`` as running jobs end (by their estimates), and where; state is unchanged.
+
+    Running jobs without an end estimate are assumed to run forever. ``None`` if the job never fits that way.
+    """
+    ending = sorted(
+        (r for r in state.running.values() if r.expected_end is not None),
+        key=lambda r: (r.expected_end, r.job.id),
+    )
+    released: list[RunningJob] = []
+    found: tuple[float, Placement] | None = None
+    try:
+        i = 0
+        while i < len(ending):
+            at = ending[i].expected_end
+            assert at is not None
+            # Jobs ending at the same moment free their room together.
+            while i < len(ending) and ending[i].expected_end == at:
+                state.release(ending[i].job.id)
+                released.append(ending[i])
+                i += 1
+            result = engine.place(state, job)
+            if result.placement is not None:
+                found = (max(at, now), result.placement)
+                break
+        if found is None:
+            return None
+        start, placement = found
+        device_slack: dict[tuple[str, int], int] = {}
+        cpu_slack: dict[str, int] = {}
+        memory_slack: dict[str, int] = {}
+        for worker in placement.workers:
+            ns = state.nodes[worker.node]
+            for d in worker.devices:
+                key = (worker.node, d)
+                device_slack[key] = device_slack.get(key, ns.free[d]) - worker.milli
+            cpu_slack[worker.node] = cpu_slack.get(worker.node, ns.cpu_free) - worker.cpu_milli
+            memory_slack[worker.node] = memory_slack.get(worker.node, ns.mem_free) - worker.memory_mib
+        return Reservation(
+            job=job,
+            start=start,
+            placement=placement,
+            device_slack={k: max(0, v) for k, v in device_slack.items()},
+            cpu_slack={k: max(0, v) for k, v in cpu_slack.items()},
+            memory_slack={k: max(0, v) for k, v in memory_slack.items()},
+        )
+    finally:
+        for running in reversed(released):
+            state.start(running)

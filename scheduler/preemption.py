@@ -1,0 +1,124 @@
+"""Victim selection for preemption (higher priority class) and reclaim (lent capacity back to its owner).
+
+A job that cannot start for lack of capacity may stop running jobs when either
+
+* **priority**: the victim's priority class is strictly lower and the victim is preemptible, or
+* **reclaim**: the preemptor's queues stay within their deserved share after it starts, the victim is of no
+  higher class, and, at the moment it is chosen, one of the victim's queues uses more than its deserved share
+  (it is running on lent capacity).
+
+Victims are whole jobs (gang-aware), taken from one pool at a time so that the freed devices sit where the
+preemptor can use them (topology-aware: the placement engine packs the preemptor into what is freed), cheapest
+first by work lost since their last checkpoint (checkpoint-aware), and never before a minimum guaranteed runtime.
+A final pass gives back every victim the preemptor turns out not to need.
+
+Why this cannot loop: a priority victim never preempts its preemptor (strictly lower class). A reclaim victim's
+queue was above its deserved share with the victim, so restarting the victim would put it above again, which
+disqualifies the restart from reclaiming anything; only a change from outside (arrivals, finishes) can make it
+eligible again. ``tests/unit/test_queueing.py`` checks that repeated steps on a fixed workload converge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scheduler.model import Job, Placement
+from scheduler.placement import PlacementEngine
+from scheduler.quota import QuotaCheck, demand_for
+from scheduler.state import ClusterState, PoolState, RunningJob
+
+
+@dataclass(frozen=True)
+class PreemptionPlan:
+    pool: PoolState
+    relative: float
+    placement: Placement
+    victims: tuple[RunningJob, ...]
+    cost: float
+
+
+def lost_work(running: RunningJob, now: float) -> float:
+    """NCU-seconds a victim would have to redo: since its last checkpoint, else since it started."""
+    since = running.last_checkpoint if running.last_checkpoint is not None else running.started_at
+    return max(0.0, now - since) * running.demand.get("ncu", 0.0)
+
+
+class Preemptor:
+    def __init__(self, engine: PlacementEngine, quota: QuotaCheck, min_runtime_s: float, max_candidates: int) -> None:
+        self.engine = engine
+        self.quota = quota
+        self.min_runtime_s = min_runtime_s
+        self.max_candidates = max_candidates
+
+    def plan(self, state: ClusterState, job: Job, queue: str | None, now: float) -> PreemptionPlan | None:
+        """The cheapest set of victims that lets ``job`` start, over its acceptable pools; state is unchanged."""
+        best: PreemptionPlan | None = None
+        for pool, rel in self.engine.candidate_pools(state, job):
+            demand = demand_for(pool.model, job.total_devices, rel)
+            if self.quota.admit(state, queue, demand, pool.id) is not None:
+                continue
+            reclaim = self.quota.within_deserved(state, queue, demand)
+            plan = self._plan_in_pool(state, job, pool, rel, reclaim, now)
+            if plan is not None and (best is None or plan.cost < best.cost):
+                best = plan
+        return best
+
+    def _eligible(self, state: ClusterState, job: Job, victim: RunningJob, reclaim: bool, now: float) -> bool:
+        other = victim.job
+        if not other.preemptible or now - victim.started_at < self.min_runtime_s:
+            return False
+        if other.priority < job.priority:
+            return True
+        return (
+            reclaim
+            and other.priority <= job.priority
+            and other.tenant != job.tenant
+            and self.quota.borrowing(state, victim.accounts, victim.demand)
+        )
+
+    def _plan_in_pool(
+        self, state: ClusterState, job: Job, pool: PoolState, rel: float, reclaim: bool, now: float
+    ) -> PreemptionPlan | None:
+        ids = state.running_by_pool.get(pool.id)
+        if not ids:
+            return None
+        candidates = [state.running[j] for j in ids if self._eligible(state, job, state.running[j], reclaim, now)]
+        if not candidates:
+            return None
+        candidates.sort(key=lambda r: (r.job.priority, lost_work(r, now), -r.started_at, r.job.id))
+        candidates = candidates[: self.max_candidates]
+        released: list[RunningJob] = []
+        placement = None
+        try:
+            for victim in candidates:
+                # Reclaim eligibility depends on the victim's queue usage, which earlier victims lowered.
+                if victim.job.priority >= job.priority and not self.quota.borrowing(
+                    state, victim.accounts, victim.demand
+                ):
+                    continue
+                state.release(victim.job.id)
+                released.append(victim)
+                placement = self.engine.place_in(state, job, pool)
+                if placement is not None:
+                    break
+            if placement is None:
+                return None
+            needed: list[RunningJob] = []
+            # Give back, most expensive first, every victim the preemptor can do without.
+            for victim in sorted(released, key=lambda r: -lost_work(r, now)):
+                state.start(victim)
+                retry = self.engine.place_in(state, job, pool)
+                if retry is None:
+                    state.release(victim.job.id)
+                    needed.append(victim)
+                else:
+                    placement = retry
+            final = self.engine.place_in(state, job, pool)
+            if final is None:
+                return None
+            cost = sum(lost_work(v, now) for v in needed)
+            return PreemptionPlan(pool, rel, final, tuple(needed), cost)
+        finally:
+            for victim in released:
+                if victim.job.id not in state.running:
+                    state.start(victim)

@@ -1,0 +1,144 @@
+"""Quota admission: may a queue take this much more of a flavor, given its tree and everybody's usage?
+
+Usage lives in :attr:`ClusterState.usage <scheduler.state.ClusterState.usage>` per *account*: every queue on a
+job's path, plus ``tenant:<id>`` and ``user:<tenant>/<id>`` for fair share. A job's demand is its devices under
+the model it lands on and its normalised compute (devices × relative throughput) under ``ncu``::
+
+    >>> from scheduler.quota import QuotaCheck, demand_for
+    >>> demand_for("H100", devices=8, relative=2.5)
+    {'H100': 8.0, 'ncu': 20.0}
+
+Rules, for every queue ``a`` on the path and every flavor ``f`` of the demand (all amounts after admission):
+
+1. ``usage(a) <= limit(a)`` — the hard cap;
+2. ``usage(a) - deserved(a) <= borrowing_limit(a)`` — how far a queue may borrow;
+3. ``usage(parent) + Σ unused guarantees of a's siblings <= capacity(parent)`` — a guarantee is never lent:
+   the parent's capacity is its limit, and for top-level queues the devices of that model in the cluster.
+"""
+
+from __future__ import annotations
+
+from scheduler.model import Job, Reason, ReasonCode
+from scheduler.state import ClusterState
+from scheduler.tenancy import NCU, QueuePolicy
+
+EPSILON = 1e-9
+
+
+def demand_for(model: str, devices: float, relative: float) -> dict[str, float]:
+    """Usage per flavor of ``devices`` of ``model`` whose class runs at ``relative`` × the reference."""
+    return {model: float(devices), NCU: float(devices) * relative}
+
+
+def tenant_account(tenant: str) -> str:
+    return f"tenant:{tenant}"
+
+
+def user_account(tenant: str, user: str) -> str:
+    return f"user:{tenant}/{user}"
+
+
+class QuotaCheck:
+    """Stateless checks of a :class:`QueuePolicy` against a state's usage."""
+
+    def __init__(self, policy: QueuePolicy) -> None:
+        self.policy = policy
+
+    def queue_of(self, job: Job) -> str | None:
+        return self.policy.resolve(job.queue, job.tenant)
+
+    def accounts(self, job: Job, queue: str | None) -> tuple[str, ...]:
+        path = self.policy.path(queue) if queue else ()
+        return (*path, tenant_account(job.tenant), user_account(job.tenant, job.user))
+
+    def admit(
+        self, state: ClusterState, queue: str | None, demand: dict[str, float], pool: str | None = None
+    ) -> Reason | None:
+        """``None`` if the queue may take ``demand`` now, else a ``quota`` reason naming the queue and flavor."""
+        if queue is None:
+            return None
+        policy = self.policy
+        for a in policy.path(queue):
+            spec = policy.queues[a]
+            for flavor, amount in demand.items():
+                after = state.used(a, flavor) + amount
+                quota = spec.quota.get(flavor)
+                if quota is not None:
+                    if quota.limit is not None and after > quota.limit + EPSILON:
+                        return _quota_reason(a, flavor, "limit", quota.limit, after, pool)
+                    nominal = quota.nominal
+                    if (
+                        quota.borrowing_limit is not None
+                        and nominal is not None
+                        and after - nominal > quota.borrowing_limit + EPSILON
+                    ):
+                        return _quota_reason(a, flavor, "borrowing limit", nominal + quota.borrowing_limit, after, pool)
+                capacity = self._parent_capacity(state, spec.parent, flavor)
+                if capacity is None:
+                    continue
+                siblings = policy.children.get(spec.parent, [])
+                held = 0.0
+                for sibling in siblings:
+                    if sibling == a:
+                        continue
+                    sq = policy.queues[sibling].quota.get(flavor)
+                    if sq is not None and sq.guarantee:
+                        held += max(0.0, sq.guarantee - state.used(sibling, flavor))
+                parent_after = (
+                    sum(state.used(s, flavor) for s in siblings) + amount
+                    if spec.parent is None
+                    else state.used(spec.parent, flavor) + amount
+                )
+                if held and parent_after + held > capacity + EPSILON:
+                    return Reason(
+                        ReasonCode.QUOTA,
+                        "queue {queue}: {flavor} held as other queues' unused guarantee "
+                        "({held:g} of {capacity:g}); borrowing stops there",
+                        pool,
+                        {"queue": a, "flavor": flavor, "held": held, "capacity": capacity},
+                    )
+        return None
+
+    def _parent_capacity(self, state: ClusterState, parent: str | None, flavor: str) -> float | None:
+        if parent is None:
+            if flavor == NCU:
+                return None
+            pools = state.pools_by_model.get(flavor)
+            return sum(p.capacity_milli for p in pools) / 1000 if pools else None
+        quota = self.policy.quota(parent, flavor)
+        return quota.limit if quota is not None else None
+
+    # ------------------------------------------------------------------------------------------ reclaim
+
+    def within_deserved(self, state: ClusterState, queue: str | None, demand: dict[str, float]) -> bool:
+        """True if every queue on the path stays within its deserved share of every flavor it sets one for."""
+        if queue is None:
+            return False
+        for a in self.policy.path(queue):
+            for flavor, amount in demand.items():
+                quota = self.policy.quota(a, flavor)
+                nominal = quota.nominal if quota is not None else None
+                if nominal is not None and state.used(a, flavor) + amount > nominal + EPSILON:
+                    return False
+        return True
+
+    def borrowing(self, state: ClusterState, accounts: tuple[str, ...], demand: dict[str, float]) -> bool:
+        """True if some queue among ``accounts`` uses more than its deserved share of a flavor in ``demand``."""
+        for a in accounts:
+            if a not in self.policy.queues:
+                continue
+            for flavor in demand:
+                quota = self.policy.quota(a, flavor)
+                nominal = quota.nominal if quota is not None else None
+                if nominal is not None and state.used(a, flavor) > nominal + EPSILON:
+                    return True
+        return False
+
+
+def _quota_reason(queue: str, flavor: str, what: str, cap: float, after: float, pool: str | None) -> Reason:
+    return Reason(
+        ReasonCode.QUOTA,
+        "queue {queue} would use {after:g} {flavor}, above its {what} of {cap:g}",
+        pool,
+        {"queue": queue, "flavor": flavor, "what": what, "cap": cap, "after": after},
+    )
