@@ -85,7 +85,10 @@ class Preemptor:
         candidates = [state.running[j] for j in ids if self._eligible(state, job, state.running[j], reclaim, now)]
         if not candidates:
             return None
-        candidates.sort(key=lambda r: (r.job.priority, lost_work(r, now), -r.started_at, r.job.id))
+        # Cheapest first; among equals the most recently started, i.e. the job that borrowed last.
+        candidates.sort(
+            key=lambda r: (r.job.priority, lost_work(r, now), -r.started_at, -r.job.submit_time, r.job.id)
+        )
         candidates = candidates[: self.max_candidates]
         released: list[RunningJob] = []
         placement = None
