@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agents.cli import app as agent_app
 from scheduler.cluster import load_cluster
 from scheduler.core import CoreConfig, SchedulerCore
 from scheduler.errors import ConfigError
@@ -28,6 +29,7 @@ from scheduler.state import ClusterState
 from scheduler.workload import load_jobs
 
 app = typer.Typer(help="Zhisuan (智算): a scheduler for intelligent computing centers.", no_args_is_help=True)
+app.add_typer(agent_app, name="agent")
 console = Console(width=160) if not Console().is_terminal else Console()
 errors = Console(stderr=True)
 

@@ -337,3 +337,46 @@ def test_domestic_policy_of_the_queue_applies_and_share_is_reported() -> None:
     entries = [core.finish(state, "g", 3600), core.finish(state, "e", 3600)]
     share = domestic_share(e for e in entries if e is not None)
     assert 0 < share < 1
+
+
+# ---------------------------------------------------------------------------------------------- eta
+
+
+def test_eta_in_an_idle_cluster_equals_the_actual_start() -> None:
+    from scheduler.eta import forecast
+
+    core = core_with()
+    state = ClusterState(nodes(count=2))
+    jobs = [Job(id=f"j{i}", devices_per_worker=4, runtime_s=600, submit_time=i) for i in range(3)]
+    predicted = forecast(core, state, jobs, now=50.0).starts
+    decisions = core.step(state, jobs, now=50.0)
+    assert predicted == {d.job_id: 50.0 for d in decisions if d.kind is DecisionKind.START}
+
+
+def test_eta_of_queued_jobs_matches_the_schedule_when_estimates_hold() -> None:
+    from scheduler.eta import forecast
+
+    core = core_with(backfill=False)
+    state = ClusterState(nodes(count=1))
+    core.step(state, [Job(id="a", devices_per_worker=8, runtime_s=300)], now=0)
+    waiting = [
+        Job(id="b", devices_per_worker=8, runtime_s=200, submit_time=1),
+        Job(id="c", devices_per_worker=8, runtime_s=100, submit_time=2),
+    ]
+    predicted = forecast(core, state, waiting, now=10).starts
+    assert predicted == {"b": 300.0, "c": 500.0}
+    # Play it out with the real core: the starts match the forecast.
+    core.finish(state, "a", 300)
+    assert started(core.step(state, waiting, now=300)) == ["b"]
+    core.finish(state, "b", 500)
+    assert started(core.step(state, waiting[1:], now=500)) == ["c"]
+    assert "a" not in state.running, "the forecast worked on copies"
+
+
+def test_eta_is_none_behind_jobs_without_estimates() -> None:
+    from scheduler.eta import forecast
+
+    core = core_with()
+    state = ClusterState(nodes(count=1))
+    core.step(state, [Job(id="forever", devices_per_worker=8)], now=0)
+    assert forecast(core, state, [Job(id="stuck", devices_per_worker=8)], now=1).starts == {"stuck": None}

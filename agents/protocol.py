@@ -1,0 +1,108 @@
+"""The wire contract between the node agent and the API. The API implements exactly these models.
+
+All bodies are JSON; every request carries ``Authorization: Bearer <node token>`` (the token the operator issued
+for this node). Times: the agent's wall clock is sent for information only; ordering and ages use the agent's
+monotonic clock, converted to *ages in seconds at send time*, so a node whose clock is minutes off still reports
+correctly (the API dates a sample as ``received_at - age_s``).
+
+``POST /v1/agent/register``
+    Body :class:`RegisterRequest` (node description, discovered devices, which vendors are present/absent).
+    ``200`` :class:`RegisterResponse` (the node id the API will use, the heartbeat interval it wants).
+    ``401``/``403`` bad token: the agent stops with an error (retrying cannot fix a token).
+    ``422`` the API rejected the body: the agent stops with the API's message.
+    ``5xx`` or no connection: retried with exponential backoff and jitter until it succeeds.
+
+``POST /v1/agent/heartbeat``
+    Body :class:`HeartbeatRequest`: the batches of samples buffered since the last acknowledged one (oldest first,
+    at most ``max_batches_per_heartbeat``), ages computed at send time, and how many batches the agent dropped
+    because its bounded buffer overflowed while the API was unreachable.
+    ``200`` :class:`HeartbeatResponse` with ``acked_seq``: every batch with ``seq <= acked_seq`` is delivered and
+    removed from the agent's buffer. ``reregister: true`` asks the agent to register again (API restarted and
+    forgot the node); ``interval_s`` may change the heartbeat interval.
+    ``404`` unknown node: the agent registers again, keeping its buffer.
+    ``401``/``403``: the agent stops (token revoked).
+    ``422``: the batches are dropped (counted in ``rejected_batches_total``): resending cannot fix them.
+    ``5xx`` or no connection: kept in the buffer and retried with backoff; sampling goes on meanwhile.
+
+A node is unhealthy when the API misses N heartbeats or a heartbeat reports a device ``unhealthy`` (fatal XID,
+uncorrectable ECC, remap failure, vendor alarm); that decision is the API's, the agent only reports.
+
+    >>> from agents.protocol import HeartbeatResponse
+    >>> HeartbeatResponse.model_validate({"acked_seq": 41}).reregister
+    False
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.shims.base import DeviceInfo, DeviceSample, Health, ShimStatus
+
+PROTOCOL_VERSION = 1
+REGISTER_PATH = "/v1/agent/register"
+HEARTBEAT_PATH = "/v1/agent/heartbeat"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NodeDescriptor(_Wire):
+    """The node as the scheduler core sees it (maps onto ``scheduler.model.Node``)."""
+
+    node_id: str = Field(min_length=1, max_length=200)
+    hostname: str
+    model: str | None = Field(default=None, description="catalog model of the node's accelerators, if known")
+    vendor: str | None = None
+    devices: int = Field(ge=0, le=64)
+    cpu_milli: int = Field(ge=0)
+    memory_mib: int = Field(ge=0)
+    site: str = "default"
+    region: str = "default"
+    tier: str = "cloud"
+    island: str = ""
+    switch: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class RegisterRequest(_Wire):
+    protocol_version: int = PROTOCOL_VERSION
+    agent_version: str
+    node: NodeDescriptor
+    devices: list[DeviceInfo]
+    shims: list[ShimStatus]
+    sent_wall_time: float
+
+
+class RegisterResponse(_Wire):
+    node_id: str
+    heartbeat_interval_s: float | None = Field(default=None, gt=0)
+    message: str = ""
+
+
+class TelemetryBatch(_Wire):
+    """The samples of one agent tick. ``seq`` increases by one per tick for the life of the agent process."""
+
+    seq: int = Field(ge=0)
+    age_s: float = Field(ge=0, description="seconds between sampling and sending, on the agent's monotonic clock")
+    sampled_wall_time: float = Field(description="agent wall clock at sampling; informative only")
+    slow: bool = Field(description="whether this tick read the slow metrics")
+    samples: list[DeviceSample]
+
+
+class HeartbeatRequest(_Wire):
+    protocol_version: int = PROTOCOL_VERSION
+    node_id: str
+    agent_uptime_s: float = Field(ge=0)
+    sent_wall_time: float
+    batches: list[TelemetryBatch]
+    buffered_batches: int = Field(ge=0, description="batches still waiting in the agent after this one")
+    dropped_batches_total: int = Field(ge=0, description="batches lost to buffer overflow since agent start")
+    rejected_batches_total: int = Field(ge=0)
+    device_health: dict[str, Health] = Field(default_factory=dict, description="uuid -> latest health")
+
+
+class HeartbeatResponse(_Wire):
+    acked_seq: int = Field(ge=-1, description="highest seq received; -1 when none")
+    interval_s: float | None = Field(default=None, gt=0)
+    reregister: bool = False

@@ -1,0 +1,311 @@
+"""The one interface every accelerator shim implements, and the normalised records it returns.
+
+A shim adapts one vendor's tool or library (NVML, ``npu-smi``, ``cnmon``, ``amdsmi`` ...) to two calls::
+
+    >>> from agents.shims.emulated import EmulatedShim
+    >>> shim = EmulatedShim("H100", devices=2, seed=1)
+    >>> [d.model for d in shim.discover()]
+    ['H100', 'H100']
+    >>> sample = shim.sample(fast=True)[0]
+    >>> sample.utilization_pct, sample.health
+    (0.0, <Health.HEALTHY: 'healthy'>)
+
+Units are part of every field name (``memory_used_mib``, ``power_w``, ``energy_j``). A shim never invents a
+number: a metric it could not read is ``None`` and its field name is listed in ``fields_unavailable``. A vendor
+whose tool or library is missing is *absent* (``discover()`` returns ``[]`` and ``status.state`` says why), which
+is normal on a machine without that vendor's devices and is never an error.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from scheduler.catalog import AcceleratorModel, Catalog, load_catalog
+
+
+class Health(StrEnum):
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    UNKNOWN = "unknown"
+
+
+class ShimState(StrEnum):
+    PRESENT = "present"
+    ABSENT = "absent"
+    ERROR = "error"
+
+
+#: Every numeric metric a :class:`DeviceSample` can carry; ``fields_unavailable`` names only these.
+METRIC_FIELDS: tuple[str, ...] = (
+    "utilization_pct",
+    "memory_used_mib",
+    "memory_total_mib",
+    "power_w",
+    "power_limit_w",
+    "energy_j",
+    "temperature_c",
+    "sm_clock_mhz",
+    "pcie_tx_bytes_per_s",
+    "pcie_rx_bytes_per_s",
+    "ecc_uncorrectable_total",
+    "ecc_correctable_total",
+    "remapped_rows_uncorrectable",
+    "remap_failure",
+    "xid_events",
+    "mig_enabled",
+)
+
+#: Metrics the NVIDIA shim reads on a slower cadence because NVML takes milliseconds for them (issue #7).
+SLOW_FIELDS: frozenset[str] = frozenset(
+    {
+        "energy_j",
+        "pcie_tx_bytes_per_s",
+        "pcie_rx_bytes_per_s",
+        "ecc_uncorrectable_total",
+        "ecc_correctable_total",
+        "remapped_rows_uncorrectable",
+        "remap_failure",
+        "power_limit_w",
+        "mig_enabled",
+    }
+)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ShimStatus(_Record):
+    """Whether a vendor is present on this node, and if not, why (``"npu-smi not found on PATH"``)."""
+
+    vendor: str
+    state: ShimState
+    reason: str = ""
+    tool_version: str | None = None
+
+
+class DeviceInfo(_Record):
+    """What discovery learns about one device; stable for the life of the agent."""
+
+    vendor: str
+    index: int = Field(ge=0, description="the vendor tool's device index on this node")
+    uuid: str = Field(min_length=1, description="vendor UUID, or a stable '<vendor>-<bus id|index>' stand-in")
+    name: str = Field(description="the product name exactly as the vendor tool printed it")
+    model: str | None = Field(default=None, description="catalog model id; None when the catalog has no match")
+    model_known: bool = False
+    kind: str | None = Field(default=None, description="gpu | npu | mlu | xpu | dcu, from the catalog")
+    memory_total_mib: float | None = Field(default=None, ge=0)
+    bus_id: str | None = None
+    interconnect: str | None = Field(default=None, description="fast fabric the vendor reports (nvlink, hccs ...)")
+    peers: list[str] = Field(default_factory=list, description="uuids of devices on the same fast interconnect")
+    mig_enabled: bool | None = None
+    driver_version: str | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+class DeviceSample(_Record):
+    """One device's telemetry at one instant, normalised across vendors.
+
+    ``sampled_monotonic_s`` is the agent's own monotonic clock; only differences of it are meaningful, which is
+    what makes heartbeats tolerant of wall-clock skew (the agent sends ``now - sampled_monotonic_s`` as an age).
+    ``slow_sampled_monotonic_s`` says when the slow fields (energy, PCIe, ECC, remapped rows) were last read.
+    """
+
+    vendor: str
+    index: int = Field(ge=0)
+    uuid: str
+    model: str | None = None
+    sampled_monotonic_s: float
+    sampled_wall_time: float = Field(description="agent wall clock (Unix s) at sampling; informative only")
+    slow_sampled_monotonic_s: float | None = None
+    utilization_pct: float | None = Field(default=None, ge=0, le=100)
+    memory_used_mib: float | None = Field(default=None, ge=0)
+    memory_total_mib: float | None = Field(default=None, ge=0)
+    power_w: float | None = Field(default=None, ge=0)
+    power_limit_w: float | None = Field(default=None, ge=0)
+    energy_j: float | None = Field(default=None, ge=0, description="cumulative since driver load")
+    temperature_c: float | None = None
+    sm_clock_mhz: float | None = Field(default=None, ge=0)
+    pcie_tx_bytes_per_s: float | None = Field(default=None, ge=0)
+    pcie_rx_bytes_per_s: float | None = Field(default=None, ge=0)
+    ecc_uncorrectable_total: int | None = Field(default=None, ge=0)
+    ecc_correctable_total: int | None = Field(default=None, ge=0)
+    remapped_rows_uncorrectable: int | None = Field(default=None, ge=0)
+    remap_failure: bool | None = None
+    xid_events: list[int] = Field(default_factory=list, description="XIDs observed since the previous sample")
+    mig_enabled: bool | None = None
+    health: Health = Health.UNKNOWN
+    health_reasons: list[str] = Field(default_factory=list)
+    fields_unavailable: list[str] = Field(default_factory=list)
+
+    def flag_unavailable(self, *fields: str) -> None:
+        """Record metrics that could not be read (kept sorted and unique so records compare stably)."""
+        for field in fields:
+            if field not in METRIC_FIELDS:
+                raise ValueError(f"{field!r} is not a metric field")
+        self.fields_unavailable = sorted({*self.fields_unavailable, *fields})
+
+
+class Shim(ABC):
+    """A vendor adapter. Subclasses set ``vendor`` and implement :meth:`discover` and :meth:`sample`.
+
+    ``sample(fast=True)`` reads the cheap per-tick metrics; ``sample(fast=False)`` also reads the expensive ones
+    (the agent calls it every ``slow_every`` ticks). Both must return one record per discovered device, even when
+    the tool failed: such a record has health ``unknown``, the failure in ``health_reasons`` and every metric in
+    ``fields_unavailable``.
+    """
+
+    vendor: str = "unknown"
+
+    def __init__(self) -> None:
+        self.status = ShimStatus(vendor=self.vendor, state=ShimState.ABSENT, reason="not discovered yet")
+        self.devices: list[DeviceInfo] = []
+
+    @abstractmethod
+    def discover(self) -> list[DeviceInfo]:
+        """Find this vendor's devices; ``[]`` (with ``status`` saying why) when the vendor is absent."""
+
+    @abstractmethod
+    def sample(self, fast: bool = True) -> list[DeviceSample]:
+        """Read telemetry for every discovered device."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook: most CLI shims hold nothing to release
+        """Release vendor handles (NVML shutdown, event sets). Idempotent."""
+
+    # ------------------------------------------------------------------ helpers shared by the vendor shims
+
+    def _absent(self, reason: str) -> list[DeviceInfo]:
+        self.status = ShimStatus(vendor=self.vendor, state=ShimState.ABSENT, reason=reason)
+        self.devices = []
+        return []
+
+    def _present(self, devices: list[DeviceInfo], tool_version: str | None = None) -> list[DeviceInfo]:
+        self.status = ShimStatus(vendor=self.vendor, state=ShimState.PRESENT, tool_version=tool_version)
+        self.devices = devices
+        return devices
+
+    def failed_samples(self, reason: str, now_monotonic: float, now_wall: float) -> list[DeviceSample]:
+        """One ``unknown`` record per known device when the tool could not be read at all."""
+        out = []
+        for device in self.devices:
+            sample = DeviceSample(
+                vendor=self.vendor,
+                index=device.index,
+                uuid=device.uuid,
+                model=device.model,
+                sampled_monotonic_s=now_monotonic,
+                sampled_wall_time=now_wall,
+                health=Health.UNKNOWN,
+                health_reasons=[reason],
+            )
+            sample.flag_unavailable(*METRIC_FIELDS)
+            out.append(sample)
+        return out
+
+
+# ------------------------------------------------------------------------------------------ model names
+
+
+class ModelResolver:
+    """Maps vendor product names to catalog model ids; never raises.
+
+    The catalog file is maintained by another team and may be missing or mid-edit: then every device is reported
+    with ``model=None`` and a note, and the agent keeps running::
+
+        >>> ModelResolver(catalog=None).resolve("NVIDIA H100 80GB HBM3", vendor="nvidia")[0] is None
+        True
+    """
+
+    def __init__(self, catalog: Catalog | str | None = "default") -> None:
+        self.error: str | None = None
+        if catalog == "default":
+            try:
+                self.catalog: Catalog | None = load_catalog()
+            except Exception as err:  # the agent must come up even when the catalog file is broken
+                self.catalog = None
+                self.error = f"accelerator catalog unavailable: {err}"
+        else:
+            self.catalog = catalog if isinstance(catalog, Catalog) else None
+            if self.catalog is None:
+                self.error = "no accelerator catalog given"
+
+    def lookup(self, name: str) -> AcceleratorModel | None:
+        if self.catalog is None:
+            return None
+        try:
+            return self.catalog.lookup(name)
+        except Exception:  # a half-written catalog must not take the agent down
+            return None
+
+    def resolve(self, name: str, vendor: str) -> tuple[AcceleratorModel | None, list[str]]:
+        """The catalog entry for a product name (trying vendor-specific spellings), and notes for the record."""
+        for candidate in _name_candidates(name, vendor):
+            found = self.lookup(candidate)
+            if found is not None:
+                notes = [] if candidate == name else [f"catalog model resolved from {name!r} via {candidate!r}"]
+                return found, notes
+        why = self.error or f"catalog has no model named {name!r}"
+        return None, [f"device model unknown: {why}"]
+
+    def describe(self, vendor: str, index: int, uuid: str, name: str, **fields: Any) -> DeviceInfo:
+        """Build a :class:`DeviceInfo` with the catalog model, kind and notes filled in."""
+        entry, notes = self.resolve(name, vendor)
+        return DeviceInfo(
+            vendor=vendor,
+            index=index,
+            uuid=uuid,
+            name=name,
+            model=entry.model if entry else None,
+            model_known=entry is not None,
+            kind=entry.kind.value if entry else None,
+            notes=[*notes, *fields.pop("notes", [])],
+            **fields,
+        )
+
+
+def _name_candidates(name: str, vendor: str) -> Iterable[str]:
+    name = name.strip()
+    yield name
+    if vendor == "huawei":
+        # npu-smi prints the chip bin ("910B3"); the catalog has one entry per part (Ascend910B). The bins
+        # differ in enabled AI cores, which the record keeps in ``name``.
+        yield f"Ascend {name}"
+        binned = re.fullmatch(r"(?:Ascend\s*)?(910B|910C|310P)\d?", name)
+        if binned:
+            yield f"Ascend{binned.group(1)}"
+    if vendor == "metax" and not name.lower().startswith("metax"):
+        yield f"MetaX {name}"
+    if vendor == "kunlunxin":
+        yield name.split()[0] if name.split() else name  # "P800 OAM": the catalog names the chip, not the form
+    if vendor == "hygon":
+        stripped = re.sub(r"^(DCU\s+)", "", name)
+        yield stripped
+        yield stripped.split("_")[0]
+
+
+def dedupe_uuids(samples: Sequence[DeviceSample]) -> list[DeviceSample]:
+    """Keep the first record of each UUID; later duplicates are kept, renamed and marked ``unknown``.
+
+    Two devices claiming one UUID is a vendor-tool bug (seen with cloned VFs); neither record can be trusted to
+    describe "that" device, so the second is reported separately rather than silently merged or dropped.
+    """
+    seen: set[str] = set()
+    out: list[DeviceSample] = []
+    for sample in samples:
+        if sample.uuid in seen:
+            sample = sample.model_copy(
+                update={
+                    "uuid": f"{sample.uuid}#dup-{sample.vendor}-{sample.index}",
+                    "health": Health.UNKNOWN,
+                    "health_reasons": [*sample.health_reasons, f"duplicate uuid {sample.uuid!r}"],
+                }
+            )
+        seen.add(sample.uuid)
+        out.append(sample)
+    return out
