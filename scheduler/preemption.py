@@ -86,9 +86,7 @@ class Preemptor:
         if not candidates:
             return None
         # Cheapest first; among equals the most recently started, i.e. the job that borrowed last.
-        candidates.sort(
-            key=lambda r: (r.job.priority, lost_work(r, now), -r.started_at, -r.job.submit_time, r.job.id)
-        )
+        candidates.sort(key=lambda r: (r.job.priority, lost_work(r, now), -r.started_at, -r.job.submit_time, r.job.id))
         candidates = candidates[: self.max_candidates]
         released: list[RunningJob] = []
         placement = None
