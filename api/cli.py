@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agents.cli import app as agent_app
+from simulations.cli import app as simulations_app
 from scheduler.cluster import load_cluster
 from scheduler.core import CoreConfig, SchedulerCore
 from scheduler.errors import ConfigError
@@ -30,6 +31,7 @@ from scheduler.workload import load_jobs
 
 app = typer.Typer(help="Zhisuan (智算): a scheduler for intelligent computing centers.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
+app.add_typer(simulations_app)
 console = Console(width=160) if not Console().is_terminal else Console()
 errors = Console(stderr=True)
 

@@ -33,6 +33,8 @@ class Reservation:
     device_slack: dict[tuple[str, int], int]
     cpu_slack: dict[str, int]
     memory_slack: dict[str, int]
+    #: Milli-devices the phantom hides right now (0 when everything reserved is still busy).
+    hidden_milli: int = 0
 
     @property
     def phantom_id(self) -> str:
@@ -42,12 +44,14 @@ class Reservation:
         """Allocate the phantom that keeps long jobs off the reserved room (idempotent)."""
         if self.phantom_id in state.allocations:
             return
+        self.hidden_milli = 0
         workers: list[WorkerPlacement] = []
         for (node, device), slack in self.device_slack.items():
             ns = state.nodes[node]
             hidden = max(0, ns.free[device] - slack) if ns.healthy[device] else 0
             if hidden:
                 workers.append(WorkerPlacement(node=node, devices=(device,), milli=hidden))
+                self.hidden_milli += hidden
         for node, slack in self.cpu_slack.items():
             ns = state.nodes[node]
             cpu = max(0, ns.cpu_free - slack)

@@ -32,7 +32,7 @@ from scheduler.catalog import Catalog, load_catalog
 from scheduler.fairshare import FairShare, UsageHistory
 from scheduler.metering import LedgerEntry, Meter, StopCause
 from scheduler.model import Decision, DecisionKind, DomesticPreference, Job, Reason, ReasonCode
-from scheduler.placement import Admission, PlacementConfig, PlacementEngine, PlacementResult
+from scheduler.placement import Admission, PlacementConfig, PlacementEngine, PlacementResult, shape_key
 from scheduler.preemption import Preemptor
 from scheduler.queueing import DrfOrder, FifoOrder
 from scheduler.quota import QuotaCheck, demand_for, tenant_account, user_account
@@ -152,6 +152,9 @@ class SchedulerCore:
         order = self._make_order(jobs, share)
         decisions: list[Decision] = []
         self.reservations = {}
+        # Shapes that failed to backfill this step. Within a step free capacity only shrinks (until a
+        # preemption frees some), so a shape that could not backfill still cannot.
+        self._backfill_misses: set[tuple[object, ...]] = set()
         heads: set[str | None] = set()
         preemption_attempts = 0
         try:
@@ -176,6 +179,7 @@ class SchedulerCore:
                     preemption_attempts += 1
                     preempted = self._preempt(state, job, queue, now)
                     if preempted:
+                        self._backfill_misses.clear()
                         decisions.extend(preempted)
                         continue
                 reasons = list(result.reasons)
@@ -297,14 +301,26 @@ class SchedulerCore:
         estimate = self.runtimes.estimate(job)
         if estimate is None:
             return None
-        lifted = [r for r in self.reservations.values() if r.start >= now + estimate / _fastest(self, job)]
+        shape = (shape_key(job), job.queue, job.tenant)
+        if shape in self._backfill_misses:
+            return None
+        earliest_end = now + estimate / _fastest(self, job)
+        pools = {pool.id for pool, _ in self.placement.candidate_pools(state, job)}
+        # Lifting helps only where a reservation hides at least one worker's worth of devices.
+        lifted = [
+            r
+            for r in self.reservations.values()
+            if r.start >= earliest_end and r.placement.pool in pools and r.hidden_milli >= job.device_milli
+        ]
         if not lifted:
+            self._backfill_misses.add(shape)
             return None
         for reservation in lifted:
             reservation.lift(state)
         try:
             result = self.placement.place(state, job, admit)
             if result.placement is None:
+                self._backfill_misses.add(shape)
                 return None
             end = now + estimate / result.relative_throughput
             nodes = set(result.placement.nodes)

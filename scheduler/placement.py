@@ -126,22 +126,23 @@ class PlacementEngine:
         pool), which keeps a long saturated queue at a few dictionary lookups per job.
         """
         result = PlacementResult()
-        shape = _shape_key(job)
+        shape = shape_key(job)
         epoch = state.capacity_epoch
         tried = 0
         for pool, rel in self.candidate_pools(state, job):
             tried += 1
-            if admit is not None:
-                refusal = admit(pool, rel)
-                if refusal is not None:
-                    self._note(result, refusal)
-                    continue
             key = (shape, pool.id)
             known = self._infeasible.get(key)
             if known is not None and known[0] == epoch:
+                # No room regardless of quota: skip the quota check, capacity is the blocker.
                 reason: Reason | None = known[1]
             else:
                 reason = self._quick_reject(pool, job)
+                if reason is None and admit is not None:
+                    refusal = admit(pool, rel)
+                    if refusal is not None:
+                        self._note(result, refusal)
+                        continue
                 if reason is None:
                     placement, reason = self._place_in_pool(state, pool, job)
                     if placement is not None:
@@ -446,7 +447,7 @@ class PlacementEngine:
         )
 
 
-def _shape_key(job: Job) -> tuple[object, ...]:
+def shape_key(job: Job) -> tuple[object, ...]:
     """Everything about a job that placement looks at; jobs with equal keys place (or fail) alike."""
     return (
         job.models,

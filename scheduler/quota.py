@@ -1,7 +1,8 @@
 """Quota admission: may a queue take this much more of a flavor, given its tree and everybody's usage?
 
 Usage lives in :attr:`ClusterState.usage <scheduler.state.ClusterState.usage>` per *account*: every queue on a
-job's path, plus ``tenant:<id>`` and ``user:<tenant>/<id>`` for fair share. A job's demand is its devices under
+job's path, the center (the root, summing all top-level queues), plus ``tenant:<id>`` and ``user:<tenant>/<id>``
+for fair share. A job's demand is its devices under
 the model it lands on and its normalised compute (devices × relative throughput) under ``ncu``::
 
     >>> from scheduler.quota import QuotaCheck, demand_for
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from scheduler.model import Job, Reason, ReasonCode
 from scheduler.state import ClusterState
-from scheduler.tenancy import NCU, QueuePolicy
+from scheduler.tenancy import NCU, ROOT, QueuePolicy
 
 EPSILON = 1e-9
 
@@ -43,12 +44,18 @@ class QuotaCheck:
 
     def __init__(self, policy: QueuePolicy) -> None:
         self.policy = policy
+        #: Per (parent, flavor): the children that hold a guarantee of that flavor, and how much.
+        self._guarantees: dict[tuple[str | None, str], list[tuple[str, float]]] = {}
+        for name, spec in policy.queues.items():
+            for flavor, quota in spec.quota.items():
+                if quota.guarantee:
+                    self._guarantees.setdefault((spec.parent, flavor), []).append((name, quota.guarantee))
 
     def queue_of(self, job: Job) -> str | None:
         return self.policy.resolve(job.queue, job.tenant)
 
     def accounts(self, job: Job, queue: str | None) -> tuple[str, ...]:
-        path = self.policy.path(queue) if queue else ()
+        path = (*self.policy.path(queue), ROOT) if queue else ()
         return (*path, tenant_account(job.tenant), user_account(job.tenant, job.user))
 
     def admit(
@@ -76,19 +83,12 @@ class QuotaCheck:
                 capacity = self._parent_capacity(state, spec.parent, flavor)
                 if capacity is None:
                     continue
-                siblings = policy.children.get(spec.parent, [])
                 held = 0.0
-                for sibling in siblings:
-                    if sibling == a:
-                        continue
-                    sq = policy.queues[sibling].quota.get(flavor)
-                    if sq is not None and sq.guarantee:
-                        held += max(0.0, sq.guarantee - state.used(sibling, flavor))
-                parent_after = (
-                    sum(state.used(s, flavor) for s in siblings) + amount
-                    if spec.parent is None
-                    else state.used(spec.parent, flavor) + amount
-                )
+                for sibling, guarantee in self._guarantees.get((spec.parent, flavor), ()):
+                    if sibling != a:
+                        held += max(0.0, guarantee - state.used(sibling, flavor))
+                # Top-level queues are charged to the center's account too, so their sum is one lookup.
+                parent_after = state.used(spec.parent or ROOT, flavor) + amount
                 if held and parent_after + held > capacity + EPSILON:
                     return Reason(
                         ReasonCode.QUOTA,
@@ -103,8 +103,8 @@ class QuotaCheck:
         if parent is None:
             if flavor == NCU:
                 return None
-            pools = state.pools_by_model.get(flavor)
-            return sum(p.capacity_milli for p in pools) / 1000 if pools else None
+            devices = state.devices_by_model.get(flavor)
+            return float(devices) if devices else None
         quota = self.policy.quota(parent, flavor)
         return quota.limit if quota is not None else None
 

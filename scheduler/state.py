@@ -181,6 +181,8 @@ class ClusterState:
         self.usage: dict[str, dict[str, float]] = {}
         #: Running jobs per pool, in start order: where preemption looks for victims.
         self.running_by_pool: dict[str, dict[str, None]] = {}
+        #: Installed devices per model (nodes taken out of service still count: they come back).
+        self.devices_by_model: dict[str, int] = {}
         #: Changes whenever capacity may have *grown* (release, new node, node or device back in service).
         #: Unique across all states, so a cache keyed by it can never confuse two states.
         self.capacity_epoch = next(_EPOCHS)
@@ -207,6 +209,7 @@ class ClusterState:
         if len(ns.island.nodes) > 1:
             pool.multi_node_islands = True
         self.nodes[node.id] = ns
+        self.devices_by_model[node.model] = self.devices_by_model.get(node.model, 0) + node.devices
         pool.capacity_milli += node.devices * MILLI
         pool.free_milli += node.devices * MILLI
         pool.by_whole.add((ns.free_whole, ns.index))

@@ -1,0 +1,595 @@
+"""The two replay modes: a timeline of arrivals through the policy core, and the FGD packing experiment.
+
+**Timeline.** Jobs arrive at their submit times; a scheduling pass calls ``SchedulerCore.step(state, pending,
+now)`` (the live service's call, same objects and config) after the events of an instant; started jobs run their
+duration scaled by the throughput of the model they landed on (:mod:`simulations.schema`), then finish and free
+capacity. Job failures, node failures and repairs, preemptions (a ``preempt`` decision from the core) and
+checkpoints are events too. An interrupted job is requeued and resumes from its last checkpoint::
+
+    >>> from scheduler.model import Node
+    >>> from simulations.schema import TraceJob
+    >>> from simulations.replay import TimelineSimulation
+    >>> sim = TimelineSimulation([Node(id="n1", model="A100", devices=8, cpu_milli=64000, memory_mib=512000)])
+    >>> result = sim.run([TraceJob(id="a", submit_time=0, duration_s=60, devices_per_worker=8),
+    ...                   TraceJob(id="b", submit_time=10, duration_s=60, devices_per_worker=8)])
+    >>> result.summary["wait_s"]["p99"], result.summary["jobs"]["finished"]
+    (50.0, 2)
+
+*Passes.* By default every pass hands all pending jobs to the core, as the live service does. With
+``incremental=True`` a pass that follows only arrivals (no capacity came back since the last pass) decides just
+the new arrivals: every job rejected before still cannot fit, since free capacity only shrank. That equals the
+full pass only for a core whose rejections depend on capacity alone (preemption and backfill off, as in
+:func:`packing_core`); with reservations, minimum runtimes or preemption, leave it off.
+
+**Packing** (FGD, ATC '23): pods drawn with replacement in seeded random order are submitted one at a time and
+never deleted, until the arrived GPU request reaches ``inflation`` × cluster GPUs; the GPU allocation ratio and
+the fragmentation are recorded against the arrived request (:func:`run_packing`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler.catalog import Catalog, load_catalog
+from scheduler.core import CoreConfig, QueueingConfig, SchedulerCore
+from scheduler.metering import StopCause
+from scheduler.model import MILLI, Decision, DecisionKind, Job, Node, Placement
+from scheduler.placement import PlacementConfig, PlacementEngine
+from scheduler.scoring import FGDScorer
+from scheduler.state import ClusterState
+from scheduler.throughput import ThroughputMatrix, load_throughput
+from simulations.engine import Engine, Event, EventKind
+from simulations.loaders.base import SkipReport, TraceError
+from simulations.metrics import Economics, FragmentationMeter, GpuShape, Metrics, workload_shapes
+from simulations.schema import TraceJob
+
+Progress = Callable[[int], None]
+
+_CAUSES = {
+    "finished": StopCause.FINISHED,
+    "job-failure": StopCause.FAILED,
+    "node-failure": StopCause.NODE_LOST,
+    "preempted": StopCause.PREEMPTED,
+    "cut": StopCause.CANCELLED,
+}
+
+
+@dataclass
+class SimConfig:
+    """How the timeline replay treats time, failures and SLOs (the policy itself is the core's config)."""
+
+    #: Arrival-only passes decide just the new arrivals: exact only for a core without preemption and
+    #: reservations (see the module docstring); off by default, as the live service passes all pending jobs.
+    incremental: bool = False
+    seed: int = 0
+    #: Mean time between failures of one node (exponential); 0 disables node failures.
+    node_mtbf_s: float = 0.0
+    node_repair_s: float = 4 * 3600.0
+    #: Probability that one run of a job fails part-way (uniformly in its runtime); it is retried.
+    job_failure_probability: float = 0.0
+    max_retries: int = 3
+    default_slo_wait_s: float = 60.0
+    #: Stop the replay at this virtual time (running jobs are cut and counted); ``None`` runs to the end.
+    horizon_s: float | None = None
+    #: Bound on extra passes at one instant after preemptions (a safety net against a looping policy).
+    max_passes_per_instant: int = 4
+    economics: Economics = field(default_factory=Economics)
+
+
+@dataclass(slots=True)
+class _Pending:
+    job: Job
+    trace: TraceJob
+    submit: float
+    saved: float = 0.0
+    attempts: int = 0
+    started_once: bool = False
+
+
+@dataclass(slots=True)
+class _Running:
+    entry: _Pending
+    placement: Placement
+    start: float
+    duration: float
+    base_saved: float
+    event: Event | None = None
+    checkpoint: Event | None = None
+
+
+@dataclass
+class ReplayResult:
+    """What a timeline replay returns: the summary numbers, the plot series and the input report."""
+
+    summary: dict[str, Any]
+    plots: dict[str, Any]
+    trace_report: SkipReport
+    wall_s: float
+    events: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mode": "timeline",
+            "summary": self.summary,
+            "trace": self.trace_report.as_dict(),
+            "wall_s": self.wall_s,
+            "events": self.events,
+        }
+
+
+def _default_core(
+    scorer: str, seed: int, catalog: Catalog | None, throughput: ThroughputMatrix | None
+) -> SchedulerCore:
+    return SchedulerCore(CoreConfig(placement=PlacementConfig(scorer=scorer, seed=seed)), catalog, throughput)
+
+
+def packing_core(
+    scorer: str,
+    seed: int,
+    catalog: Catalog | None = None,
+    throughput: ThroughputMatrix | None = None,
+    candidates: int = 8,
+) -> SchedulerCore:
+    """A core for the packing experiment: placement as configured, no preemption and no backfill.
+
+    The FGD protocol never deletes a pod once placed, so nothing may be preempted; with every pod submitted
+    alone there is no queue to backfill either.
+    """
+    config = CoreConfig(
+        placement=PlacementConfig(scorer=scorer, seed=seed, candidates=candidates),
+        queueing=QueueingConfig(preemption=False, backfill=False),
+    )
+    return SchedulerCore(config, catalog, throughput)
+
+
+class TimelineSimulation:
+    """A discrete-event replay of a trace through one :class:`SchedulerCore` on one cluster."""
+
+    def __init__(
+        self,
+        nodes: list[Node],
+        core: SchedulerCore | None = None,
+        config: SimConfig | None = None,
+        catalog: Catalog | None = None,
+        throughput: ThroughputMatrix | None = None,
+        shapes: list[tuple[GpuShape, float]] | None = None,
+        progress: Progress | None = None,
+        trace_path: str | Path = "<trace>",
+        trace_ordered: bool = True,
+    ) -> None:
+        self.config = config or SimConfig()
+        self.catalog = catalog or (core.catalog if core is not None else load_catalog())
+        self.throughput = throughput or (
+            core.throughput if core is not None else load_throughput(catalog=catalog) if catalog else load_throughput()
+        )
+        self.core = core or _default_core("fgd", self.config.seed, self.catalog, self.throughput)
+        self.nodes = nodes
+        self.state = ClusterState(nodes)
+        self.engine = Engine()
+        self.metrics = Metrics(
+            self.state,
+            self.catalog,
+            self.throughput,
+            self.config.economics,
+            shapes,
+            self.config.default_slo_wait_s,
+        )
+        # Feasibility on the empty cluster, per job shape: a job no node can ever host is reported, not queued.
+        self._probe_state = ClusterState(nodes)
+        self._probe = PlacementEngine(PlacementConfig(scorer="binpack"), self.catalog, self.throughput)
+        self._hostable: dict[tuple[Any, ...], list[int]] = {}
+        self._rng = random.Random(self.config.seed)
+        self.pending: dict[str, _Pending] = {}
+        self._fresh: list[str] = []
+        self.running: dict[str, _Running] = {}
+        self._pass_event: Event | None = None
+        self._full_pass = False
+        self._passes_now = (-1.0, 0)
+        self._arrivals: Iterator[TraceJob] = iter(())
+        self._arrivals_left = True
+        self._last_submit = 0.0
+        self._arrived = 0
+        self._progress = progress
+        self._trace_path = str(trace_path)
+        self._trace_ordered = trace_ordered
+        self.report = SkipReport()
+        self._done = False
+        engine = self.engine
+        engine.on(EventKind.ARRIVAL, self._on_arrival)
+        engine.on(EventKind.SCHEDULE, self._on_pass)
+        engine.on(EventKind.FINISH, self._on_finish)
+        engine.on(EventKind.FAILURE, self._on_job_failure)
+        engine.on(EventKind.CHECKPOINT, self._on_checkpoint)
+        engine.on(EventKind.NODE_FAILURE, self._on_node_failure)
+        engine.on(EventKind.NODE_REPAIR, self._on_node_repair)
+        engine.on(EventKind.PREEMPTION, self._on_preemption)
+
+    # ------------------------------------------------------------------------------------------ driving
+
+    def run(self, jobs: Iterable[TraceJob], report: SkipReport | None = None) -> ReplayResult:
+        """Replay ``jobs`` (in submit order) to completion, or to ``config.horizon_s``."""
+        began = time.perf_counter()
+        if report is not None:
+            self.report = report
+        self._arrivals = iter(jobs)
+        self._schedule_next_arrival()
+        if self.config.node_mtbf_s > 0:
+            for node in self.nodes:
+                self.engine.schedule(
+                    self._rng.expovariate(1.0 / self.config.node_mtbf_s), EventKind.NODE_FAILURE, node.id
+                )
+        self.engine.run(until=self.config.horizon_s)
+        end = self.engine.now
+        for running in list(self.running.values()):
+            self._stop(running, end, "cut")
+        self.metrics.counts["pending_at_end"] = len(self.pending)
+        self.metrics.close(end)
+        return ReplayResult(
+            summary=self.metrics.summary(),
+            plots=self.metrics.plots(),
+            trace_report=self.report,
+            wall_s=time.perf_counter() - began,
+            events=self.engine.processed,
+        )
+
+    def _schedule_next_arrival(self) -> None:
+        for trace in self._arrivals:
+            if trace.submit_time < self._last_submit and self._trace_ordered:
+                raise TraceError(
+                    self._trace_path,
+                    f"submit time {trace.submit_time:g} is earlier than the previous job's "
+                    f"{self._last_submit:g}: sort the trace by submit time",
+                    trace.row or None,
+                    "submit_time",
+                )
+            self._last_submit = max(self._last_submit, trace.submit_time)
+            self.engine.schedule(max(trace.submit_time, self.engine.now), EventKind.ARRIVAL, trace)
+            return
+        if self._arrivals_left:
+            self.metrics.arrivals_ended(self.engine.now)
+        self._arrivals_left = False
+
+    def _request_pass(self, full: bool) -> None:
+        self._full_pass |= full
+        if self._pass_event is None:
+            self._pass_event = self.engine.schedule(self.engine.now, EventKind.SCHEDULE)
+
+    def _maybe_done(self) -> bool:
+        self._done = not self._arrivals_left and not self.pending and not self.running
+        if self._done:
+            # Only failure/repair events of idle nodes can be left: the replay is over.
+            self.engine.stop()
+        return self._done
+
+    # ------------------------------------------------------------------------------------------ arrivals
+
+    def _hostable_on_empty(self, job: Job) -> bool:
+        """Whether the core could place ``job`` on the empty cluster (then it can start some day).
+
+        Feasibility is monotone in the number of workers, so per worker shape the cache keeps the largest gang
+        known to fit and the smallest known not to; only gangs between the two are probed.
+        """
+        key = (
+            job.models or job.job_class,
+            job.domestic,
+            job.device_milli,
+            job.cpu_milli_per_worker,
+            job.memory_mib_per_worker,
+            job.topology_required,
+        )
+        bounds = self._hostable.get(key)
+        if bounds is None:
+            bounds = self._hostable[key] = [0, 1 << 30]
+        if job.workers <= bounds[0]:
+            return True
+        if job.workers >= bounds[1]:
+            return False
+        fits = self._probe.place(self._probe_state, job).placement is not None
+        if fits:
+            bounds[0] = job.workers
+        else:
+            bounds[1] = job.workers
+        return fits
+
+    def _on_arrival(self, event: Event) -> None:
+        trace: TraceJob = event.payload
+        self._arrived += 1
+        if self._progress is not None and self._arrived % 1000 == 0:
+            self._progress(self._arrived)
+        self._schedule_next_arrival()
+        self.metrics.on_arrival(event.time)
+        path, row = self._trace_path, trace.row
+        if trace.duration_s <= 0:
+            self.report.skip("no duration (zero, or a trace variant without times)", path, row, "duration")
+        elif trace.id in self.pending or trace.id in self.running:
+            self.report.skip("duplicate job id", path, row, "id")
+        else:
+            job = trace.to_job(self.throughput)
+            if not self._hostable_on_empty(job):
+                self.report.skip("no node of the cluster can ever host the job", path, row, "devices_per_worker")
+            else:
+                self.pending[job.id] = _Pending(job, trace, event.time)
+                self._fresh.append(job.id)
+                self._request_pass(full=False)
+                return
+        self._maybe_done()
+
+    # ------------------------------------------------------------------------------------------ passes
+
+    def _on_pass(self, event: Event) -> None:
+        self._pass_event = None
+        now = event.time
+        full = self._full_pass or not self.config.incremental
+        self._full_pass = False
+        if full:
+            jobs = [p.job for p in self.pending.values()]
+        else:
+            jobs = [self.pending[j].job for j in self._fresh if j in self.pending]
+        self._fresh.clear()
+        if not jobs:
+            return
+        decisions = self.core.step(self.state, jobs, now)
+        preempted = False
+        for decision in decisions:
+            if decision.kind is DecisionKind.START:
+                self._start(decision, now)
+            elif decision.kind is DecisionKind.PREEMPT:
+                preempted |= self._preempt(decision.job_id, now)
+            elif decision.reasons:
+                self.metrics.reject_reasons[decision.reasons[0].code.value] += 1
+        self.metrics.on_pass(now, len(self.pending), len(self.running))
+        if preempted:
+            at, count = self._passes_now
+            count = count + 1 if at == now else 1
+            self._passes_now = (now, count)
+            if count < self.config.max_passes_per_instant:
+                self._request_pass(full=True)
+
+    def _start(self, decision: Decision, now: float) -> None:
+        entry = self.pending.pop(decision.job_id)
+        placement = decision.placement
+        assert placement is not None
+        full = entry.trace.duration_on(placement.model, self.throughput)
+        remaining = full * (1.0 - entry.saved)
+        running = _Running(entry, placement, now, full, entry.saved)
+        if self.config.job_failure_probability and self._rng.random() < self.config.job_failure_probability:
+            running.event = self.engine.schedule(now + remaining * self._rng.random(), EventKind.FAILURE, running)
+        else:
+            running.event = self.engine.schedule(now + remaining, EventKind.FINISH, running)
+        interval = entry.trace.checkpoint_interval_s
+        if interval > 0 and interval < remaining:
+            running.checkpoint = self.engine.schedule(now + interval, EventKind.CHECKPOINT, running)
+        self.running[entry.job.id] = running
+        self.metrics.on_start(now, entry.job, placement, not entry.started_once, entry.submit, entry.trace.slo_wait_s)
+        entry.started_once = True
+
+    # ------------------------------------------------------------------------------------------ stops
+
+    def _stop(self, running: _Running, now: float, outcome: str) -> None:
+        job_id = running.entry.job.id
+        del self.running[job_id]
+        if job_id in self.state.allocations:
+            # The core releases the job itself, so that its metering and runtime estimates see the stop.
+            # (Victims of a ``preempt`` decision were already released by ``step``.)
+            self.core.finish(self.state, job_id, now, _CAUSES.get(outcome, StopCause.CANCELLED))
+        for ev in (running.event, running.checkpoint):
+            if ev is not None:
+                Engine.cancel(ev)
+        self.metrics.on_stop(now, running.entry.job, running.placement, running.start, outcome)
+
+    def _interrupt(self, running: _Running, now: float, outcome: str, retry: bool = True) -> None:
+        """Stop a running job early; requeue it (resuming from its last checkpoint) unless out of retries."""
+        self._stop(running, now, outcome)
+        entry = running.entry
+        progress = running.base_saved + (now - running.start) / running.duration if running.duration else 1.0
+        lost = max(progress - entry.saved, 0.0) * running.duration
+        devices = entry.job.total_device_milli / MILLI
+        self.metrics.on_lost(devices * lost / 3600.0)
+        entry.attempts += 1
+        if retry and entry.attempts <= self.config.max_retries:
+            self.pending[entry.job.id] = entry
+            self._fresh.append(entry.job.id)
+        else:
+            self.metrics.counts["gave_up"] += 1
+        self._request_pass(full=True)
+
+    def _on_finish(self, event: Event) -> None:
+        running: _Running = event.payload
+        self._stop(running, event.time, "finished")
+        self.metrics.on_complete(running.entry.job, event.time, running.entry.submit)
+        if not self._maybe_done():
+            self._request_pass(full=True)
+
+    def _on_job_failure(self, event: Event) -> None:
+        self._interrupt(event.payload, event.time, "job-failure")
+
+    def _on_checkpoint(self, event: Event) -> None:
+        running: _Running = event.payload
+        entry = running.entry
+        entry.saved = running.base_saved + (event.time - running.start) / running.duration
+        self.core.checkpointed(self.state, entry.job.id, event.time)
+        interval = entry.trace.checkpoint_interval_s
+        finish = running.event.time if running.event is not None else event.time
+        running.checkpoint = (
+            self.engine.schedule(event.time + interval, EventKind.CHECKPOINT, running)
+            if event.time + interval < finish
+            else None
+        )
+
+    def _preempt(self, job_id: str, now: float) -> bool:
+        running = self.running.get(job_id)
+        if running is None:
+            return False
+        self._interrupt(running, now, "preempted")
+        return True
+
+    def _on_preemption(self, event: Event) -> None:
+        # External preemptions (e.g. a scripted scenario) arrive as events naming the job.
+        self._preempt(str(event.payload), event.time)
+
+    def _on_node_failure(self, event: Event) -> None:
+        if self._done:
+            return
+        node_id = str(event.payload)
+        for job_id in self.state.remove_node(node_id):
+            running = self.running.get(job_id)
+            if running is not None:
+                self._interrupt(running, event.time, "node-failure")
+        self.metrics.frag.refresh(self.state.nodes[node_id])
+        self.metrics.counts["node_failures"] += 1
+        self.engine.schedule(
+            event.time + self._rng.expovariate(1.0 / self.config.node_repair_s), EventKind.NODE_REPAIR, node_id
+        )
+
+    def _on_node_repair(self, event: Event) -> None:
+        node_id = str(event.payload)
+        self.state.set_schedulable(node_id, True)
+        self.metrics.frag.refresh(self.state.nodes[node_id])
+        if self._maybe_done():
+            return
+        self.engine.schedule(
+            event.time + self._rng.expovariate(1.0 / self.config.node_mtbf_s), EventKind.NODE_FAILURE, node_id
+        )
+        self._request_pass(full=True)
+
+
+# ---------------------------------------------------------------------------------------------- packing
+
+
+@dataclass
+class PackingResult:
+    """The FGD experiment's curve: at each arrived share of cluster GPUs, the allocated share and fragmentation."""
+
+    policy: str
+    seed: int
+    inflation: float
+    cluster_gpus: int
+    pods_drawn: int = 0
+    pods_placed: int = 0
+    pods_failed: int = 0
+    skipped_cpu_only: int = 0
+    curve: list[dict[str, float]] = field(default_factory=list)
+    wall_s: float = 0.0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def at(self, arrived: float) -> dict[str, float]:
+        """The curve's point at the first sample with ``arrived`` ≥ the given share (e.g. 1.0 or 1.3)."""
+        for point in self.curve:
+            if point["arrived"] >= arrived - 1e-9:
+                return point
+        return self.curve[-1] if self.curve else {}
+
+    def as_dict(self) -> dict[str, Any]:
+        p100, pend = self.at(1.0), self.at(self.inflation)
+        return {
+            "mode": "packing",
+            "policy": self.policy,
+            "seed": self.seed,
+            "inflation": self.inflation,
+            "cluster_gpus": self.cluster_gpus,
+            "pods_drawn": self.pods_drawn,
+            "pods_placed": self.pods_placed,
+            "pods_failed": self.pods_failed,
+            "skipped_cpu_only": self.skipped_cpu_only,
+            "alloc_ratio_at_100": p100.get("allocated"),
+            f"alloc_ratio_at_{round(self.inflation * 100)}": pend.get("allocated"),
+            "unallocated_gpus_at_end": pend.get("unallocated_gpus"),
+            "fragmentation_ratio_at_100": p100.get("fragmentation"),
+            "wall_s": self.wall_s,
+            "reasons": self.reasons,
+            "curve": self.curve,
+        }
+
+
+def run_packing(
+    nodes: list[Node],
+    pods: list[TraceJob],
+    core: SchedulerCore,
+    *,
+    inflation: float = 1.3,
+    seed: int = 0,
+    include_cpu_only: bool = False,
+    resolution: float = 0.01,
+    progress: Progress | None = None,
+) -> PackingResult:
+    """The FGD packing experiment on ``nodes`` with pods drawn from ``pods`` (see the module docstring).
+
+    Pods without GPUs are left out of the draw unless ``include_cpu_only`` (the metric and the arrival measure
+    count GPUs only; on the GPU-node list such pods would only consume the CPU that GPU pods need). If the core
+    uses the FGD scorer, its workload profile is seeded with a seeded sample of the GPU pods, as the paper
+    assumes the distribution known.
+    """
+    if core.config.queueing.preemption:
+        raise ValueError("the packing experiment never deletes pods: use a core without preemption (packing_core)")
+    began = time.perf_counter()
+    state = ClusterState(nodes)
+    capacity = sum(n.devices for n in nodes) * MILLI
+    policy = core.placement.scorer.name
+    result = PackingResult(policy=policy, seed=seed, inflation=inflation, cluster_gpus=capacity // MILLI)
+    draw = [p for p in pods if include_cpu_only or p.gpu_request_milli > 0]
+    result.skipped_cpu_only = len(pods) - len(draw)
+    if not draw or not capacity:
+        return result
+    rng = random.Random(seed)
+    jobs = [p.to_job() for p in draw]
+    scorer = core.placement.scorer
+    if isinstance(scorer, FGDScorer):
+        sample_rng = random.Random(seed ^ 0x5EED)
+        gpu_jobs = [j for j in jobs if j.total_device_milli > 0]
+        scorer.profile.seed(sample_rng.sample(gpu_jobs, min(len(gpu_jobs), 2000)))
+    meter = FragmentationMeter(workload_shapes(jobs), state)
+    target = inflation * capacity
+    arrived = 0
+    allocated = 0
+    next_mark = resolution
+    reasons: dict[str, int] = {}
+    i = 0
+    while arrived < target:
+        i += 1
+        index = rng.randrange(len(draw))
+        template = jobs[index]
+        job = template.model_copy(update={"id": f"{template.id}#{i}"})
+        request = draw[index].gpu_request_milli
+        decision = core.step(state, [job], float(i))[0]
+        arrived += request
+        if decision.kind is DecisionKind.START and decision.placement is not None:
+            allocated += request
+            result.pods_placed += 1
+            for node_id in decision.placement.nodes:
+                meter.refresh(state.nodes[node_id])
+        else:
+            result.pods_failed += 1
+            code = decision.reasons[0].code.value if decision.reasons else "unknown"
+            reasons[code] = reasons.get(code, 0) + 1
+        while arrived >= next_mark * capacity - 1e-9 and next_mark <= inflation + 1e-9:
+            result.curve.append(
+                {
+                    "arrived": round(next_mark, 6),
+                    "allocated": allocated / capacity,
+                    "fragmentation": meter.total / capacity,
+                    "unallocated_gpus": (capacity - allocated) / MILLI,
+                    "fragmented_gpus": meter.total / MILLI,
+                }
+            )
+            next_mark += resolution
+        if progress is not None and i % 500 == 0:
+            progress(int(arrived / target * 100))
+    if not result.curve or result.curve[-1]["arrived"] < inflation - 1e-9:
+        result.curve.append(
+            {
+                "arrived": arrived / capacity,
+                "allocated": allocated / capacity,
+                "fragmentation": meter.total / capacity,
+                "unallocated_gpus": (capacity - allocated) / MILLI,
+                "fragmented_gpus": meter.total / MILLI,
+            }
+        )
+    result.pods_drawn = i
+    result.reasons = reasons
+    result.wall_s = time.perf_counter() - began
+    return result

@@ -1,0 +1,189 @@
+"""Run one simulation from files: cluster + trace (+ scenario) → a JSON-able result.
+
+This is what the CLI and the sweep workers call, so it takes only plain values (paths, names, numbers) and
+returns plain data; a process pool or a Ray task can run it anywhere::
+
+    >>> from simulations.runner import RunSpec
+    >>> RunSpec(cluster="seeds/clusters/example.yaml", mode="timeline").policy
+    'fgd'
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler.catalog import Catalog, load_catalog
+from scheduler.core import CoreConfig, SchedulerCore
+from scheduler.model import Node
+from scheduler.placement import PlacementConfig
+from scheduler.throughput import ThroughputMatrix, load_throughput
+from simulations.loaders import LoadOptions, SkipReport, TraceError, TraceSource, load_nodes, open_trace
+from simulations.metrics import workload_shapes
+from simulations.replay import Progress, SimConfig, TimelineSimulation, packing_core, run_packing
+from simulations.scenario import Scenario, apply_changes, grow_demand, load_scenario
+from simulations.schema import TraceJob
+from simulations.synthetic import SyntheticSpec, pai_like
+
+
+@dataclass
+class RunSpec:
+    """Everything one run needs, as plain values (picklable for process pools and Ray)."""
+
+    cluster: str | None = None
+    trace: str | None = None
+    format: str = "native"
+    mode: str = "timeline"
+    policy: str = "fgd"
+    seed: int = 0
+    inflation: float = 1.3
+    scenario: str | None = None
+    #: Name of one variant of the scenario (``None``: the scenario itself, or its first variant).
+    variant: str | None = None
+    strict: bool = False
+    include_cpu_only: bool = False
+    catalog_path: str | None = None
+    throughput_path: str | None = None
+    candidates: int = 8
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _catalogs(spec: RunSpec) -> tuple[Catalog, ThroughputMatrix]:
+    catalog = load_catalog(spec.catalog_path) if spec.catalog_path else load_catalog()
+    if spec.throughput_path or spec.catalog_path:
+        return catalog, load_throughput(spec.throughput_path, catalog=catalog)
+    return catalog, load_throughput()
+
+
+def _core(policy: str, seed: int, candidates: int, catalog: Catalog, throughput: ThroughputMatrix) -> SchedulerCore:
+    config = CoreConfig(placement=PlacementConfig(scorer=policy, seed=seed, candidates=candidates))
+    return SchedulerCore(config, catalog, throughput)
+
+
+def run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]:
+    """Run ``spec`` and return its result as plain data (``summary``, ``plots``, ``trace`` report, …)."""
+    catalog, throughput = _catalogs(spec)
+    scenario: Scenario | None = None
+    if spec.scenario:
+        runs = load_scenario(spec.scenario).expand()
+        chosen = [s for s in runs if spec.variant in (None, s.name)]
+        if not chosen:
+            raise TraceError(spec.scenario, f"no variant {spec.variant!r} (have: {', '.join(s.name for s in runs)})")
+        scenario = chosen[0]
+    cluster_path = spec.cluster or (str(scenario.path(scenario.cluster)) if scenario and scenario.cluster else None)
+    if cluster_path is None:
+        raise TraceError(spec.scenario or "<command line>", "no cluster given (--cluster or the scenario's cluster:)")
+    node_report = SkipReport()
+    nodes: list[Node] = load_nodes(cluster_path, catalog, node_report)
+    policy, seed, candidates = spec.policy, spec.seed, spec.candidates
+    if scenario is not None:
+        nodes = apply_changes(nodes, scenario.changes, catalog, spec.scenario or "<scenario>")
+        if spec.extra.get("policy_from_scenario", True):
+            policy, seed, candidates = scenario.policy.scorer, scenario.policy.seed, scenario.policy.candidates
+    if not nodes:
+        raise TraceError(cluster_path, "the cluster has no accelerator nodes")
+    per_node = max(n.devices for n in nodes)
+    options = LoadOptions(catalog=catalog, throughput=throughput, max_devices_per_worker=per_node, strict=spec.strict)
+    core = (
+        packing_core(policy, seed, catalog, throughput, candidates)
+        if spec.mode == "packing"
+        else _core(policy, seed, candidates, catalog, throughput)
+    )
+    devices = sum(n.devices for n in nodes)
+
+    trace_path = spec.trace
+    fmt = spec.format
+    if trace_path is None and scenario is not None and scenario.workload.trace is not None:
+        trace_path, fmt = str(scenario.path(scenario.workload.trace.path)), scenario.workload.trace.format
+    source: TraceSource | None = None
+    jobs: Iterable[TraceJob]
+    if trace_path is not None:
+        source = open_trace(trace_path, fmt, options)
+        jobs = source
+    elif scenario is not None and scenario.workload.synthetic is not None:
+        syn = scenario.workload.synthetic
+        jobs = pai_like(
+            syn.jobs,
+            devices,
+            spec=SyntheticSpec(
+                jobs=syn.jobs,
+                load=syn.load,
+                seed=syn.seed,
+                tenants=syn.tenants,
+                constrained_share=syn.constrained_share,
+                models=tuple(sorted({n.model for n in nodes})),
+            ),
+        )
+        trace_path = f"<synthetic {syn.jobs} jobs>"
+    else:
+        raise TraceError(spec.scenario or "<command line>", "no trace given (--trace or the scenario's workload:)")
+
+    out: dict[str, Any]
+    if spec.mode == "packing":
+        packing = run_packing(
+            nodes,
+            list(jobs),
+            core,
+            inflation=spec.inflation,
+            seed=seed,
+            include_cpu_only=spec.include_cpu_only,
+            progress=progress,
+        )
+        out = packing.as_dict()
+    elif spec.mode == "timeline":
+        config = scenario.simulation.config(scenario.economics.economics(catalog)) if scenario else SimConfig(seed=seed)
+        if scenario is not None and scenario.demand_growth:
+            jobs = grow_demand(jobs, scenario.demand_growth, scenario.simulation.seed)
+        ordered = source.ordered if source is not None else True
+        if not ordered:
+            # Unordered public traces are sorted in memory (one copy of compact rows); ordered ones stream.
+            jobs = sorted(jobs, key=lambda j: j.submit_time)
+        # The fragmentation metric needs the workload's GPU-demand mix: measured on the first jobs, which are
+        # buffered and then replayed ahead of the rest of the stream.
+        stream = iter(jobs)
+        head = list(itertools.islice(stream, 20_000))
+        shapes = workload_shapes(j.to_job() for j in head)
+        sim = TimelineSimulation(
+            nodes,
+            core,
+            config,
+            catalog,
+            throughput,
+            shapes=shapes,
+            progress=progress,
+            trace_path=trace_path,
+            trace_ordered=ordered,
+        )
+        replay = sim.run(itertools.chain(head, stream), SkipReport(strict=spec.strict))
+        out = replay.as_dict()
+        out["replay_skipped"] = out.pop("trace")
+        out["plots"] = replay.plots
+        if scenario is not None:
+            out["targets"] = scenario.targets.check(replay.summary)
+    else:
+        raise TraceError(spec.trace or "<command line>", f"unknown mode {spec.mode!r} (allowed: timeline, packing)")
+    out["trace"] = source.report.as_dict() if source is not None else {"synthetic": trace_path}
+    out.update(
+        {
+            "cluster": {
+                "path": cluster_path,
+                "nodes": len(nodes),
+                "devices": devices,
+                "skipped": node_report.as_dict(),
+            },
+            "policy": policy,
+            "seed": seed,
+            "scenario": scenario.name if scenario else None,
+        }
+    )
+    return out
+
+
+def variants_of(scenario_path: str | Path) -> list[str]:
+    return [s.name for s in load_scenario(scenario_path).expand()]
+
+
+ProgressFactory = Callable[[str], Progress]
