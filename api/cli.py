@@ -19,7 +19,6 @@ from rich.console import Console
 from rich.table import Table
 
 from agents.cli import app as agent_app
-from simulations.cli import app as simulations_app
 from scheduler.cluster import load_cluster
 from scheduler.core import CoreConfig, SchedulerCore
 from scheduler.errors import ConfigError
@@ -28,6 +27,7 @@ from scheduler.placement import PlacementConfig
 from scheduler.scoring import SCORERS
 from scheduler.state import ClusterState
 from scheduler.workload import load_jobs
+from simulations.cli import app as simulations_app
 
 app = typer.Typer(help="Zhisuan (智算): a scheduler for intelligent computing centers.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
