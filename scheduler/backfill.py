@@ -79,10 +79,7 @@ def plan_reservation(engine: PlacementEngine, state: ClusterState, job: Job, now
 
     Running jobs without an end estimate are assumed to run forever. ``None`` if the job never fits that way.
     """
-    ending = sorted(
-        (r for r in state.running.values() if r.expected_end is not None),
-        key=lambda r: (r.expected_end, r.job.id),
-    )
+    ending = [state.running[job_id] for _, job_id in state.ends]
     released: list[RunningJob] = []
     found: tuple[float, Placement] | None = None
     try:

@@ -156,6 +156,8 @@ class SchedulerCore:
         # preemption frees some), so a shape that could not backfill still cannot.
         self._backfill_misses: set[tuple[object, ...]] = set()
         heads: set[str | None] = set()
+        # Job shapes that found no victims this step: victims only get scarcer as the step goes on.
+        preemption_misses: set[tuple[object, ...]] = set()
         preemption_attempts = 0
         try:
             for job in order:
@@ -175,10 +177,18 @@ class SchedulerCore:
                 if backfilled is not None:
                     decisions.append(backfilled)
                     continue
-                if ordering.preemption and preemption_attempts < ordering.max_preemption_attempts:
+                miss_key = (shape_key(job), queue, job.priority, job.tenant)
+                if (
+                    ordering.preemption
+                    and preemption_attempts < ordering.max_preemption_attempts
+                    and miss_key not in preemption_misses
+                ):
                     preemption_attempts += 1
                     preempted = self._preempt(state, job, queue, now)
-                    if preempted:
+                    if not preempted:
+                        preemption_misses.add(miss_key)
+                    else:
+                        preemption_misses.clear()
                         self._backfill_misses.clear()
                         decisions.extend(preempted)
                         continue

@@ -24,47 +24,70 @@ from scheduler.tenancy import NCU
 
 
 class UsageHistory:
-    """Decayed NCU-seconds per account; advanced by the core at each step with the usage since the last one."""
+    """Decayed NCU-seconds per account; advanced by the core at each step with the usage since the last one.
+
+    Values are stored in the units of a fixed reference time, so decaying everything costs nothing: the value
+    at time ``t`` is ``stored × 2^-(t - ref)/half_life``. A step therefore touches only the accounts that used
+    something since the last one, and per-prefix totals are kept as they change.
+    """
+
+    #: Re-base the stored values before the growth factor loses float precision.
+    _REBASE_AT = 1e150
 
     def __init__(self, half_life_s: float) -> None:
         if half_life_s <= 0:
             raise ValueError("half_life_s must be positive")
         self.half_life_s = half_life_s
-        self._value: dict[str, float] = {}
+        self._stored: dict[str, float] = {}
+        self._totals: dict[str, float] = {}
+        self._ref = 0.0
         self._at: float | None = None
 
-    def _decay(self, dt: float) -> float:
-        return math.pow(0.5, dt / self.half_life_s) if dt > 0 else 1.0
+    def _growth(self, t: float) -> float:
+        return math.pow(2.0, (t - self._ref) / self.half_life_s)
 
     def advance(self, ncu_by_account: dict[str, float], now: float) -> None:
-        """Accrue ``ncu × elapsed`` for every account and decay everything to ``now``."""
+        """Accrue ``ncu × elapsed`` (decayed within the interval) for every account, up to ``now``."""
         if self._at is None:
-            self._at = now
+            self._at = self._ref = now
             return
         dt = now - self._at
         if dt <= 0:
             return
-        factor = self._decay(dt)
-        for account in list(self._value):
-            self._value[account] *= factor
-        # Usage accrues over the interval; integrating the decay gives the exact decayed sum.
-        accrual = self.half_life_s / math.log(2) * (1 - factor)
+        growth_now = self._growth(now)
+        if growth_now > self._REBASE_AT:
+            self._rebase(now)
+            growth_now = 1.0
+        # ∫ ncu · 2^((s - ref)/h) ds over [at, now], in reference units.
+        span = self.half_life_s / math.log(2) * (growth_now - self._growth(self._at))
         for account, ncu in ncu_by_account.items():
             if ncu > 0:
-                self._value[account] = self._value.get(account, 0.0) + ncu * accrual
+                added = ncu * span
+                self._stored[account] = self._stored.get(account, 0.0) + added
+                prefix = account.split(":", 1)[0]
+                self._totals[prefix] = self._totals.get(prefix, 0.0) + added
         self._at = now
 
+    def _rebase(self, now: float) -> None:
+        factor = 1.0 / self._growth(now)
+        self._stored = {k: v * factor for k, v in self._stored.items()}
+        self._totals = {k: v * factor for k, v in self._totals.items()}
+        self._ref = now
+
     def value(self, account: str, now: float | None = None) -> float:
-        value = self._value.get(account, 0.0)
-        if now is not None and self._at is not None:
-            value *= self._decay(now - self._at)
-        return value
+        at = now if now is not None else self._at
+        if at is None:
+            return 0.0
+        return self._stored.get(account, 0.0) / self._growth(at)
 
     def total(self, prefix: str) -> float:
-        return sum(v for k, v in self._value.items() if k.startswith(prefix))
+        """Sum over accounts named ``prefix:...``, at the last advance."""
+        if self._at is None:
+            return 0.0
+        return self._totals.get(prefix.rstrip(":"), 0.0) / self._growth(self._at)
 
     def snapshot(self) -> dict[str, float]:
-        return dict(self._value)
+        return {account: self.value(account) for account in self._stored}
 
 
 class FairShare:

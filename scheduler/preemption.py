@@ -82,6 +82,9 @@ class Preemptor:
         ids = state.running_by_pool.get(pool.id)
         if not ids:
             return None
+        lower = any(priority < job.priority for priority in state.running_priorities.get(pool.id, {}))
+        if not lower and not (reclaim and self.quota.anyone_borrowing(state, pool.model)):
+            return None
         candidates = [state.running[j] for j in ids if self._eligible(state, job, state.running[j], reclaim, now)]
         if not candidates:
             return None

@@ -46,10 +46,13 @@ class QuotaCheck:
         self.policy = policy
         #: Per (parent, flavor): the children that hold a guarantee of that flavor, and how much.
         self._guarantees: dict[tuple[str | None, str], list[tuple[str, float]]] = {}
+        self._nominals: list[tuple[str, str, float]] = []
         for name, spec in policy.queues.items():
             for flavor, quota in spec.quota.items():
                 if quota.guarantee:
                     self._guarantees.setdefault((spec.parent, flavor), []).append((name, quota.guarantee))
+                if quota.nominal is not None:
+                    self._nominals.append((name, flavor, quota.nominal))
 
     def queue_of(self, job: Job) -> str | None:
         return self.policy.resolve(job.queue, job.tenant)
@@ -121,6 +124,13 @@ class QuotaCheck:
                 if nominal is not None and state.used(a, flavor) + amount > nominal + EPSILON:
                     return False
         return True
+
+    def anyone_borrowing(self, state: ClusterState, model: str) -> bool:
+        """True if some queue uses more than its deserved ``model`` devices or NCU (O(queues with shares))."""
+        for name, flavor, nominal in self._nominals:
+            if flavor in (model, NCU) and state.used(name, flavor) > nominal + EPSILON:
+                return True
+        return False
 
     def borrowing(self, state: ClusterState, accounts: tuple[str, ...], demand: dict[str, float]) -> bool:
         """True if some queue among ``accounts`` uses more than its deserved share of a flavor in ``demand``."""

@@ -181,6 +181,10 @@ class ClusterState:
         self.usage: dict[str, dict[str, float]] = {}
         #: Running jobs per pool, in start order: where preemption looks for victims.
         self.running_by_pool: dict[str, dict[str, None]] = {}
+        #: Running jobs by estimated end, for reservations (jobs without an estimate are not in it).
+        self.ends = SortedList()
+        #: Per pool, how many running jobs of each priority class: a quick "is anyone preemptible by me?".
+        self.running_priorities: dict[str, dict[int, int]] = {}
         #: Installed devices per model (nodes taken out of service still count: they come back).
         self.devices_by_model: dict[str, int] = {}
         #: Changes whenever capacity may have *grown* (release, new node, node or device back in service).
@@ -325,8 +329,27 @@ class ClusterState:
             usage = self.usage.setdefault(account, {})
             for flavor, amount in running.demand.items():
                 left = usage.get(flavor, 0.0) + sign * amount
-                # Float sums drift by ulps; snap to zero so "no usage" compares equal to 0.
-                usage[flavor] = left if abs(left) > 1e-9 else 0.0
+                # Float sums drift by ulps; an account that uses nothing is dropped, so per-step work over
+                # ``usage`` only ever sees accounts that are using something.
+                if abs(left) > 1e-9:
+                    usage[flavor] = left
+                else:
+                    usage.pop(flavor, None)
+            if not usage:
+                del self.usage[account]
+        ends = self.ends
+        if running.expected_end is not None:
+            key = (running.expected_end, running.placement.job_id)
+            if sign > 0:
+                ends.add(key)
+            else:
+                ends.discard(key)
+        priorities = self.running_priorities.setdefault(running.placement.pool, {})
+        count = priorities.get(running.job.priority, 0) + (1 if sign > 0 else -1)
+        if count:
+            priorities[running.job.priority] = count
+        else:
+            priorities.pop(running.job.priority, None)
 
     def used(self, account: str, flavor: str) -> float:
         usage = self.usage.get(account)
@@ -402,6 +425,15 @@ class ClusterState:
                 for flavor, amount in running.demand.items():
                     bucket = expected_usage.setdefault(account, {})
                     bucket[flavor] = bucket.get(flavor, 0.0) + amount
+        assert set(self.ends) == {(r.expected_end, j) for j, r in self.running.items() if r.expected_end is not None}, (
+            "end-time index drift"
+        )
+        for pool_id, counts in self.running_priorities.items():
+            want: dict[int, int] = {}
+            for r in self.running.values():
+                if r.placement.pool == pool_id:
+                    want[r.job.priority] = want.get(r.job.priority, 0) + 1
+            assert counts == want, f"{pool_id} priority counts drift"
         for account, flavors in self.usage.items():
             for flavor, amount in flavors.items():
                 want = expected_usage.get(account, {}).get(flavor, 0.0)
