@@ -429,11 +429,11 @@ class ClusterState:
             "end-time index drift"
         )
         for pool_id, counts in self.running_priorities.items():
-            want: dict[int, int] = {}
+            recount: dict[int, int] = {}
             for r in self.running.values():
                 if r.placement.pool == pool_id:
-                    want[r.job.priority] = want.get(r.job.priority, 0) + 1
-            assert counts == want, f"{pool_id} priority counts drift"
+                    recount[r.job.priority] = recount.get(r.job.priority, 0) + 1
+            assert counts == recount, f"{pool_id} priority counts drift"
         for account, flavors in self.usage.items():
             for flavor, amount in flavors.items():
                 want = expected_usage.get(account, {}).get(flavor, 0.0)
