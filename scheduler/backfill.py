@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scheduler.model import Job, Placement, TopologyLevel, WorkerPlacement
+from scheduler.model import MILLI, Job, Placement, TopologyLevel, WorkerPlacement
 from scheduler.placement import PlacementEngine
 from scheduler.state import ClusterState, RunningJob
 
@@ -78,24 +78,74 @@ def plan_reservation(engine: PlacementEngine, state: ClusterState, job: Job, now
     """Earliest start for ``job`` as running jobs end (by their estimates), and where; state is unchanged.
 
     Running jobs without an end estimate are assumed to run forever. ``None`` if the job never fits that way.
+
+    The walk over ending jobs touches no index: it projects per-device free capacity in scratch dictionaries
+    and keeps the job's worker-slot count per candidate pool up to date. Only when that projection says the job
+    fits are the ended jobs really released and the placement engine asked (and everything put back).
     """
-    ending = [state.running[job_id] for _, job_id in state.ends]
+    pools = {pool.id: pool for pool, _ in engine.candidate_pools(state, job)}
+    if not pools:
+        return None
+    k, milli = job.whole_devices, job.device_milli
+    if k and all(k > pool.max_devices for pool in pools.values()):
+        return None
+    slots = {pid: (pool.slots[k] if k and k <= pool.max_devices else 0) for pid, pool in pools.items()}
+    best = {pid: (pool.by_partial[-1][0] if pool.by_partial else 0) for pid, pool in pools.items()}
+    projected: dict[tuple[str, int], int] = {}
+    whole: dict[str, int] = {}
+
+    def fits(pid: str) -> bool:
+        if k:
+            return slots[pid] >= job.workers
+        if milli:
+            return best[pid] >= milli
+        return True
+
+    relevant: list[RunningJob] = []
     released: list[RunningJob] = []
+    verifications = 0
     found: tuple[float, Placement] | None = None
+    ending = [state.running[job_id] for _, job_id in state.ends]
     try:
         i = 0
-        while i < len(ending):
+        while i < len(ending) and found is None:
             at = ending[i].expected_end
             assert at is not None
+            touched = False
             # Jobs ending at the same moment free their room together.
             while i < len(ending) and ending[i].expected_end == at:
-                state.release(ending[i].job.id)
-                released.append(ending[i])
+                running = ending[i]
                 i += 1
+                pid = running.placement.pool
+                if pid not in pools:
+                    continue
+                relevant.append(running)
+                touched = True
+                for worker in running.placement.workers:
+                    ns = state.nodes[worker.node]
+                    if not ns.schedulable:
+                        continue
+                    for d in worker.devices:
+                        if not ns.healthy[d]:
+                            continue
+                        key = (worker.node, d)
+                        before = projected.get(key, ns.free[d])
+                        after = before + worker.milli
+                        projected[key] = after
+                        best[pid] = max(best[pid], after)
+                        if k and after == MILLI and before < MILLI:
+                            old = whole.get(worker.node, ns.free_whole)
+                            whole[worker.node] = old + 1
+                            slots[pid] += (old + 1) // k - old // k
+            if not touched or not any(fits(pid) for pid in pools) or verifications >= 4:
+                continue
+            verifications += 1
+            for running in relevant[len(released) :]:
+                state.release(running.job.id)
+                released.append(running)
             result = engine.place(state, job)
             if result.placement is not None:
                 found = (max(at, now), result.placement)
-                break
         if found is None:
             return None
         start, placement = found
@@ -113,9 +163,9 @@ def plan_reservation(engine: PlacementEngine, state: ClusterState, job: Job, now
             job=job,
             start=start,
             placement=placement,
-            device_slack={k: max(0, v) for k, v in device_slack.items()},
-            cpu_slack={k: max(0, v) for k, v in cpu_slack.items()},
-            memory_slack={k: max(0, v) for k, v in memory_slack.items()},
+            device_slack={key: max(0, v) for key, v in device_slack.items()},
+            cpu_slack={node: max(0, v) for node, v in cpu_slack.items()},
+            memory_slack={node: max(0, v) for node, v in memory_slack.items()},
         )
     finally:
         for running in reversed(released):
