@@ -23,7 +23,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy scheduler agents api simulations
 
 unit: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --doctest-modules scheduler agents api simulations tests
 
 test: lint typecheck unit
 

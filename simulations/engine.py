@@ -175,7 +175,7 @@ class Engine:
         ...         log.append((engine.now, name)); yield period
         >>> _ = engine.process(clock("a", 2.0)); _ = engine.process(clock("b", 1.5))
         >>> _ = engine.run(); log
-        [(0.0, 'a'), (0.0, 'b'), (1.5, 'b'), (2.0, 'a'), (3.0, 'b')]
+        [(0.0, 'a'), (0.0, 'b'), (1.5, 'b'), (2.0, 'a')]
         """
         return self.schedule_in(delay, EventKind.PROCESS, generator)
 
