@@ -115,6 +115,7 @@ class SchedulerCore:
         #: Reservations made by the last step (reported as why-pending; rebuilt every step).
         self.reservations: dict[str, Reservation] = {}
         self._domestic_jobs: dict[tuple[str, str, DomesticPreference], Job] = {}
+        self._share_cache: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------ policy
 
@@ -143,11 +144,19 @@ class SchedulerCore:
         capacity = self.fairshare.capacities(state, ncu_capacity)
         totals = {"tenant": self.history.total("tenant:"), "user": self.history.total("user:")}
 
+        # Shares change only when an account's usage does: _start and _preempt drop the entries they touch.
+        cache = self._share_cache = {}
+
         def share(job: Job, tenant_level: bool) -> float:
-            if tenant_level:
-                account, weight = tenant_account(job.tenant), self.policy.weight(job.tenant)
-                return self.fairshare.key(state, account, weight, capacity, totals["tenant"])
-            return self.fairshare.key(state, user_account(job.tenant, job.user), 1.0, capacity, totals["user"])
+            account = tenant_account(job.tenant) if tenant_level else user_account(job.tenant, job.user)
+            value = cache.get(account)
+            if value is None:
+                if tenant_level:
+                    weight, total = self.policy.weight(job.tenant), totals["tenant"]
+                else:
+                    weight, total = 1.0, totals["user"]
+                value = cache[account] = self.fairshare.key(state, account, weight, capacity, total)
+            return value
 
         order = self._make_order(jobs, share)
         decisions: list[Decision] = []
@@ -291,6 +300,8 @@ class SchedulerCore:
     def _start(self, state: ClusterState, job: Job, queue: str | None, result: PlacementResult, now: float) -> Decision:
         running = self._running(job, queue, result, now)
         state.start(running)
+        for account in running.accounts:
+            self._share_cache.pop(account, None)
         self.placement.observe(job)
         return Decision(
             DecisionKind.START,
@@ -348,6 +359,7 @@ class SchedulerCore:
         if plan is None:
             return []
         decisions: list[Decision] = []
+        self._share_cache.clear()
         for victim in plan.victims:
             state.release(victim.job.id)
             reason = Reason(

@@ -19,6 +19,7 @@ Devices are counted in milli-units (1/1000 of a device): a worker asks for eithe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from functools import cached_property
@@ -180,6 +181,13 @@ class Job(_Frozen):
                 raise ValueError(f"unknown priority class {value!r} (allowed: {allowed})") from None
         return value
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Job:
+        """A copy with ``update`` applied; derived sizes are recomputed, never carried over stale."""
+        copied = super().model_copy(update=update, deep=deep)
+        for name in _DERIVED:
+            copied.__dict__.pop(name, None)
+        return copied
+
     # Derived sizes are read on every placement decision: cached_property stores them in the instance dict
     # once, which is far cheaper than recomputing or going through pydantic's private-attribute lookup.
     @cached_property
@@ -197,6 +205,20 @@ class Job(_Frozen):
         return 0 < self.device_milli < MILLI
 
     @cached_property
+    def placement_shape(self) -> tuple[object, ...]:
+        """Everything placement looks at: jobs of equal shape place (or fail to) alike."""
+        return (
+            self.models,
+            self.job_class,
+            self.domestic,
+            self.workers,
+            self.device_milli,
+            self.cpu_milli_per_worker,
+            self.memory_mib_per_worker,
+            self.topology_required,
+        )
+
+    @cached_property
     def total_device_milli(self) -> int:
         return self.device_milli * self.workers
 
@@ -206,6 +228,10 @@ class Job(_Frozen):
 
 
 # ------------------------------------------------------------------------------------------------ decisions
+
+
+#: Cached properties of :class:`Job` (they live in the instance dict, which ``model_copy`` would copy).
+_DERIVED = ("device_milli", "whole_devices", "is_fractional", "total_device_milli", "placement_shape")
 
 
 class ReasonCode(StrEnum):

@@ -83,6 +83,7 @@ class PlacementEngine:
         self.scorer = scorer or make_scorer(self.config.scorer, self.config.seed)
         self._model_order: dict[tuple[tuple[str, ...], str, str], list[tuple[str, float]]] = {}
         self._infeasible: dict[tuple[object, ...], tuple[int, Reason]] = {}
+        self._infeasible_shapes: dict[tuple[object, ...], tuple[int, tuple[Reason, ...]]] = {}
 
     # ------------------------------------------------------------------------------------------ pools
 
@@ -125,9 +126,14 @@ class PlacementEngine:
         moves), because allocations only shrink what is free. The first failure is remembered per (shape,
         pool), which keeps a long saturated queue at a few dictionary lookups per job.
         """
-        result = PlacementResult()
         shape = shape_key(job)
         epoch = state.capacity_epoch
+        whole_miss = self._infeasible_shapes.get(shape)
+        if whole_miss is not None and whole_miss[0] == epoch:
+            # Every candidate pool lacked room for this shape, and none has gained any since.
+            return PlacementResult(reasons=list(whole_miss[1]), capacity_blocked=True)
+        result = PlacementResult()
+        refused = False
         tried = 0
         for pool, rel in self.candidate_pools(state, job):
             tried += 1
@@ -141,6 +147,7 @@ class PlacementEngine:
                 if reason is None and admit is not None:
                     refusal = admit(pool, rel)
                     if refusal is not None:
+                        refused = True
                         self._note(result, refusal)
                         continue
                 if reason is None:
@@ -156,6 +163,10 @@ class PlacementEngine:
             result.capacity_blocked = True
             if reason is not None:
                 self._note(result, reason)
+        if tried and not refused:
+            if len(self._infeasible_shapes) > 100_000:
+                self._infeasible_shapes.clear()
+            self._infeasible_shapes[shape] = (epoch, tuple(result.reasons))
         if not tried:
             wanted = ", ".join(job.models) if job.models else f"any model that runs {job.job_class.value}"
             domestic = " (domestic only)" if job.domestic is DomesticPreference.REQUIRED else ""
@@ -449,16 +460,7 @@ class PlacementEngine:
 
 def shape_key(job: Job) -> tuple[object, ...]:
     """Everything about a job that placement looks at; jobs with equal keys place (or fail) alike."""
-    return (
-        job.models,
-        job.job_class,
-        job.domestic,
-        job.workers,
-        job.device_milli,
-        job.cpu_milli_per_worker,
-        job.memory_mib_per_worker,
-        job.topology_required,
-    )
+    return job.placement_shape
 
 
 def _tightest_level(chunks: list[tuple[NodeState, tuple[int, ...]]]) -> TopologyLevel:

@@ -207,3 +207,11 @@ def test_bad_job_specs_are_rejected_with_a_clear_message(fields: dict[str, objec
     with pytest.raises(ValidationError) as info:
         Job(id="bad", **fields)  # type: ignore[arg-type]
     assert fragment in str(info.value)
+
+
+def test_copies_recompute_derived_sizes() -> None:
+    job = Job(id="j", devices_per_worker=0.5)
+    assert job.placement_shape[2] is DomesticPreference.ANY and job.device_milli == 500
+    copy = job.model_copy(update={"domestic": DomesticPreference.REQUIRED, "devices_per_worker": 2})
+    assert copy.placement_shape[2] is DomesticPreference.REQUIRED
+    assert copy.device_milli == 2000 and copy.whole_devices == 2
