@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 from scheduler.catalog import Catalog, load_catalog
 from scheduler.model import (
@@ -50,6 +51,9 @@ class PlacementConfig:
     seed: int = 0
     #: Report at most this many pools' reasons for a job that cannot start (the fastest pools first).
     max_reasons: int = 4
+    #: ``throughput``: the fastest acceptable pool with room wins (finish time first). ``score``: single-node
+    #: jobs go to the best-scored node over all acceptable pools, as FGD's packing experiment assumes.
+    pool_choice: Literal["throughput", "score"] = "throughput"
 
 
 @dataclass
@@ -135,6 +139,10 @@ class PlacementEngine:
         result = PlacementResult()
         refused = False
         tried = 0
+        # Score mode collects the best node of every pool and picks the lowest score at the end.
+        across: list[tuple[float, PoolState, float, NodeState, tuple[int, ...]]] | None = (
+            [] if self.config.pool_choice == "score" and job.workers == 1 else None
+        )
         for pool, rel in self.candidate_pools(state, job):
             tried += 1
             key = (shape, pool.id)
@@ -142,6 +150,18 @@ class PlacementEngine:
             if known is not None and known[0] == epoch:
                 # No room regardless of quota: skip the quota check, capacity is the blocker.
                 reason: Reason | None = known[1]
+            elif across is not None and self._quick_reject(pool, job) is None:
+                refusal = admit(pool, rel) if admit is not None else None
+                if refusal is not None:
+                    refused = True
+                    self._note(result, refusal)
+                    continue
+                scored = self._best_node_scored(pool, job)
+                if scored is not None and (not across or scored[0] < across[0][0]):
+                    across[:] = [(scored[0], pool, rel, scored[1], scored[2])]
+                reason = None if scored is not None else self._resource_reason(pool, job)
+                if scored is not None:
+                    continue
             else:
                 reason = self._quick_reject(pool, job)
                 if reason is None and admit is not None:
@@ -163,6 +183,13 @@ class PlacementEngine:
             result.capacity_blocked = True
             if reason is not None:
                 self._note(result, reason)
+        if across:
+            _, pool, rel, ns, devices = across[0]
+            result.placement = self._placement(pool, job, [(ns, devices)], TopologyLevel.NODE)
+            result.relative_throughput = rel
+            result.reasons = []
+            result.capacity_blocked = False
+            return result
         if tried and not refused:
             if len(self._infeasible_shapes) > 100_000:
                 self._infeasible_shapes.clear()
@@ -292,6 +319,10 @@ class PlacementEngine:
                 yield nodes[i]
 
     def _best_node(self, pool: PoolState, job: Job) -> tuple[NodeState, tuple[int, ...]] | None:
+        scored = self._best_node_scored(pool, job)
+        return (scored[1], scored[2]) if scored is not None else None
+
+    def _best_node_scored(self, pool: PoolState, job: Job) -> tuple[float, NodeState, tuple[int, ...]] | None:
         best: tuple[float, int, NodeState, tuple[int, ...]] | None = None
         seen = 0
         # Host checks (CPU, memory) can reject many index candidates in a row; bound that walk too.
@@ -311,7 +342,7 @@ class PlacementEngine:
             seen += 1
             if seen >= self.config.candidates:
                 break
-        return (best[2], best[3]) if best is not None else None
+        return (best[0], best[2], best[3]) if best is not None else None
 
     def _resource_reason(self, pool: PoolState, job: Job) -> Reason:
         return Reason(

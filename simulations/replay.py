@@ -137,11 +137,14 @@ def packing_core(
 ) -> SchedulerCore:
     """A core for the packing experiment: placement as configured, no preemption and no backfill.
 
+    Pods go to the best-scored node over every acceptable pool (``pool_choice="score"``), as in the FGD
+    paper, rather than to the fastest pool first.
+
     The FGD protocol never deletes a pod once placed, so nothing may be preempted; with every pod submitted
     alone there is no queue to backfill either.
     """
     config = CoreConfig(
-        placement=PlacementConfig(scorer=scorer, seed=seed, candidates=candidates),
+        placement=PlacementConfig(scorer=scorer, seed=seed, candidates=candidates, pool_choice="score"),
         queueing=QueueingConfig(preemption=False, backfill=False),
     )
     return SchedulerCore(config, catalog, throughput)

@@ -215,3 +215,13 @@ def test_copies_recompute_derived_sizes() -> None:
     copy = job.model_copy(update={"domestic": DomesticPreference.REQUIRED, "devices_per_worker": 2})
     assert copy.placement_shape[2] is DomesticPreference.REQUIRED
     assert copy.device_milli == 2000 and copy.whole_devices == 2
+
+
+def test_score_mode_picks_the_best_node_across_pools() -> None:
+    # The half-used A100 node is the tightest fit; throughput mode would pick the (faster) empty H100 node.
+    state = ClusterState([node("h", model="H100", devices=1), node("a", model="A100", devices=1)])
+    state.allocate(engine().place(state, Job(id="half", devices_per_worker=0.5, models=("A100",))).placement)  # type: ignore[arg-type]
+    fastest = PlacementEngine(PlacementConfig(scorer="binpack"))
+    assert fastest.place(state, Job(id="x", devices_per_worker=0.5)).placement.model == "H100"  # type: ignore[union-attr]
+    packing = PlacementEngine(PlacementConfig(scorer="binpack", pool_choice="score"))
+    assert packing.place(state, Job(id="y", devices_per_worker=0.5)).placement.model == "A100"  # type: ignore[union-attr]
