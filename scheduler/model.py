@@ -181,11 +181,17 @@ class Job(_Frozen):
                 raise ValueError(f"unknown priority class {value!r} (allowed: {allowed})") from None
         return value
 
+    def model_post_init(self, context: Any, /) -> None:
+        # A job is validated once and decided on at every step until it starts: derive its sizes now.
+        for name in _DERIVED:
+            getattr(self, name)
+
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Job:
         """A copy with ``update`` applied; derived sizes are recomputed, never carried over stale."""
         copied = super().model_copy(update=update, deep=deep)
         for name in _DERIVED:
             copied.__dict__.pop(name, None)
+        copied.model_post_init(None)
         return copied
 
     # Derived sizes are read on every placement decision: cached_property stores them in the instance dict
