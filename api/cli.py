@@ -22,10 +22,12 @@ from agents.cli import app as agent_app
 from scheduler.cluster import load_cluster
 from scheduler.core import CoreConfig, SchedulerCore
 from scheduler.errors import ConfigError
+from scheduler.eta import forecast
 from scheduler.model import MILLI, Decision, DecisionKind
 from scheduler.placement import PlacementConfig
 from scheduler.scoring import SCORERS
 from scheduler.state import ClusterState
+from scheduler.tenancy import load_policy
 from scheduler.workload import load_jobs
 from simulations.cli import app as simulations_app
 
@@ -59,9 +61,9 @@ def _decision_dict(decision: Decision) -> dict[str, object]:
     }
 
 
-def _print_decisions(decisions: list[Decision], state: ClusterState) -> None:
+def _print_decisions(decisions: list[Decision], state: ClusterState, starts: dict[str, float | None]) -> None:
     table = Table(title="Decisions", show_lines=False)
-    for column in ("job", "decision", "model", "nodes", "topology", "why not"):
+    for column in ("job", "decision", "model", "nodes", "topology", "why not", "eta (s)"):
         table.add_column(column)
     for d in decisions:
         p = d.placement
@@ -76,6 +78,7 @@ def _print_decisions(decisions: list[Decision], state: ClusterState) -> None:
             nodes,
             p.topology.name.lower() if p else "",
             "; ".join(r.message for r in d.reasons[:2]),
+            "" if d.kind is not DecisionKind.REJECT else _eta_text(starts.get(d.job_id)),
         )
     console.print(table)
     pools = Table(title="Pools after this step")
@@ -92,24 +95,31 @@ def _print_decisions(decisions: list[Decision], state: ClusterState) -> None:
     console.print(pools)
 
 
-def _run(cluster_path: Path, jobs_path: Path, scorer: str, seed: int, output: Output) -> None:
+def _eta_text(start: float | None) -> str:
+    return "unknown" if start is None else f"{start:g}"
+
+
+def _run(cluster_path: Path, jobs_path: Path, policy_path: Path | None, scorer: str, seed: int, output: Output) -> None:
     try:
         cluster = load_cluster(cluster_path)
         state = cluster.state()
         jobs = load_jobs(jobs_path, state=state)
+        policy = load_policy(policy_path) if policy_path is not None else None
     except ConfigError as exc:
         errors.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     if scorer not in SCORERS:
         errors.print(f"[red]error:[/red] --scorer {scorer!r} is not one of {', '.join(SCORERS)}")
         raise typer.Exit(2)
-    core = SchedulerCore(CoreConfig(placement=PlacementConfig(scorer=scorer, seed=seed)))
+    core = SchedulerCore(CoreConfig(placement=PlacementConfig(scorer=scorer, seed=seed)), policy=policy)
     decisions = core.step(state, jobs, now=0.0)
+    waiting = [job for job in jobs if job.id not in state.running]
+    starts = forecast(core, state, waiting, now=0.0).starts
     if output is Output.JSON:
-        console.print_json(json.dumps([_decision_dict(d) for d in decisions]))
+        console.print_json(json.dumps([{**_decision_dict(d), "eta": starts.get(d.job_id)} for d in decisions]))
     else:
         console.print(f"[bold]{cluster.name}[/bold]: {len(cluster.nodes)} nodes, {cluster.devices} devices")
-        _print_decisions(decisions, state)
+        _print_decisions(decisions, state, starts)
 
 
 @app.command()
@@ -118,12 +128,13 @@ def place(
     / "clusters"
     / "example.yaml",
     jobs: Annotated[Path, typer.Option(help="jobs file")] = SEEDS / "examples" / "demo-jobs.yaml",
+    policy: Annotated[Path | None, typer.Option(help="tenants, queues and quotas (e.g. seeds/policy.yaml)")] = None,
     scorer: Annotated[str, typer.Option(help=f"node scorer: {', '.join(SCORERS)}")] = "fgd",
     seed: int = 0,
     output: Annotated[Output, typer.Option("--output", "-o")] = Output.TABLE,
 ) -> None:
-    """Run one scheduling step of the policy core on a cluster file and a jobs file."""
-    _run(cluster, jobs, scorer, seed, output)
+    """Run one scheduling step of the policy core on a cluster file and a jobs file, with ETAs for the rest."""
+    _run(cluster, jobs, policy, scorer, seed, output)
 
 
 @app.command()
@@ -133,7 +144,14 @@ def up() -> None:
     Until the API, the Ray service and the agents land, this shows the policy core deciding for the demo jobs
     on the example cluster (the same call the live service and the simulator make).
     """
-    _run(SEEDS / "clusters" / "example.yaml", SEEDS / "examples" / "demo-jobs.yaml", "fgd", 0, Output.TABLE)
+    _run(
+        SEEDS / "clusters" / "example.yaml",
+        SEEDS / "examples" / "demo-jobs.yaml",
+        SEEDS / "policy.yaml",
+        "fgd",
+        0,
+        Output.TABLE,
+    )
 
 
 if __name__ == "__main__":

@@ -274,6 +274,13 @@ class PlacementEngine:
 
     @staticmethod
     def _no_capacity(pool: PoolState, job: Job) -> Reason:
+        if job.total_device_milli > pool.capacity_milli:
+            return Reason(
+                ReasonCode.UNSCHEDULABLE,
+                "the job needs {requested_devices:g} devices; {pool} has {capacity:g} in all",
+                pool.id,
+                {"requested_devices": job.total_devices, "capacity": pool.capacity_milli / MILLI},
+            )
         return Reason(
             ReasonCode.NO_CAPACITY,
             "{pool} has {free_devices:g} devices free; the job needs {requested_devices:g}",

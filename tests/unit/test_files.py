@@ -127,7 +127,9 @@ def test_cli_place_prints_decisions_as_json() -> None:
     assert by_job["llama-pretrain"]["decision"] == "start"
     assert len(by_job["llama-pretrain"]["workers"]) == 4
     assert by_job["too-big-for-h100"]["decision"] == "reject"
-    assert by_job["too-big-for-h100"]["reasons"][0]["code"] == "no-capacity"
+    assert by_job["too-big-for-h100"]["reasons"][0]["code"] == "unschedulable"
+    assert by_job["too-big-for-h100"]["eta"] is None
+    assert all(d["eta"] is None for d in decisions if d["decision"] == "start")
 
 
 def test_cli_reports_bad_files_with_exit_code_2(tmp_path: Path) -> None:
