@@ -98,17 +98,13 @@ class FairShare:
             raise ValueError("history_weight must be within [0, 1]")
         self.history = history
         self.history_weight = history_weight
-        self._capacity: dict[str, float] = {}
-        self._capacity_epoch = -1
 
-    def capacities(self, state: ClusterState, ncu_capacity: float) -> dict[str, float]:
-        if self._capacity_epoch != id(state.pools):
-            self._capacity = {
-                model: sum(p.capacity_milli for p in pools) / 1000 for model, pools in state.pools_by_model.items()
-            }
-            self._capacity[NCU] = ncu_capacity
-            self._capacity_epoch = id(state.pools)
-        return self._capacity
+    @staticmethod
+    def capacities(state: ClusterState, ncu_capacity: float) -> dict[str, float]:
+        """The denominators of dominant shares: installed devices per model, and the cluster's NCU."""
+        capacity: dict[str, float] = {model: float(n) for model, n in state.devices_by_model.items()}
+        capacity[NCU] = ncu_capacity
+        return capacity
 
     def current(self, state: ClusterState, account: str, capacity: dict[str, float]) -> float:
         usage = state.usage.get(account)
