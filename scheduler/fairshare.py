@@ -86,9 +86,6 @@ class UsageHistory:
             return 0.0
         return self._totals.get(prefix.rstrip(":"), 0.0) / self._growth(self._at)
 
-    def snapshot(self) -> dict[str, float]:
-        return {account: self.value(account) for account in self._stored}
-
 
 class FairShare:
     """Computes ordering keys from a state's usage and the history."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 from sortedcontainers import SortedList
 
-from scheduler.model import MILLI, DeviceHealth, Job, Node, Placement, WorkerPlacement
+from scheduler.model import MILLI, DeviceHealth, Job, Node, Placement
 
 _EPOCHS = itertools.count(1)
 
@@ -89,14 +89,6 @@ class NodeState:
     def id(self) -> str:
         return self.node.id
 
-    def usable_free(self) -> Iterator[tuple[int, int]]:
-        """``(device index, free milli)`` of healthy devices on a schedulable node."""
-        if not self.schedulable:
-            return
-        for i, (free, ok) in enumerate(zip(self.free, self.healthy, strict=True)):
-            if ok:
-                yield i, free
-
     def _recount(self) -> tuple[int, int]:
         whole = 0
         best = 0
@@ -158,9 +150,6 @@ class PoolState:
             for array in arrays:
                 array.extend([0] * extra)
         self.max_devices = max_devices
-
-    def node_by_index(self, index: int) -> NodeState:
-        return self.nodes[index]
 
 
 class ClusterState:
@@ -278,14 +267,6 @@ class ClusterState:
             self._index(ns, whole, best)
 
     # ------------------------------------------------------------------------------------------ allocation
-
-    def fits(self, worker: WorkerPlacement) -> bool:
-        ns = self.nodes.get(worker.node)
-        if ns is None or not ns.schedulable:
-            return False
-        if ns.cpu_free < worker.cpu_milli or ns.mem_free < worker.memory_mib:
-            return False
-        return all(0 <= d < len(ns.free) and ns.healthy[d] and ns.free[d] >= worker.milli for d in worker.devices)
 
     def allocate(self, placement: Placement) -> None:
         """Take the capacity of every worker, all or nothing; raises :class:`CapacityError` if any would overflow."""

@@ -242,9 +242,6 @@ class QueuePolicy:
     def tier(self, tenant: str) -> ServiceTier:
         return self.tenants.get(tenant, Tenant()).tier
 
-    def flavors(self) -> set[str]:
-        return {flavor for spec in self.queues.values() for flavor in spec.quota}
-
 
 def parse_policy(data: object, source: str | Path = "<policy>", catalog: Catalog | None = None) -> QueuePolicy:
     """Validate a policy document (tenants, queues, prices) as a whole."""
