@@ -31,7 +31,7 @@ from scheduler.backfill import Reservation, plan_reservation
 from scheduler.catalog import Catalog, load_catalog
 from scheduler.fairshare import FairShare, UsageHistory
 from scheduler.metering import LedgerEntry, Meter, StopCause
-from scheduler.model import Decision, DecisionKind, DomesticPreference, Job, Reason, ReasonCode
+from scheduler.model import Decision, DecisionKind, DomesticPreference, Job, Placement, Reason, ReasonCode
 from scheduler.placement import Admission, PlacementConfig, PlacementEngine, PlacementResult, shape_key
 from scheduler.preemption import Preemptor
 from scheduler.queueing import DrfOrder, FifoOrder
@@ -248,6 +248,31 @@ class SchedulerCore:
         if cause is StopCause.FINISHED:
             self.runtimes.record(running.job.job_class, (now - running.started_at) * running.relative)
         return self.meter.stop(running, now, cause)
+
+    def adopt(
+        self,
+        state: ClusterState,
+        job: Job,
+        placement: Placement,
+        started_at: float,
+        last_checkpoint: float | None = None,
+    ) -> RunningJob:
+        """Take back a job that was already running (after a restart): allocate and charge it as ``step`` did.
+
+        Raises :class:`~scheduler.state.CapacityError` when its placement no longer fits (a node is gone, or
+        two stored placements overlap); the caller then treats the job as lost.
+        """
+        job = self._effective(job)
+        queue = self.quota.queue_of(job)
+        result = PlacementResult(
+            placement=placement, relative_throughput=self.throughput.relative(placement.model, job.job_class)
+        )
+        running = self._running(job, queue, result, started_at)
+        running.last_checkpoint = last_checkpoint
+        state.start(running)
+        for account in running.accounts:
+            self._share_cache.pop(account, None)
+        return running
 
     def checkpointed(self, state: ClusterState, job_id: str, now: float) -> None:
         """Note a job's checkpoint: preemption then prefers it (less work lost)."""
