@@ -386,6 +386,42 @@ RAY_RESOURCE_NAMES: dict[str, str] = {
     "moorethreads": "MTGPU",
 }
 
+#: Ray resource name of a vendor without an entry in :data:`RAY_RESOURCE_NAMES`.
+RAY_FALLBACK_RESOURCE = "ACCELERATOR"
+
+#: The variable each vendor's runtime reads to restrict a process to some devices (by index on the node). Ray
+#: sets the NVIDIA, AMD, MetaX and Ascend ones itself for the devices *it* picked; the executor overrides them
+#: with the devices the scheduler chose. CoreX (Iluvatar) and MetaX are CUDA-compatible; DTK (Hygon) is ROCm's.
+DEVICE_VISIBILITY_ENV: dict[str, str] = {
+    "nvidia": "CUDA_VISIBLE_DEVICES",
+    "amd": "HIP_VISIBLE_DEVICES",
+    "metax": "CUDA_VISIBLE_DEVICES",
+    "iluvatar": "CUDA_VISIBLE_DEVICES",
+    "huawei": "ASCEND_RT_VISIBLE_DEVICES",
+    "cambricon": "MLU_VISIBLE_DEVICES",
+    "kunlunxin": "XPU_VISIBLE_DEVICES",
+    "hygon": "HIP_VISIBLE_DEVICES",
+    "moorethreads": "MUSA_VISIBLE_DEVICES",
+}
+
+
+def ray_resource_name(vendor: str | None) -> str:
+    """The Ray resource a vendor's devices are declared as: ``GPU``, ``NPU``, ``MLU`` ...
+
+    >>> ray_resource_name("huawei"), ray_resource_name("undisclosed")
+    ('NPU', 'ACCELERATOR')
+    """
+    return RAY_RESOURCE_NAMES.get(vendor or "", RAY_FALLBACK_RESOURCE)
+
+
+def device_visibility_env(vendor: str | None) -> str | None:
+    """The device-visibility variable of a vendor's runtime, None when the vendor has no known one.
+
+    >>> device_visibility_env("cambricon"), device_visibility_env("undisclosed")
+    ('MLU_VISIBLE_DEVICES', None)
+    """
+    return DEVICE_VISIBILITY_ENV.get(vendor or "")
+
 
 class RayNodeSpec(BaseModel):
     """What ``ray start`` needs to declare this node: CPUs, GPUs, custom resources and labels."""
@@ -430,7 +466,7 @@ def ray_node_spec(node: Node, vendor: str | None, healthy_devices: int | None = 
     ``healthy_devices`` (default: all) is what is declared: a device known to be bad is not offered to Ray.
     """
     count = float(node.devices if healthy_devices is None else max(0, min(healthy_devices, node.devices)))
-    name = RAY_RESOURCE_NAMES.get(vendor or "", "ACCELERATOR")
+    name = ray_resource_name(vendor)
     resources: dict[str, float] = {}
     num_gpus = 0.0
     if count:

@@ -1,10 +1,14 @@
 """The ``zhisuan`` command line.
 
-Today it runs the policy core on files (``zhisuan place``) and ``zhisuan up`` shows the core at work on the
-example cluster; the API client commands, the live service and the simulator attach here as their issues land::
+It runs the policy core on files (``zhisuan place``), shows the core at work on the example cluster
+(``zhisuan up``), talks to a Zhisuan API server (``login``, ``submit``, ``list``, ``status``, ``logs``, ``why``,
+``eta``, ``admin ...``: :mod:`api.commands`), runs the node agent (``zhisuan agent``) and the simulator
+(``zhisuan simulate``)::
 
     zhisuan up
     zhisuan place --cluster seeds/clusters/example.yaml --jobs seeds/examples/demo-jobs.yaml -o json
+    zhisuan login --url http://127.0.0.1:8000 --token zs_...
+    zhisuan submit job.yaml --wait
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agents.cli import app as agent_app
+from api.commands import register as register_api_commands
 from scheduler.cluster import load_cluster
 from scheduler.core import CoreConfig, SchedulerCore
 from scheduler.errors import ConfigError
@@ -34,6 +39,7 @@ from simulations.cli import app as simulations_app
 app = typer.Typer(help="Zhisuan (智算): a scheduler for intelligent computing centers.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 app.add_typer(simulations_app)
+register_api_commands(app)
 console = Console(width=160) if not Console().is_terminal else Console()
 errors = Console(stderr=True)
 
@@ -138,20 +144,63 @@ def place(
 
 
 @app.command()
-def up() -> None:
-    """Run the product on embedded defaults.
+def up(
+    cluster: Annotated[Path, typer.Option(help="emulated nodes to start as Ray raylets")] = SEEDS
+    / "clusters"
+    / "local.yaml",
+    address: Annotated[str | None, typer.Option(help="use this Ray cluster instead of starting one")] = None,
+    host: Annotated[str, typer.Option(help="API address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port")] = 8000,
+    max_nodes: Annotated[int | None, typer.Option(help="start at most this many nodes of the cluster file")] = None,
+) -> None:
+    """Run the whole center on this machine: Ray cluster, node agents, API (SQLite) and scheduler. Ctrl-C stops."""
+    from api.runtime import developer_login, remember_login, running, wait_for_interrupt
+    from api.settings import Settings
 
-    Until the API, the Ray service and the agents land, this shows the policy core deciding for the demo jobs
-    on the example cluster (the same call the live service and the simulator make).
-    """
-    _run(
-        SEEDS / "clusters" / "example.yaml",
-        SEEDS / "examples" / "demo-jobs.yaml",
-        SEEDS / "policy.yaml",
-        "fgd",
-        0,
-        Output.TABLE,
-    )
+    settings = Settings.from_env()
+    try:
+        with running(
+            settings, host=host, port=port, ray_address=address, cluster_file=cluster, max_nodes=max_nodes
+        ) as run:
+            assert run.admin_token is not None
+            remember_login(run.url, run.admin_token, profile="admin")
+            saved = remember_login(run.url, developer_login(run.url, run.admin_token))
+            console.print(f"[bold green]Zhisuan is up[/] at {run.url}  (API docs: {run.url}/docs)")
+            console.print(
+                f"  Ray cluster {run.ray_address}, {len(run.nodes)} emulated nodes; database {settings.database_url}"
+            )
+            if saved is not None:
+                console.print(
+                    f"  logged in as dev@acme (profile 'default') and center admin (profile 'admin') in {saved}"
+                )
+            console.print("  try:  zhisuan submit seeds/examples/train-1worker.yaml --wait && zhisuan list")
+            console.print("  Ctrl-C stops everything.")
+            wait_for_interrupt(run.stop)
+    except ConfigError as err:
+        errors.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    console.print("stopped")
+
+
+@app.command()
+def server(
+    host: Annotated[str, typer.Option(help="API address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port")] = 8000,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster the scheduler runs jobs on; without it only the API runs")
+    ] = None,
+) -> None:
+    """Serve the API and, with --ray-address, run the scheduler service (settings from ZHISUAN_* variables)."""
+    from api.runtime import running, wait_for_interrupt
+    from api.settings import Settings
+
+    settings = Settings.from_env()
+    with running(settings, host=host, port=port, ray_address=ray_address, agents=False) as run:
+        if run.admin_token is not None:
+            console.print(f"center admin token (shown once): {run.admin_token}")
+        scheduler = "scheduler on " + ray_address if ray_address else "no scheduler (no --ray-address)"
+        console.print(f"serving {run.url}; {scheduler}. Ctrl-C stops.")
+        wait_for_interrupt(run.stop)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from scheduler.errors import load_yaml_mapping, parse_yaml_mapping, validate_model
-from scheduler.model import MILLI, DomesticPreference, Job, JobKind, PriorityClass, TopologyLevel
+from scheduler.model import (
+    MILLI,
+    DomesticPreference,
+    Job,
+    JobKind,
+    PriorityClass,
+    TopologyLevel,
+    priority_by_name,
+    topology_by_name,
+)
 from scheduler.throughput import JobClass
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -102,6 +111,11 @@ class JobSpec(_Spec):
     topology_required: TopologyLevel = TopologyLevel.POOL
     topology_preferred: TopologyLevel = TopologyLevel.NODE
     labels: dict[str, str] = Field(default_factory=dict)
+
+    _topology_by_name = field_validator("topology_required", "topology_preferred", mode="before")(
+        lambda value: topology_by_name(value)
+    )
+    _priority_by_name = field_validator("priority", mode="before")(lambda value: priority_by_name(value))
 
     @model_validator(mode="before")
     @classmethod

@@ -119,6 +119,28 @@ class TopologyLevel(IntEnum):
     POOL = 3
 
 
+def topology_by_name(value: Any) -> Any:
+    """Accept ``"island"`` for :attr:`TopologyLevel.ISLAND` in files and API bodies (validator helper)."""
+    if isinstance(value, str):
+        try:
+            return TopologyLevel[value.upper()]
+        except KeyError:
+            allowed = ", ".join(level.name.lower() for level in TopologyLevel)
+            raise ValueError(f"unknown topology level {value!r} (allowed: {allowed})") from None
+    return value
+
+
+def priority_by_name(value: Any) -> Any:
+    """Accept ``"production-inference"`` for :attr:`PriorityClass.PRODUCTION_INFERENCE` (validator helper)."""
+    if isinstance(value, str) and not value.isdigit():
+        try:
+            return PriorityClass[value.upper().replace("-", "_")]
+        except KeyError:
+            allowed = ", ".join(p.name.lower().replace("_", "-") for p in PriorityClass)
+            raise ValueError(f"unknown priority class {value!r} (allowed: {allowed})") from None
+    return value
+
+
 class Job(_Frozen):
     """A training gang (``workers`` × ``devices_per_worker``) or an inference service (replicas × devices).
 
@@ -159,27 +181,10 @@ class Job(_Frozen):
             )
         return value
 
-    @field_validator("topology_required", "topology_preferred", mode="before")
-    @classmethod
-    def _topology_by_name(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                return TopologyLevel[value.upper()]
-            except KeyError:
-                allowed = ", ".join(level.name.lower() for level in TopologyLevel)
-                raise ValueError(f"unknown topology level {value!r} (allowed: {allowed})") from None
-        return value
-
-    @field_validator("priority", mode="before")
-    @classmethod
-    def _priority_by_name(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.isdigit():
-            try:
-                return PriorityClass[value.upper().replace("-", "_")]
-            except KeyError:
-                allowed = ", ".join(p.name.lower().replace("_", "-") for p in PriorityClass)
-                raise ValueError(f"unknown priority class {value!r} (allowed: {allowed})") from None
-        return value
+    _topology_by_name = field_validator("topology_required", "topology_preferred", mode="before")(
+        lambda value: topology_by_name(value)
+    )
+    _priority_by_name = field_validator("priority", mode="before")(lambda value: priority_by_name(value))
 
     def model_post_init(self, context: Any, /) -> None:
         # A job is validated once and decided on at every step until it starts: derive its sizes now.

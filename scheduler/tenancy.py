@@ -58,6 +58,9 @@ class Tenant(_Strict):
     tier: ServiceTier = ServiceTier.STANDARD
     weight: float = Field(default=1.0, gt=0, description="fair-share weight")
     domestic: DomesticPreference = DomesticPreference.ANY
+    max_active_jobs: int | None = Field(
+        default=None, ge=0, description="jobs not yet finished (pending, starting, running) at once; None: no cap"
+    )
 
 
 class FlavorQuota(_Strict):

@@ -1,0 +1,183 @@
+"""The FastAPI application: ``create_app(settings)`` wires the database, caches, writer, routers and errors.
+
+    uvicorn --factory api.app:create_app          # settings from ZHISUAN_* variables
+    python -m api.app --port 8000                 # the same, with the fast-path server options
+
+At start (lifespan) the database is migrated to the newest revision and bootstrapped (:mod:`api.bootstrap`).
+If the database does not answer, the server still starts: it answers 503 ``database-unavailable`` (and
+``/readyz`` says why) and keeps retrying in the background until the database is back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from api.auth import Authenticator, RateLimiter
+from api.bootstrap import bootstrap
+from api.db import is_unavailable, make_engine, migrate
+from api.deps import AppContext
+from api.fastpath import FastSubmit
+from api.metrics import ApiMiddleware, Metrics
+from api.problems import install as install_problems
+from api.routers import ROUTERS
+from api.settings import Settings
+from api.store import Snapshots, Submitter
+from scheduler.catalog import load_catalog
+from scheduler.throughput import load_throughput
+
+log = logging.getLogger("zhisuan.api")
+VERSION = "0.1.0"
+
+
+def _start(ctx: AppContext) -> None:
+    """Migrate, bootstrap, load the snapshots (blocking)."""
+    migrate(ctx.engine)
+    result = bootstrap(ctx.engine, ctx.settings, ctx.catalog)
+    ctx.snapshots.refresh(force=True)
+    ctx.ready = True
+    ctx.startup_error = None
+    if result.admin_token is not None:
+        ctx.bootstrap_token = result.admin_token
+        where = f" (also written to {ctx.settings.admin_token_file})" if ctx.settings.admin_token_file else ""
+        log.warning(
+            "created the center admin %r; its token, shown once%s: %s", result.admin_user, where, result.admin_token
+        )
+
+
+async def _maintain(ctx: AppContext) -> None:
+    """Retry the start until the database answers, then keep the snapshots fresh."""
+    while True:
+        await asyncio.sleep(ctx.settings.cache_refresh_s)
+        try:
+            if not ctx.ready:
+                await asyncio.to_thread(_start, ctx)
+                log.warning("database available again; serving")
+            else:
+                await asyncio.to_thread(ctx.snapshots.refresh)
+        except Exception as err:
+            if not ctx.ready:
+                ctx.startup_error = f"{err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            log.debug("refresh failed: %s", err)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    engine = make_engine(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
+    catalog = load_catalog()
+    throughput = load_throughput(catalog=catalog)
+    submitter = Submitter(engine, linger_s=settings.batch_linger_ms / 1000, max_batch=settings.batch_max)
+    ctx = AppContext(
+        settings=settings,
+        engine=engine,
+        catalog=catalog,
+        throughput=throughput,
+        auth=Authenticator(engine, settings.token_cache_s),
+        limiter=RateLimiter(settings.rate_per_s, settings.rate_burst),
+        snapshots=Snapshots(engine, catalog, throughput),
+        submitter=submitter,
+        metrics=Metrics(engine, lambda: (submitter.batches, submitter.written)),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        submitter.start()
+        try:
+            await asyncio.to_thread(_start, ctx)
+        except Exception as err:
+            if not is_unavailable(err):
+                submitter.stop()
+                raise
+            ctx.startup_error = f"{err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            log.error("database unavailable at start (%s); answering 503 and retrying", ctx.startup_error)
+        maintainer = asyncio.create_task(_maintain(ctx))
+        try:
+            yield
+        finally:
+            maintainer.cancel()
+            submitter.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="Zhisuan API",
+        version=VERSION,
+        summary="Jobs, queues, quotas, usage and inventory of an intelligent computing center (智算中心).",
+        lifespan=lifespan,
+        separate_input_output_schemas=False,
+        # Prometheus (api.metrics) does the metrics; FastAPI's native OpenTelemetry hooks cost per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+    )
+    app.state.ctx = ctx
+    install_problems(app, settings.retry_after_s)
+    if settings.fast_submit:
+        app.add_middleware(FastSubmit, ctx=ctx)
+    app.add_middleware(ApiMiddleware, metrics=ctx.metrics, max_body_bytes=settings.max_body_bytes)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            routes=app.routes,
+            separate_input_output_schemas=False,
+        )
+        components = schema.setdefault("components", {})
+        components.setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "zs_<id>_<secret> (tenant, admin or node-agent token)",
+        }
+        for path, operations in schema.get("paths", {}).items():
+            if path.startswith("/v1/"):
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def run(
+    settings: Settings | None = None, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning"
+) -> None:
+    """Serve with the options the load target was measured with (uvloop, httptools with one write per
+    response, no access log)."""
+    import uvicorn
+
+    from api.server import CoalescingHttpToolsProtocol
+
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        loop="uvloop",
+        http=CoalescingHttpToolsProtocol,
+        lifespan="on",
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the Zhisuan API server (settings from ZHISUAN_* variables).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(host=args.host, port=args.port, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    main()

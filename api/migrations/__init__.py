@@ -1,0 +1,1 @@
+"""Alembic migrations of the API database (``api.db.migrate`` runs them; ``alembic -c api/alembic.ini`` too)."""

@@ -1,0 +1,355 @@
+"""Request and response bodies of the REST API (the contract in ``api/README.md``), as pydantic models.
+
+Requests are strict (unknown fields are errors). Responses are documented by these models and built as plain
+dicts on the hot paths; the tests validate every response body against them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.spec import JobSpec
+from api.tables import JobState, NodeSource, NodeStatus, Role
+from scheduler.model import DomesticPreference
+from scheduler.tenancy import ServiceTier, TenantType
+
+T = TypeVar("T")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ProblemOut(_Out):
+    """RFC 9457 problem details (``application/problem+json``); ``type`` is a stable URI per kind of error."""
+
+    type: str
+    title: str
+    status: int
+    detail: str = Field(description="what went wrong and what to do about it")
+    instance: str
+    errors: list[dict[str, Any]] | None = Field(default=None, description="validation errors: [{loc, msg, type}]")
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the problem documents a route may answer with."""
+    described = {
+        400: "the body is not JSON",
+        401: "no token, or not a valid one",
+        403: "the token's role may not do this",
+        404: "not found (or not visible to you)",
+        409: "conflict with the current state, or quota exceeded",
+        413: "body over the size limit",
+        422: "invalid request",
+        429: "rate limited (see Retry-After)",
+        503: "database unavailable (see Retry-After)",
+    }
+    return {
+        status: {
+            "model": ProblemOut,
+            "description": described[status],
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemOut"}}},
+        }
+        for status in statuses
+    }
+
+
+#: What every authenticated route may answer besides its own success.
+V1_PROBLEMS = problem_responses(400, 401, 403, 404, 409, 413, 422, 429, 503)
+
+
+class Items(_Out, Generic[T]):
+    items: list[T]
+
+
+# ------------------------------------------------------------------------------------------------------ jobs
+
+
+class WorkerOut(_Out):
+    rank: int
+    node: str
+    devices: list[int]
+    milli: int
+    cpu_milli: int = 0
+    memory_mib: int = 0
+
+
+class PlacementOut(_Out):
+    model: str
+    pool: str
+    topology: str
+    workers: list[WorkerOut]
+
+
+class ReasonOut(_Out):
+    code: str
+    message: str
+    pool: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobOut(_Out):
+    id: str
+    name: str
+    tenant: str
+    user: str
+    queue: str
+    kind: str
+    state: JobState
+    priority: str = Field(description="priority class name, e.g. training")
+    attempt: int
+    spec: JobSpec
+    submitted_at: float
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+    placement: PlacementOut | None
+    reasons: list[ReasonOut]
+    estimated_start: float | None
+    estimated_finish: float | None
+    message: str
+    exit_code: int | None
+
+
+class JobPage(_Out):
+    items: list[JobOut]
+    next_cursor: str | None = Field(description="pass as cursor= for the next (older) page; null at the end")
+
+
+class EventOut(_Out):
+    at: float
+    kind: str
+    message: str
+    data: dict[str, Any]
+
+
+class LogChunk(_Out):
+    job_id: str
+    attempt: int
+    rank: int
+    offset: int
+    next_offset: int
+    text: str
+    complete: bool = Field(description="the job is finished and there is nothing more to read")
+
+
+class WhyOut(_Out):
+    job_id: str
+    state: JobState
+    reasons: list[ReasonOut]
+    updated_at: float
+
+
+class EtaOut(_Out):
+    job_id: str
+    state: JobState
+    estimated_start: float | None
+    estimated_finish: float | None
+    computed_at: float | None
+
+
+# ---------------------------------------------------------------------------------------------- queues
+
+
+class QuotaOut(_Out):
+    guarantee: float
+    deserved: float | None
+    limit: float | None
+    borrowing_limit: float | None
+
+
+class QueueOut(_Out):
+    name: str
+    tenant: str
+    parent: str | None
+    weight: float
+    domestic: DomesticPreference | None
+    quota: dict[str, QuotaOut]
+    usage: dict[str, float] = Field(description="devices per model and NCU in use by the queue and its children")
+    pending: int
+    running: int
+    policy_version: int
+
+
+# --------------------------------------------------------------------------------------------- tenants
+
+
+class TenantIn(_In):
+    id: str = Field(pattern=NAME_PATTERN)
+    type: TenantType = TenantType.ENTERPRISE
+    tier: ServiceTier = ServiceTier.STANDARD
+    weight: float = Field(default=1.0, gt=0, le=1e6)
+    domestic: DomesticPreference = DomesticPreference.ANY
+    max_active_jobs: int | None = Field(default=None, ge=0, le=10_000_000)
+
+
+class TenantPatch(_In):
+    type: TenantType | None = None
+    tier: ServiceTier | None = None
+    weight: float | None = Field(default=None, gt=0, le=1e6)
+    domestic: DomesticPreference | None = None
+    max_active_jobs: int | None = Field(default=None, ge=0, le=10_000_000)
+
+
+class TenantOut(_Out):
+    id: str
+    type: TenantType
+    tier: ServiceTier
+    weight: float
+    domestic: DomesticPreference
+    max_active_jobs: int | None
+    queues: list[str]
+
+
+# ------------------------------------------------------------------------------------------ users, tokens
+
+
+class UserIn(_In):
+    name: str = Field(pattern=NAME_PATTERN)
+    tenant: str | None = Field(default=None, description="default: the caller's tenant; null for center admins")
+    role: Role = Role.TENANT_USER
+
+
+class UserOut(_Out):
+    id: str
+    name: str
+    tenant: str | None
+    role: Role
+    created_at: float
+    disabled: bool
+
+
+class TokenIn(_In):
+    user: str | None = Field(default=None, description="user id; default: the caller's own user")
+    expires_in_s: float | None = Field(default=None, gt=0, le=10 * 366 * 86400)
+    name: str = Field(default="", max_length=200)
+
+
+class NodeTokenIn(_In):
+    node_id: str | None = Field(default=None, min_length=1, max_length=200, description="null: any node")
+    name: str = Field(default="", max_length=200)
+    expires_in_s: float | None = Field(default=None, gt=0, le=10 * 366 * 86400)
+
+
+class TokenCreated(_Out):
+    id: str
+    token: str = Field(description="shown once: store it now")
+    user: str | None
+    tenant: str | None
+    role: Role
+    node_id: str | None = None
+    name: str
+    expires_at: float | None
+
+
+class TokenOut(_Out):
+    id: str
+    user: str | None
+    tenant: str | None
+    role: Role
+    node_id: str | None
+    name: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+    last_used_at: float | None
+
+
+class WhoAmI(_Out):
+    user: str | None
+    tenant: str | None
+    role: Role
+    token_id: str
+
+
+# ------------------------------------------------------------------------------------------------ usage
+
+
+class UsageLine(_Out):
+    ncu_hours: float
+    device_hours: float
+    charge: float
+
+
+class UsageOut(_Out):
+    tenant: str | None
+    start: float
+    end: float
+    ncu_hours: float
+    device_hours: float
+    charge: float
+    free_ncu_hours: float
+    billable_charge: float
+    currency: str
+    energy_kwh: float
+    domestic_share: float
+    by_model: dict[str, UsageLine]
+    by_queue: dict[str, UsageLine]
+
+
+# ---------------------------------------------------------------------------------------------- nodes
+
+
+class PoolOut(_Out):
+    pool: str
+    model: str
+    vendor: str
+    site: str
+    nodes: int
+    devices: int
+    devices_free: int
+    devices_healthy: int
+    domestic: bool
+
+
+class DeviceOut(_Out):
+    index: int
+    uuid: str
+    model: str | None
+    healthy: bool
+    health_reason: str = ""
+    telemetry: dict[str, Any] | None
+    updated_at: float | None = None
+
+
+class NodeOut(_Out):
+    id: str
+    hostname: str
+    model: str
+    vendor: str
+    pool: str
+    site: str
+    region: str
+    tier: str
+    island: str
+    switch: str
+    device_count: int
+    devices_healthy: int
+    cpu_milli: int
+    memory_mib: int
+    labels: dict[str, str]
+    state: NodeStatus
+    source: NodeSource
+    registered_at: float
+    last_heartbeat: float | None
+    agent_version: str | None
+    last_seq: int | None
+    devices: list[DeviceOut] = Field(description="per device; telemetry only in GET /v1/nodes/{id}")
+
+
+class HealthOut(_Out):
+    status: str
+
+
+class ReadyOut(_Out):
+    status: str
+    database: str
+    revision: str | None
+    head: str | None

@@ -1,0 +1,223 @@
+"""Running the product: ``zhisuan server`` (API + scheduler service) and ``zhisuan up`` (all of it, locally).
+
+``zhisuan up`` is the whole center on one machine: a real multi-node Ray cluster whose raylets carry the
+resources and labels of emulated heterogeneous nodes (:class:`~scheduler.localcluster.LocalCluster`), one node
+agent per node reporting emulated accelerators to the API, the API on SQLite, and the scheduler service placing
+jobs through the policy core onto Ray. Ctrl-C stops everything::
+
+    zhisuan up                                   # seeds/clusters/local.yaml, ./.zhisuan/zhisuan.db
+    zhisuan up --address 10.0.0.5:6379           # schedule onto an existing Ray cluster instead
+    zhisuan server --ray-address 10.0.0.5:6379   # API + scheduler only (agents run on the nodes)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+
+from api.app import create_app
+from api.auth import issue_token
+from api.bootstrap import ADMIN_USER, prepare
+from api.config import Profile, save_profile
+from api.db import make_engine, migrate, write_session
+from api.server import CoalescingHttpToolsProtocol
+from api.settings import Settings
+from api.tables import Role
+from scheduler.cluster import load_cluster
+from scheduler.model import Node
+from scheduler.service import SchedulerService, ServiceConfig
+
+log = logging.getLogger("zhisuan")
+
+
+@dataclass
+class Running:
+    """What :func:`running` started, for callers (and tests) that need to reach it."""
+
+    url: str
+    settings: Settings
+    admin_token: str | None
+    service: SchedulerService | None
+    ray_address: str | None
+    nodes: list[Node] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+def _admin_token(settings: Settings, created: str | None) -> str:
+    """The admin token created at bootstrap, or a new one for this local session (``up`` owns its database)."""
+    if created is not None:
+        return created
+    engine = make_engine(settings.database_url)
+    try:
+        with write_session(engine) as session:
+            token: str = issue_token(
+                session, role=Role.CENTER_ADMIN, tenant=None, user_id=ADMIN_USER, name="zhisuan up"
+            )["token"]
+        return token
+    finally:
+        engine.dispose()
+
+
+def _node_token(settings: Settings) -> str:
+    engine = make_engine(settings.database_url)
+    try:
+        with write_session(engine) as session:
+            token: str = issue_token(session, role=Role.NODE_AGENT, tenant=None, user_id=None, name="zhisuan up")[
+                "token"
+            ]
+        return token
+    finally:
+        engine.dispose()
+
+
+def _start_agents(url: str, token: str, nodes: Sequence[Node], stop: threading.Event, interval_s: float) -> None:
+    """One emulated node agent per node, each in its own thread, registering and heartbeating like a real one."""
+    from agents.agent import Agent, AgentConfig
+    from agents.shims.emulated import EmulatedShim
+
+    for node in nodes:
+        config = AgentConfig(
+            api_url=url,
+            node_token=token,
+            node_id=node.id,
+            interval_s=interval_s,
+            site=node.site,
+            region=node.region,
+            tier=node.tier.value,
+            island=node.island,
+            switch=node.switch,
+            labels=dict(node.labels),
+            cpu_milli=node.cpu_milli,
+            memory_mib=node.memory_mib,
+        )
+        agent = Agent(config, [EmulatedShim(node.model, devices=node.devices, node=node.id)])
+
+        def loop(agent: Agent = agent) -> None:
+            try:
+                agent.discover()
+                agent.register_with_retry(sleep=lambda s: None if stop.wait(s) else None)
+                agent.run(stop)
+            except Exception:
+                log.exception("agent of %s stopped", agent.config.node_id)
+            finally:
+                agent.close()
+
+        threading.Thread(target=loop, name=f"agent-{node.id}", daemon=True).start()
+
+
+@contextmanager
+def running(
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    ray_address: str | None = None,
+    cluster_file: Path | None = None,
+    max_nodes: int | None = None,
+    agents: bool = True,
+    scheduler: bool = True,
+    service_config: ServiceConfig | None = None,
+    agent_interval_s: float = 1.0,
+) -> Iterator[Running]:
+    """Start what was asked (local Ray cluster, API, agents, scheduler), yield, and stop it all in reverse."""
+    with ExitStack() as stack:
+        nodes: list[Node] = []
+        if cluster_file is not None and ray_address is None:
+            from scheduler.localcluster import LocalCluster
+
+            cluster = LocalCluster.from_file(cluster_file, max_nodes=max_nodes)
+            stack.callback(cluster.stop)
+            ray_address = cluster.start()
+            nodes = list(cluster.nodes)
+        elif cluster_file is not None:
+            nodes = list(load_cluster(cluster_file).nodes)
+
+        # Migrate and bootstrap before anything talks to the database.
+        boot = prepare(settings)
+        admin = _admin_token(settings, boot.admin_token) if agents or boot.admin_token else boot.admin_token
+
+        url = f"http://{host}:{port}"
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings),
+                host=host,
+                port=port,
+                log_level="warning",
+                access_log=False,
+                loop="uvloop",
+                http=CoalescingHttpToolsProtocol,
+                lifespan="on",
+            )
+        )
+        # Off the main thread uvicorn leaves signals alone: Ctrl-C reaches wait_for_interrupt, which stops us.
+        api_thread = threading.Thread(target=server.run, name="api", daemon=True)
+        api_thread.start()
+        stack.callback(api_thread.join, 10)
+        stack.callback(setattr, server, "should_exit", True)
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not api_thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the API server did not start on {url} (is the port free?)")
+            time.sleep(0.05)
+
+        result = Running(url, settings, admin, None, ray_address, nodes)
+        stack.callback(result.stop.set)
+        if agents and nodes:
+            _start_agents(url, _node_token(settings), nodes, result.stop, agent_interval_s)
+
+        if scheduler and ray_address is not None:
+            from scheduler.executors.ray import RayExecutor
+
+            executor = RayExecutor(ray_address)
+            stack.callback(executor.close)
+            engine = make_engine(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
+            stack.callback(engine.dispose)
+            migrate(engine)
+            service = SchedulerService(engine, executor, service_config)
+            result.service = service
+            thread = threading.Thread(target=service.run, args=(result.stop,), name="scheduler", daemon=True)
+            thread.start()
+            stack.callback(service.release_lock)
+            stack.callback(thread.join, 15)
+            stack.callback(result.stop.set)
+        yield result
+
+
+def developer_login(url: str, admin_token: str, tenant: str = "acme", user: str = "dev") -> str:
+    """A tenant-admin token for a local developer (``dev@acme``), made through the API itself."""
+    from api.client import ApiError, ZhisuanClient
+
+    with ZhisuanClient(url, admin_token) as client:
+        try:
+            created = client.create_user(user, tenant=tenant, role=Role.TENANT_ADMIN.value)
+            user_id = created.id or f"{user}@{tenant}"
+        except ApiError as err:
+            if err.status != 409:
+                raise
+            user_id = f"{user}@{tenant}"
+        token = client.create_token(user_id, name="zhisuan up").token
+    assert token is not None
+    return token
+
+
+def wait_for_interrupt(stop: threading.Event) -> None:
+    """Block until Ctrl-C (or ``stop``)."""
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+
+
+def remember_login(url: str, token: str | None, profile: str = "default") -> Path | None:
+    """Store the local admin login in the CLI config so ``zhisuan submit`` works at once."""
+    if token is None:
+        return None
+    return save_profile(Profile(profile, url=url, token=token))

@@ -1,0 +1,115 @@
+"""Server settings, read from ``ZHISUAN_*`` environment variables in one place.
+
+    >>> s = Settings.from_env({"ZHISUAN_RATE_LIMIT": "20/s burst 40", "ZHISUAN_MAX_BODY_BYTES": "2048"})
+    >>> (s.rate_per_s, s.rate_burst, s.max_body_bytes)
+    (20.0, 40.0, 2048)
+    >>> parse_rate_limit("100 300")
+    (100.0, 300.0)
+    >>> parse_rate_limit("off")
+    (0.0, 0.0)
+
+=================================  ==================================================================
+``ZHISUAN_DATABASE_URL``            ``sqlite:///./.zhisuan/zhisuan.db`` (directory created); or ``postgresql://…``
+``ZHISUAN_MAX_BODY_BYTES``          request body limit, default 1 MiB
+``ZHISUAN_RATE_LIMIT``              per token: ``"50/s burst 200"``, ``"50 200"`` or ``off``
+``ZHISUAN_POLICY_FILE``             seeds the first policy version on an empty database (``seeds/policy.yaml``)
+``ZHISUAN_CLUSTER_FILE``            optional: nodes of a cluster file, loaded as ``source=file`` nodes
+``ZHISUAN_HEARTBEAT_INTERVAL_S``    heartbeat interval asked of agents (default 5); down after 3 missed
+``ZHISUAN_TOKEN_CACHE_S``           how long a token lookup is cached in a process (default 5)
+``ZHISUAN_CACHE_REFRESH_S``         how often policy and inventory are re-read (default 1)
+``ZHISUAN_BUSY_TIMEOUT_MS``         SQLite busy timeout (default 5000)
+``ZHISUAN_BATCH_LINGER_MS``         group commit: how long the writer waits to fill a batch (default 2)
+``ZHISUAN_ADMIN_TOKEN_FILE``        where bootstrap writes the first admin token (mode 0600), if set
+``ZHISUAN_FAST_SUBMIT``             ``0`` serves POST /v1/jobs through FastAPI instead of the ASGI fast path
+=================================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from scheduler.catalog import SEEDS_DIR
+
+DEFAULT_DATABASE_URL = "sqlite:///./.zhisuan/zhisuan.db"
+DEFAULT_POLICY_FILE = SEEDS_DIR / "policy.yaml"
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*s)?\s*(?:,?\s*(?:burst)?\s*(\d+(?:\.\d+)?))?\s*$")
+
+
+def parse_rate_limit(text: str) -> tuple[float, float]:
+    """``(rate per second, burst)``; ``(0, 0)`` turns rate limiting off."""
+    if text.strip().lower() in ("", "off", "none", "0"):
+        return 0.0, 0.0
+    match = _RATE.match(text)
+    if match is None:
+        raise ValueError(f"ZHISUAN_RATE_LIMIT {text!r}: write it like '50/s burst 200' or '50 200' or 'off'")
+    rate = float(match.group(1))
+    burst = float(match.group(2)) if match.group(2) else max(1.0, rate)
+    if rate <= 0 or burst < 1:
+        raise ValueError(f"ZHISUAN_RATE_LIMIT {text!r}: rate must be positive and burst at least 1")
+    return rate, burst
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    max_body_bytes: int = 1 << 20
+    rate_per_s: float = 50.0
+    rate_burst: float = 200.0
+    policy_file: Path | None = DEFAULT_POLICY_FILE
+    cluster_file: Path | None = None
+    heartbeat_interval_s: float = 5.0
+    token_cache_s: float = 5.0
+    cache_refresh_s: float = 1.0
+    busy_timeout_ms: int = 5000
+    batch_linger_ms: float = 2.0
+    batch_max: int = 512
+    admin_token_file: Path | None = None
+    retry_after_s: int = 2
+    fast_submit: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        rate, burst = parse_rate_limit(env.get("ZHISUAN_RATE_LIMIT", "50/s burst 200"))
+
+        def path(name: str, default: Path | None) -> Path | None:
+            value = env.get(name)
+            if value is None:
+                return default
+            return Path(value) if value.strip() else None
+
+        def number(name: str, default: float) -> float:
+            value = env.get(name)
+            if value is None or not value.strip():
+                return default
+            try:
+                parsed = float(value)
+            except ValueError:
+                raise ValueError(f"{name}={value!r} is not a number") from None
+            if parsed < 0:
+                raise ValueError(f"{name}={value!r} must not be negative")
+            return parsed
+
+        return cls(
+            database_url=env.get("ZHISUAN_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            max_body_bytes=int(number("ZHISUAN_MAX_BODY_BYTES", 1 << 20)),
+            rate_per_s=rate,
+            rate_burst=burst,
+            policy_file=path("ZHISUAN_POLICY_FILE", DEFAULT_POLICY_FILE),
+            cluster_file=path("ZHISUAN_CLUSTER_FILE", None),
+            heartbeat_interval_s=number("ZHISUAN_HEARTBEAT_INTERVAL_S", 5.0) or 5.0,
+            token_cache_s=number("ZHISUAN_TOKEN_CACHE_S", 5.0),
+            cache_refresh_s=number("ZHISUAN_CACHE_REFRESH_S", 1.0) or 1.0,
+            busy_timeout_ms=int(number("ZHISUAN_BUSY_TIMEOUT_MS", 5000)),
+            batch_linger_ms=number("ZHISUAN_BATCH_LINGER_MS", 2.0),
+            admin_token_file=path("ZHISUAN_ADMIN_TOKEN_FILE", None),
+            fast_submit=env.get("ZHISUAN_FAST_SUBMIT", "1").strip().lower() not in ("0", "false", "no", "off"),
+        )
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some settings changed (tests, the CLI's flags)."""
+        return replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,391 @@
+"""What the submission hot path needs without touching the database, and the group-commit writer behind it.
+
+* :class:`Snapshots` keeps the policy in force and the installed inventory in memory. A background task re-reads
+  their version numbers every ``cache_refresh_s`` (one cheap query each) and reloads only when they moved; writes
+  made through this process refresh at once. The inventory snapshot is an *empty* :class:`ClusterState` of every
+  node, on which the placement engine answers "could this job ever run here?", cached per job shape.
+* :class:`Submitter` is the group commit: request handlers (on the event loop) hand validated job rows to one
+  writer thread, which takes everything queued, writes it in **one** transaction (idempotency-key lookups,
+  per-tenant active-job caps, one multi-row INSERT for jobs and one for their events) and answers every waiting
+  request. Under load, the requests that arrive while a batch commits form the next batch, so SQLite's single
+  writer commits hundreds of jobs per transaction instead of one; at low load a batch is one job and waits for
+  nothing (``linger_s`` can trade latency for bigger batches).
+
+Caps on active jobs hold across processes: on SQLite the batch runs in ``BEGIN IMMEDIATE`` (one writer at a
+time), on PostgreSQL it takes a transaction-scoped advisory lock per capped tenant before counting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy import exc as sa_exc
+
+from api.db import is_sqlite, write_engine
+from api.tables import ACTIVE_STATES, JOB_EVENTS, JOBS, NODES, POLICY_VERSIONS
+from scheduler.catalog import Catalog
+from scheduler.model import DomesticPreference, Job, Node, Reason
+from scheduler.placement import PlacementEngine
+from scheduler.state import ClusterState
+from scheduler.tenancy import QueuePolicy, empty_policy, parse_policy
+from scheduler.throughput import ThroughputMatrix
+
+log = logging.getLogger("zhisuan.api")
+_STRICTNESS = {DomesticPreference.ANY: 0, DomesticPreference.PREFERRED: 1, DomesticPreference.REQUIRED: 2}
+
+
+# --------------------------------------------------------------------------------------------- snapshots
+
+
+@dataclass(frozen=True)
+class PolicySnapshot:
+    version: int  # 0: no policy stored yet (empty policy)
+    policy: QueuePolicy
+    created_at: float | None = None
+
+
+@dataclass
+class InventorySnapshot:
+    key: tuple[Any, ...]
+    nodes: list[Node]
+    state: ClusterState
+    #: placement shape -> None (fits on an empty cluster) or the reasons it never can
+    feasible: dict[tuple[object, ...], tuple[Reason, ...] | None] = field(default_factory=dict)
+
+
+def node_of(row: Mapping[Any, Any]) -> Node:
+    """The core's :class:`Node` for a ``nodes`` row."""
+    get = row.get
+    return Node(
+        id=get("id"),
+        model=get("model"),
+        devices=get("devices"),
+        cpu_milli=get("cpu_milli"),
+        memory_mib=get("memory_mib"),
+        site=get("site"),
+        region=get("region"),
+        tier=get("tier"),
+        island=get("island"),
+        switch=get("switch"),
+        labels=dict(get("labels") or {}),
+    )
+
+
+def load_policy_version(conn: Connection, catalog: Catalog) -> PolicySnapshot:
+    row = conn.execute(select(POLICY_VERSIONS).order_by(POLICY_VERSIONS.c.id.desc()).limit(1)).mappings().first()
+    if row is None:
+        return PolicySnapshot(0, empty_policy(catalog))
+    policy = parse_policy(row["document"], f"policy version {row['id']}", catalog)
+    return PolicySnapshot(int(row["id"]), policy, row["created_at"])
+
+
+class Snapshots:
+    """Policy and inventory as of the last refresh, and the "could it ever fit" check. Thread-safe."""
+
+    def __init__(self, engine: Engine, catalog: Catalog, throughput: ThroughputMatrix) -> None:
+        self.engine = engine
+        self.catalog = catalog
+        self.throughput = throughput
+        self.placement = PlacementEngine(catalog=catalog, throughput=throughput)
+        self._lock = threading.Lock()
+        self.policy = PolicySnapshot(0, empty_policy(catalog))
+        self.inventory = InventorySnapshot((0, None, 0), [], ClusterState())
+
+    # ------------------------------------------------------------------------------------------ refresh
+
+    def refresh(self, force: bool = False) -> None:
+        """Reload what changed (blocking; call from a thread)."""
+        with self.engine.connect() as conn:
+            latest = conn.execute(select(func.max(POLICY_VERSIONS.c.id))).scalar()
+            if force or int(latest or 0) != self.policy.version:
+                self.policy = load_policy_version(conn, self.catalog)
+            key = tuple(
+                conn.execute(
+                    select(func.count(), func.max(NODES.c.registered_at), func.coalesce(func.sum(NODES.c.devices), 0))
+                ).one()
+            )
+            if force or key != self.inventory.key:
+                rows = conn.execute(select(NODES).order_by(NODES.c.id)).mappings().all()
+                nodes = []
+                for row in rows:
+                    try:
+                        nodes.append(node_of(row))
+                    except ValueError:
+                        log.warning("node %s has an invalid description; left out of the inventory", row["id"])
+                with self._lock:
+                    self.inventory = InventorySnapshot(key, nodes, ClusterState(nodes))
+
+    def set_policy(self, snapshot: PolicySnapshot) -> None:
+        if snapshot.version >= self.policy.version:
+            self.policy = snapshot
+
+    # ------------------------------------------------------------------------------------------ checks
+
+    def effective(self, job: Job) -> Job:
+        """The job with its tenant's and queue's domestic policy applied (the stricter wins), as the core does."""
+        wanted = self.domestic(job.domestic, job.queue, job.tenant)
+        return job if wanted is job.domestic else job.model_copy(update={"domestic": wanted})
+
+    def domestic(self, asked: DomesticPreference, queue: str, tenant: str) -> DomesticPreference:
+        policy = self.policy.policy
+        wanted = policy.domestic(policy.resolve(queue, tenant), tenant)
+        return wanted if _STRICTNESS[wanted] > _STRICTNESS[asked] else asked
+
+    def never_fits(
+        self, job: Job | Callable[[], Job], shape: tuple[object, ...] | None = None
+    ) -> tuple[Reason, ...] | None:
+        """Reasons a job could never start on the installed inventory even if it were empty; None if it could.
+
+        ``job`` may be a factory, called only when ``shape`` (the job's placement shape, with the domestic
+        policy of its queue applied) is not cached yet. An empty inventory accepts everything (nodes may join).
+        """
+        inventory = self.inventory
+        if not inventory.nodes:
+            return None
+        if shape is not None and shape in inventory.feasible:
+            return inventory.feasible[shape]
+        job = self.effective(job if isinstance(job, Job) else job())
+        shape = shape if shape is not None else job.placement_shape
+        if shape in inventory.feasible:
+            return inventory.feasible[shape]
+        with self._lock:
+            result = self.placement.place(inventory.state, job)
+        answer = None if result.placement is not None else tuple(result.reasons)
+        if len(inventory.feasible) > 50_000:
+            inventory.feasible.clear()
+        inventory.feasible[shape] = answer
+        return answer
+
+
+# ------------------------------------------------------------------------------------------ group commit
+
+
+Outcome = Literal["created", "replayed", "key-reused", "quota-exceeded"]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    outcome: Outcome
+    row: Mapping[Any, Any]
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class _Item:
+    row: dict[str, Any]
+    event: dict[str, Any]
+    limit: int | None
+    future: asyncio.Future[Result]
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def key(self) -> tuple[str, str] | None:
+        key = self.row.get("idempotency_key")
+        return (self.row["tenant"], key) if key is not None else None
+
+
+def request_hash(canonical: bytes) -> str:
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _tenant_lock(tenant: str) -> int:
+    # A 63-bit advisory lock key per tenant (crc32 of a namespaced name; collisions only serialise more).
+    return 0x5A5300000000 | zlib.crc32(f"zhisuan/tenant/{tenant}".encode())
+
+
+class Submitter:
+    """See the module docstring. ``submit`` is called on the event loop; the writer runs in its own thread."""
+
+    def __init__(self, engine: Engine, linger_s: float = 0.0, max_batch: int = 512) -> None:
+        self.engine = write_engine(engine)
+        self.postgres = not is_sqlite(engine)
+        self.linger_s = linger_s
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        # Plain DB-API executemany of pre-serialised rows: SQLAlchemy's per-row bind processing costs more than
+        # the insert itself at thousands of rows a second.
+        dialect = engine.dialect
+        quote = dialect.identifier_preparer.quote
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        self._job_columns = [c.name for c in JOBS.columns]
+        self._event_columns = [c.name for c in JOB_EVENTS.columns if c.name != "id"]
+        self._insert_jobs = (
+            f"INSERT INTO {quote(JOBS.name)} ({', '.join(quote(c) for c in self._job_columns)}) "
+            f"VALUES ({', '.join([mark] * len(self._job_columns))})"
+        )
+        self._insert_events = (
+            f"INSERT INTO {quote(JOB_EVENTS.name)} ({', '.join(quote(c) for c in self._event_columns)}) "
+            f"VALUES ({', '.join([mark] * len(self._event_columns))})"
+        )
+        self.batches = 0
+        self.written = 0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="zhisuan-job-writer", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    async def submit(self, row: dict[str, Any], event: dict[str, Any], limit: int | None) -> Result:
+        """Queue one job row (and its first event) and wait until it is committed, replayed or refused."""
+        if self._thread is None:
+            raise RuntimeError("the job writer is not running")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        self._queue.put(_Item(row, event, limit, future, loop))
+        return await future
+
+    # ------------------------------------------------------------------------------------------ thread
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            deadline = time.monotonic() + self.linger_s
+            while len(batch) < self.max_batch:
+                try:
+                    wait = deadline - time.monotonic()
+                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._process(batch)
+
+    def _process(self, batch: list[_Item]) -> None:
+        answers: list[Result | BaseException]
+        try:
+            answers = list(self._write(batch))
+        except sa_exc.IntegrityError:
+            # Another process inserted one of these idempotency keys between our lookup and our insert: redo
+            # the batch one job per transaction so only the colliding job is affected (it will replay).
+            answers = [self._write_alone(item) for item in batch]
+        except Exception as err:
+            answers = [err] * len(batch)
+        self.batches += 1
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Result], Result | BaseException]]] = {}
+        for item, answer in zip(batch, answers, strict=True):
+            by_loop.setdefault(item.loop, []).append((item.future, answer))
+        for loop, pairs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop closed (server shutting down)
+                loop.call_soon_threadsafe(_resolve, pairs)
+
+    def _write_alone(self, item: _Item) -> Result | BaseException:
+        for _ in range(3):
+            try:
+                return self._write([item])[0]
+            except sa_exc.IntegrityError:
+                continue
+            except Exception as err:
+                return err
+        return RuntimeError("idempotency key kept colliding; retry")
+
+    def _write(self, batch: Sequence[_Item]) -> list[Result]:
+        with self.engine.begin() as conn:
+            keyed = {item.key for item in batch if item.key is not None}
+            known: dict[tuple[str, str], Mapping[Any, Any]] = {}
+            if keyed:
+                rows = conn.execute(
+                    select(JOBS).where(
+                        JOBS.c.tenant.in_({t for t, _ in keyed}), JOBS.c.idempotency_key.in_({k for _, k in keyed})
+                    )
+                ).mappings()
+                for found in rows:
+                    pair = (found["tenant"], found["idempotency_key"])
+                    if pair in keyed:
+                        known[pair] = dict(found)
+            active = self._active_counts(conn, {item.row["tenant"] for item in batch if item.limit is not None})
+            results: list[Result] = []
+            jobs: list[dict[str, Any]] = []
+            events: list[dict[str, Any]] = []
+            for item in batch:
+                key = item.key
+                prior = known.get(key) if key is not None else None
+                if prior is not None:
+                    if prior["request_hash"] == item.row["request_hash"]:
+                        results.append(Result("replayed", prior))
+                    else:
+                        results.append(Result("key-reused", prior))
+                    continue
+                tenant = item.row["tenant"]
+                if item.limit is not None:
+                    count = active.get(tenant, 0)
+                    if count >= item.limit:
+                        results.append(
+                            Result(
+                                "quota-exceeded",
+                                item.row,
+                                f"tenant {tenant!r} has {count} active jobs, its limit is {item.limit}",
+                            )
+                        )
+                        continue
+                    active[tenant] = count + 1
+                if key is not None:
+                    known[key] = item.row
+                jobs.append(item.row)
+                events.append(item.event)
+                results.append(Result("created", item.row))
+            if jobs:
+                conn.exec_driver_sql(self._insert_jobs, [_values(row, self._job_columns) for row in jobs])
+                conn.exec_driver_sql(self._insert_events, [_values(e, self._event_columns) for e in events])
+        self.written += len(jobs)
+        return results
+
+    def _active_counts(self, conn: Connection, tenants: Iterable[str]) -> dict[str, int]:
+        capped = sorted(set(tenants))
+        if not capped:
+            return {}
+        if self.postgres:
+            for tenant in capped:  # sorted: two writers never wait on each other in opposite orders
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _tenant_lock(tenant)})
+        rows = conn.execute(
+            select(JOBS.c.tenant, func.count())
+            .where(JOBS.c.tenant.in_(capped), JOBS.c.state.in_([s.value for s in ACTIVE_STATES]))
+            .group_by(JOBS.c.tenant)
+        ).all()
+        return {tenant: int(count) for tenant, count in rows}
+
+
+_JSON_COLUMNS = frozenset({"spec", "placement", "reasons", "data"})
+
+
+def _values(row: Mapping[str, Any], columns: Sequence[str]) -> tuple[Any, ...]:
+    return tuple(
+        orjson.dumps(row[c]).decode() if c in _JSON_COLUMNS and row[c] is not None else row[c] for c in columns
+    )
+
+
+def _resolve(pairs: list[tuple[asyncio.Future[Result], Result | BaseException]]) -> None:
+    for future, answer in pairs:
+        if future.done():
+            continue
+        if isinstance(answer, BaseException):
+            future.set_exception(answer)
+        else:
+            future.set_result(answer)
+
+
+__all__ = ["PolicySnapshot", "Result", "Snapshots", "Submitter", "node_of", "request_hash"]

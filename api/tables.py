@@ -1,0 +1,301 @@
+"""The database tables (SQLModel), shared by the API (``api/``) and the scheduler service (``scheduler/service.py``).
+
+The layout is the contract of ``api/README.md`` ("Tables"). Times are float epoch seconds (UTC); JSON columns
+hold plain JSON values (``JSONB`` on PostgreSQL). Every change to the schema goes through a new Alembic
+migration in ``api/migrations/versions``; a test compares the migrated schema with this module.
+
+Job rows move through the states of :class:`JobState` with optimistic concurrency: every UPDATE of a job is
+``WHERE id = :id AND version = :version`` and bumps ``version`` (:func:`api.db.transition` does exactly that), so
+two writers never both move one job::
+
+    >>> JobState.PENDING in ACTIVE_STATES, JobState.CANCELLED in TERMINAL_STATES
+    (True, True)
+    >>> new_job_id(1_700_000_000.0, "0123abcd")
+    'j18bcfe568000123abcd'
+"""
+
+from __future__ import annotations
+
+import random
+from enum import StrEnum
+from typing import Any, cast
+
+from sqlalchemy import JSON, Column, ForeignKey, Index, MetaData, String, Table, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+# Stable constraint names make migrations reproducible on every database.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: JSON everywhere, JSONB on PostgreSQL (indexable, compact).
+JSONValue = JSON().with_variant(JSONB(), "postgresql")
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    STARTING = "starting"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES: frozenset[JobState] = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+ACTIVE_STATES: frozenset[JobState] = frozenset(set(JobState) - TERMINAL_STATES)
+#: States that hold devices (a placement).
+HOLDING_STATES: frozenset[JobState] = frozenset({JobState.STARTING, JobState.RUNNING, JobState.CANCELLING})
+
+
+class Role(StrEnum):
+    TENANT_USER = "tenant-user"
+    TENANT_ADMIN = "tenant-admin"
+    CENTER_ADMIN = "center-admin"
+    NODE_AGENT = "node-agent"
+
+
+class NodeStatus(StrEnum):
+    READY = "ready"
+    CORDONED = "cordoned"
+    DOWN = "down"
+
+
+class NodeSource(StrEnum):
+    AGENT = "agent"
+    FILE = "file"
+
+
+# Job ids need uniqueness, not secrecy: a PRNG seeded once from the OS (os.urandom per id costs a syscall, and
+# syscalls are slow in sandboxed containers).
+_RANDOM = random.Random()
+
+
+def new_job_id(now: float, random_hex: str | None = None) -> str:
+    """``j`` + 11 hex digits of the millisecond timestamp + 8 random hex: sorts in submission order."""
+    return f"j{int(now * 1000):011x}{random_hex or f'{_RANDOM.getrandbits(32):08x}'}"
+
+
+# ------------------------------------------------------------------------------------------------------ jobs
+
+
+class JobRow(SQLModel, table=True):
+    """A submitted job: its spec, where it is in its life, where it runs and why it waits."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("tenant", "idempotency_key"),
+        Index("ix_jobs_state_priority_submitted_at", "state", "priority", "submitted_at"),
+        Index("ix_jobs_tenant_state", "tenant", "state"),
+    )
+
+    id: str = Field(primary_key=True)
+    tenant: str = Field(index=True)
+    user: str
+    queue: str
+    name: str
+    kind: str
+    state: str = Field(default=JobState.PENDING.value, index=True)
+    version: int = 0
+    priority: int = 100
+    spec: dict[str, Any] = Field(sa_type=JSONValue)
+    submitted_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempt: int = 0
+    placement: dict[str, Any] | None = Field(default=None, sa_type=JSONValue)
+    reasons: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSONValue)
+    estimated_start: float | None = None
+    estimated_finish: float | None = None
+    message: str = ""
+    exit_code: int | None = None
+    last_checkpoint_at: float | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+
+class JobEventRow(SQLModel, table=True):
+    """Something that happened to a job (submitted, started, preempted, requeued, cancelled ...)."""
+
+    __tablename__ = "job_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(sa_column=Column(String, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True))
+    at: float
+    kind: str
+    message: str = ""
+    data: dict[str, Any] = Field(default_factory=dict, sa_type=JSONValue)
+
+
+class JobLogRow(SQLModel, table=True):
+    """A chunk of one worker's log; ``offset`` is the byte offset (UTF-8) of the chunk in that worker's log."""
+
+    __tablename__ = "job_logs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(sa_column=Column(String, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True))
+    attempt: int = 0
+    rank: int = 0
+    offset: int = 0
+    text: str = ""
+
+
+# ----------------------------------------------------------------------------------------------- inventory
+
+
+class NodeRow(SQLModel, table=True):
+    """A node: registered by its agent (``source=agent``) or loaded from a cluster file (``source=file``)."""
+
+    __tablename__ = "nodes"
+
+    id: str = Field(primary_key=True)
+    hostname: str = ""
+    model: str
+    vendor: str = ""
+    pool: str
+    site: str = "default"
+    region: str = "default"
+    tier: str = "cloud"
+    island: str = ""
+    switch: str = ""
+    devices: int = 0
+    cpu_milli: int = 0
+    memory_mib: int = 0
+    labels: dict[str, str] = Field(default_factory=dict, sa_type=JSONValue)
+    state: str = NodeStatus.READY.value
+    source: str = NodeSource.AGENT.value
+    registered_at: float
+    last_heartbeat: float | None = None
+    agent_version: str | None = None
+    last_seq: int | None = None
+
+
+class DeviceRow(SQLModel, table=True):
+    """One accelerator of a node, with its latest health and telemetry sample."""
+
+    __tablename__ = "devices"
+
+    node_id: str = Field(
+        sa_column=Column(String, ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True, nullable=False)
+    )
+    index: int = Field(primary_key=True)
+    uuid: str
+    model: str | None = None
+    memory_mib: float | None = None
+    healthy: bool = True
+    health_reason: str = ""
+    telemetry: dict[str, Any] = Field(default_factory=dict, sa_type=JSONValue)
+    updated_at: float
+
+
+# -------------------------------------------------------------------------------------------------- ledger
+
+
+class LedgerRow(SQLModel, table=True):
+    """One :class:`scheduler.metering.LedgerEntry` (start or stop of a job's run)."""
+
+    __tablename__ = "ledger"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str
+    job_id: str = Field(index=True)
+    tenant: str = Field(index=True)
+    queue: str
+    user: str
+    model: str
+    pool: str
+    devices: float
+    at: float = Field(index=True)
+    seconds: float = 0.0
+    ncu_hours: float = 0.0
+    energy_kwh: float | None = None
+    energy_estimated: bool = True
+    tier: str = "standard"
+    price_per_ncu_hour: float = 0.0
+    charge: float = 0.0
+    domestic: bool = False
+    cause: str | None = None
+
+
+# ------------------------------------------------------------------------------------------- policy, users
+
+
+class PolicyVersionRow(SQLModel, table=True):
+    """A whole :class:`scheduler.tenancy.PolicyDocument`; the highest id is in force."""
+
+    __tablename__ = "policy_versions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    document: dict[str, Any] = Field(sa_type=JSONValue)
+    created_at: float
+    author: str = ""
+
+
+class UserRow(SQLModel, table=True):
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("tenant", "name"),)
+
+    id: str = Field(primary_key=True)
+    tenant: str | None = Field(default=None, index=True)
+    name: str
+    role: str
+    created_at: float
+    disabled: bool = False
+
+
+class ApiTokenRow(SQLModel, table=True):
+    """A bearer token ``zs_<id>_<secret>``; only the SHA-256 of the secret is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: str = Field(primary_key=True)
+    secret_hash: str
+    user_id: str | None = Field(
+        default=None, sa_column=Column(String, ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True)
+    )
+    node_id: str | None = None
+    role: str
+    tenant: str | None = Field(default=None, index=True)
+    name: str = ""
+    created_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    last_used_at: float | None = None
+
+
+class LeaderLockRow(SQLModel, table=True):
+    """Leader election for the scheduler service; ``term`` is a fencing token bumped on each takeover."""
+
+    __tablename__ = "leader_lock"
+
+    name: str = Field(primary_key=True)
+    holder: str
+    expires_at: float
+    term: int = 0
+
+
+def table(model: type[SQLModel]) -> Table:
+    """The Core :class:`~sqlalchemy.Table` of a table model (for bulk statements on hot paths)."""
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]
+
+
+METADATA: MetaData = SQLModel.metadata
+JOBS = table(JobRow)
+JOB_EVENTS = table(JobEventRow)
+JOB_LOGS = table(JobLogRow)
+NODES = table(NodeRow)
+DEVICES = table(DeviceRow)
+LEDGER = table(LedgerRow)
+POLICY_VERSIONS = table(PolicyVersionRow)
+USERS = table(UserRow)
+API_TOKENS = table(ApiTokenRow)
+LEADER_LOCK = table(LeaderLockRow)
+#: The tables this module defines (the migration must create exactly these).
+TABLES = (JOBS, JOB_EVENTS, JOB_LOGS, NODES, DEVICES, LEDGER, POLICY_VERSIONS, USERS, API_TOKENS, LEADER_LOCK)
+TABLE_NAMES = frozenset(t.name for t in TABLES)

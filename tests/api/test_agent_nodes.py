@@ -1,0 +1,172 @@
+"""The real node agent (emulated devices) against the real server: register, heartbeat, health; nodes and pools."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from api_stack import JOB, Stack, assert_problem
+from sqlalchemy import update
+
+from agents.agent import Agent, AgentConfig, AgentStopped
+from agents.protocol import HeartbeatResponse
+from agents.shims.emulated import EmulatedShim
+from api.models import NodeOut, PoolOut
+from api.tables import DEVICES, JOBS, NODES
+
+
+def make_agent(stack: Stack, node_id: str, token: str | None = None, model: str = "H100", devices: int = 4) -> Agent:
+    config = AgentConfig(
+        api_url=stack.url,
+        node_token=token or stack.tokens["node"],
+        node_id=node_id,
+        site="local",
+        island=f"{node_id}-nvlink",
+        cpu_milli=32000,
+        memory_mib=65536,
+        backoff_initial_s=0.05,
+        backoff_jitter_s=0.0,
+    )
+    agent = Agent(config, [EmulatedShim(model, devices=devices, node=node_id)])
+    agent.discover()
+    return agent
+
+
+def test_register_heartbeat_and_read_back(stack: Stack) -> None:
+    agent = make_agent(stack, "agent-h100-1")
+    try:
+        reply = agent.register()
+        assert reply.node_id == "agent-h100-1" and reply.heartbeat_interval_s == stack.ctx.settings.heartbeat_interval_s
+        shim = agent.shims[0]
+        assert isinstance(shim, EmulatedShim)
+        shim.set_load(0, 80.0, 1000.0)
+        agent.tick()
+        agent.tick()
+        assert agent.flush() and agent.buffered == 0  # both batches acknowledged
+        [node] = stack.rows(NODES, NODES.c.id == "agent-h100-1")
+        assert node["source"] == "agent" and node["pool"] == "local/H100" and node["devices"] == 4
+        assert node["last_seq"] == 1 and node["agent_version"]
+        devices = stack.rows(DEVICES, DEVICES.c.node_id == "agent-h100-1")
+        assert len(devices) == 4 and all(d["healthy"] for d in devices)
+        busy = next(d for d in devices if d["index"] == 0)
+        assert busy["telemetry"]["utilization_pct"] == 80.0 and busy["telemetry"]["received_at"] > 0
+        # A fatal XID turns the device unhealthy, with the reason.
+        shim.inject_xid(1, 79)
+        agent.tick()
+        assert agent.flush()
+        [bad] = stack.rows(DEVICES, DEVICES.c.node_id == "agent-h100-1", DEVICES.c.index == 1)
+        assert not bad["healthy"] and "79" in bad["health_reason"]
+        with stack.client("bob") as c:  # any tenant may read capacity
+            node_out = NodeOut.model_validate(c.get("/v1/nodes/agent-h100-1").json())
+            assert node_out.state == "ready" and node_out.devices_healthy == 3
+            assert node_out.devices[0].telemetry and node_out.devices[0].telemetry["utilization_pct"] == 80.0
+            listed = {n["id"]: n for n in c.get("/v1/nodes").json()["items"]}
+            assert listed["agent-h100-1"]["devices"][0]["telemetry"] is None  # telemetry only per node
+            assert listed["local-h100-00000"]["source"] == "file"
+            pools = {p["pool"]: PoolOut.model_validate(p) for p in c.get("/v1/pools").json()["items"]}
+            h100 = pools["local/H100"]
+            assert h100.nodes >= 3 and h100.devices >= 20 and not h100.domestic
+            assert pools["local/Ascend910B"].domestic and pools["local/Ascend910B"].devices == 16
+    finally:
+        agent.close()
+
+
+def test_registered_nodes_join_the_inventory(stack: Stack) -> None:
+    with stack.client("alice") as c:
+        too_big = {**JOB, "workers": 5, "devices_per_worker": 8, "models": ["MLU590"]}
+        assert_problem(c.post("/v1/jobs", json=too_big), 422, "unschedulable")
+    agent = make_agent(stack, "agent-mlu-1", model="MLU590", devices=8)
+    try:
+        agent.register()
+    finally:
+        agent.close()
+    with stack.client("alice") as c:  # now 4 + 8 MLU590 devices... still not 40
+        assert_problem(c.post("/v1/jobs", json=too_big), 422, "unschedulable", "12")
+        fits = {**JOB, "workers": 1, "devices_per_worker": 8, "models": ["MLU590"]}
+        assert c.post("/v1/jobs", json=fits).status_code == 201
+
+
+def test_silent_node_is_down_and_comes_back(stack: Stack) -> None:
+    agent = make_agent(stack, "agent-h100-quiet")
+    try:
+        agent.register()
+        old = time.time() - 10 * stack.ctx.settings.heartbeat_interval_s
+        with stack.engine.begin() as conn:
+            conn.execute(update(NODES).where(NODES.c.id == "agent-h100-quiet").values(last_heartbeat=old))
+        with stack.client("alice") as c:
+            assert c.get("/v1/nodes/agent-h100-quiet").json()["state"] == "down"
+        agent.tick()
+        assert agent.flush()
+        with stack.client("alice") as c:
+            assert c.get("/v1/nodes/agent-h100-quiet").json()["state"] == "ready"
+    finally:
+        agent.close()
+
+
+def test_devices_held_by_running_jobs_are_not_free(stack: Stack) -> None:
+    with stack.client("alice") as c:
+        free_before = {p["pool"]: p["devices_free"] for p in c.get("/v1/pools").json()["items"]}
+        job = c.post("/v1/jobs", json={**JOB, "devices_per_worker": 2, "models": ["Ascend910B"]}).json()
+    placement = {
+        "model": "Ascend910B",
+        "pool": "local/Ascend910B",
+        "topology": "node",
+        "workers": [{"rank": 0, "node": "local-ascend910b-00000", "devices": [0, 1], "milli": 1000}],
+    }
+    with stack.engine.begin() as conn:
+        conn.execute(update(JOBS).where(JOBS.c.id == job["id"]).values(state="running", placement=placement))
+    with stack.client("bob") as c:
+        pools = {p["pool"]: p for p in c.get("/v1/pools").json()["items"]}
+        assert pools["local/Ascend910B"]["devices_free"] == free_before["local/Ascend910B"] - 2
+        assert job["id"] not in c.get("/v1/nodes/local-ascend910b-00000").text
+        queue = c.get("/v1/queues/sme-vision").json()
+        assert queue["running"] == 0
+    with stack.client("alice") as c:
+        acme = c.get("/v1/queues/acme").json()
+        assert acme["running"] >= 1 and acme["usage"]["Ascend910B"] >= 2 and acme["usage"]["ncu"] > 0
+
+
+def test_unknown_node_is_asked_to_register_again(stack: Stack) -> None:
+    body = {
+        "node_id": "never-registered",
+        "agent_uptime_s": 1.0,
+        "sent_wall_time": 0.0,
+        "batches": [],
+        "buffered_batches": 0,
+        "dropped_batches_total": 0,
+        "rejected_batches_total": 0,
+    }
+    with stack.client("node") as c:
+        r = c.post("/v1/agent/heartbeat", json=body)
+    reply = HeartbeatResponse.model_validate(r.json())
+    assert r.status_code == 200 and reply.reregister and reply.acked_seq == -1
+
+
+def test_unknown_model_and_wrong_node_are_refused(stack: Stack) -> None:
+    agent = make_agent(stack, "agent-odd")
+    body = agent.node_descriptor().model_dump(mode="json")
+    request = {
+        "agent_version": "0.1.0",
+        "node": {**body, "model": "TPUv9"},
+        "devices": [],
+        "shims": [],
+        "sent_wall_time": 0.0,
+    }
+    before = stack.counts()
+    with stack.client("node") as c:
+        assert_problem(c.post("/v1/agent/register", json=request), 422, "validation-error", "TPUv9")
+        request["node"] = {**body, "model": None}
+        assert_problem(c.post("/v1/agent/register", json=request), 422, "validation-error", "no catalog model")
+    with stack.client("admin") as c:
+        bound = c.post("/v1/nodes/tokens", json={"node_id": "only-this-node"}).json()["token"]
+    assert stack.counts()["nodes"] == before["nodes"]
+    other = make_agent(stack, "agent-someone-else", token=bound)
+    try:
+        with pytest.raises(AgentStopped, match="403"):
+            other.register()
+    finally:
+        other.close()
+        agent.close()
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.tokens['alice']}"}) as c:
+        assert_problem(c.post("/v1/agent/register", json=request), 403, "forbidden", "node-agent")
