@@ -398,6 +398,7 @@ class SchedulerService:
             if active.state is JobState.CANCELLING:
                 self.executor.stop(job_id, "cancelled by the user")
                 self._end(active, now, JobState.CANCELLED, StopCause.CANCELLED, "cancelled", None, report)
+                self.executor.forget(job_id)
                 report.cancelled.append(job_id)
                 continue
             if status is None:
@@ -430,7 +431,9 @@ class SchedulerService:
             self._requeue(active.job_id, now, StopCause.FAILED, message, report, retry=True)
         else:
             self._end(active, now, JobState.FAILED, StopCause.FAILED, message, exit_code, report)
+        # Every branch above stored the outcome, so the executor's own record of this attempt can go.
         self.executor.stop(active.job_id, "finished")
+        self.executor.forget(active.job_id)
 
     # ------------------------------------------------------------------------------------------ schedule
 

@@ -157,6 +157,10 @@ class Executor(Protocol):
         """Stop every attempt of a job, tear down its workers and free its devices. Idempotent."""
         ...
 
+    def forget(self, job_id: str) -> None:
+        """Drop the executor's records of a job whose final state the caller has stored."""
+        ...
+
     def read_logs(self, job_id: str, rank: int, offset: int = 0, limit: int = 65536) -> LogChunk:
         """Up to ``limit`` bytes of a worker's combined stdout/stderr, from byte ``offset``."""
         ...
