@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -88,6 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The job writer thread needs the GIL back promptly after each database call; with the default 5 ms
+        # switch interval a busy event loop holds it for up to 5 ms each time, a few times per batch.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
         submitter.start()
         try:
             await asyncio.to_thread(_start, ctx)

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -31,15 +32,27 @@ from api.server import CoalescingHttpToolsProtocol
 from api.settings import Settings
 from api.tables import Role
 from scheduler.cluster import load_cluster
+from scheduler.core import CoreConfig, SchedulerCore
+from scheduler.executors.base import Executor
 from scheduler.model import Node
 from scheduler.service import SchedulerService, ServiceConfig
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from scheduler.localcluster import LocalCluster
 
 log = logging.getLogger("zhisuan")
 
 
 @dataclass
 class Running:
-    """What :func:`running` started, for callers (and tests) that need to reach it."""
+    """What :func:`running` started, for callers (and tests) that need to reach it.
+
+    ``stop`` ends everything; the scheduler service has its own switch (:meth:`stop_scheduler`,
+    :meth:`start_scheduler`) so that another instance — a ``zhisuan server`` elsewhere, a crash test's own
+    process — can take the leader lock while the API, the agents and the cluster stay up.
+    """
 
     url: str
     settings: Settings
@@ -48,6 +61,85 @@ class Running:
     ray_address: str | None
     nodes: list[Node] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    #: The local Ray cluster when :func:`running` started one (None with ``ray_address``).
+    cluster: LocalCluster | None = None
+    _scheduler: _SchedulerHost | None = field(default=None, repr=False)
+    _agent_stops: dict[str, threading.Event] = field(default_factory=dict, repr=False)
+
+    def stop_scheduler(self, timeout_s: float = 15.0) -> None:
+        """Stop the in-process scheduler service and give up its leader lock (a standby takes over at once)."""
+        if self._scheduler is not None:
+            self._scheduler.stop(timeout_s)
+        self.service = None
+
+    def start_scheduler(self) -> SchedulerService:
+        """(Re)start the in-process scheduler service: a fresh one, which adopts what it finds."""
+        if self._scheduler is None:
+            raise RuntimeError("this deployment runs no scheduler (scheduler=False or no Ray cluster)")
+        self.service = self._scheduler.start(self.stop)
+        return self.service
+
+    def kill_node(self, node_id: str) -> None:
+        """Crash one emulated node as a machine crash would: ``kill -9`` its raylet and processes
+        (:meth:`LocalCluster.kill_node`), and silence its node agent — which, on a real machine, dies with it."""
+        if self.cluster is None:
+            raise RuntimeError("this deployment has no local cluster")
+        self.cluster.kill_node(node_id)
+        stop = self._agent_stops.get(node_id)
+        if stop is not None:
+            stop.set()
+
+
+class _SchedulerHost:
+    """Runs one :class:`SchedulerService` at a time in a thread of this process."""
+
+    def __init__(
+        self, engine: Engine, executor: Executor, config: ServiceConfig | None, core_config: CoreConfig | None
+    ) -> None:
+        self.engine, self.executor, self.config, self.core_config = engine, executor, config, core_config
+        self.service: SchedulerService | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start(self, everything: threading.Event) -> SchedulerService:
+        if self.service is not None and self._thread is not None and self._thread.is_alive():
+            return self.service
+        self._stop = threading.Event()
+        service = SchedulerService(self.engine, self.executor, self.config, core=SchedulerCore(self.core_config))
+        stop = self._stop
+
+        def loop() -> None:
+            # Either switch stops it: the deployment's (everything) or the scheduler's own.
+            _relay(everything, stop)
+            service.run(stop)
+
+        self._thread = threading.Thread(target=loop, name="scheduler", daemon=True)
+        self._thread.start()
+        self.service = service
+        return service
+
+    def stop(self, timeout_s: float) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        if self.service is not None:
+            self.service.release_lock()
+        self.service = None
+        self._thread = None
+
+
+def _relay(source: threading.Event, target: threading.Event) -> None:
+    """Set ``target`` once ``source`` is set (a background thread waits for it)."""
+
+    def wait() -> None:
+        source.wait()
+        target.set()
+
+    threading.Thread(target=wait, name="relay", daemon=True).start()
+
+
+def _pause(stop: threading.Event, seconds: float) -> None:
+    stop.wait(seconds)
 
 
 def _admin_token(settings: Settings, created: str | None) -> str:
@@ -77,11 +169,15 @@ def _node_token(settings: Settings) -> str:
         engine.dispose()
 
 
-def _start_agents(url: str, token: str, nodes: Sequence[Node], stop: threading.Event, interval_s: float) -> None:
-    """One emulated node agent per node, each in its own thread, registering and heartbeating like a real one."""
+def _start_agents(
+    url: str, token: str, nodes: Sequence[Node], stop: threading.Event, interval_s: float
+) -> dict[str, threading.Event]:
+    """One emulated node agent per node, each in its own thread, registering and heartbeating like a real one.
+    Returns each agent's own stop switch (``stop`` stops them all)."""
     from agents.agent import Agent, AgentConfig
     from agents.shims.emulated import EmulatedShim
 
+    switches: dict[str, threading.Event] = {}
     for node in nodes:
         config = AgentConfig(
             api_url=url,
@@ -98,18 +194,21 @@ def _start_agents(url: str, token: str, nodes: Sequence[Node], stop: threading.E
             memory_mib=node.memory_mib,
         )
         agent = Agent(config, [EmulatedShim(node.model, devices=node.devices, node=node.id)])
+        own = switches[node.id] = threading.Event()
 
-        def loop(agent: Agent = agent) -> None:
+        def loop(agent: Agent = agent, own: threading.Event = own) -> None:
+            _relay(stop, own)
             try:
                 agent.discover()
-                agent.register_with_retry(sleep=lambda s: None if stop.wait(s) else None)
-                agent.run(stop)
+                agent.register_with_retry(sleep=lambda seconds: _pause(own, seconds))
+                agent.run(own)
             except Exception:
                 log.exception("agent of %s stopped", agent.config.node_id)
             finally:
                 agent.close()
 
         threading.Thread(target=loop, name=f"agent-{node.id}", daemon=True).start()
+    return switches
 
 
 @contextmanager
@@ -125,17 +224,25 @@ def running(
     scheduler: bool = True,
     service_config: ServiceConfig | None = None,
     agent_interval_s: float = 1.0,
+    core_config: CoreConfig | None = None,
+    log_dir: str | None = None,
+    include_dashboard: bool = False,
 ) -> Iterator[Running]:
-    """Start what was asked (local Ray cluster, API, agents, scheduler), yield, and stop it all in reverse."""
+    """Start what was asked (local Ray cluster, API, agents, scheduler), yield, and stop it all in reverse.
+
+    ``core_config`` configures the scheduler's policy core, ``log_dir`` is where workers write their logs on the
+    nodes (the executor's default otherwise), ``include_dashboard`` starts the local cluster's Ray dashboard (its
+    Jobs API, for comparisons)."""
     with ExitStack() as stack:
         nodes: list[Node] = []
+        local: LocalCluster | None = None
         if cluster_file is not None and ray_address is None:
             from scheduler.localcluster import LocalCluster
 
-            cluster = LocalCluster.from_file(cluster_file, max_nodes=max_nodes)
-            stack.callback(cluster.stop)
-            ray_address = cluster.start()
-            nodes = list(cluster.nodes)
+            local = LocalCluster.from_file(cluster_file, max_nodes=max_nodes, include_dashboard=include_dashboard)
+            stack.callback(local.stop)
+            ray_address = local.start()
+            nodes = list(local.nodes)
         elif cluster_file is not None:
             nodes = list(load_cluster(cluster_file).nodes)
 
@@ -167,26 +274,22 @@ def running(
                 raise RuntimeError(f"the API server did not start on {url} (is the port free?)")
             time.sleep(0.05)
 
-        result = Running(url, settings, admin, None, ray_address, nodes)
+        result = Running(url, settings, admin, None, ray_address, nodes, cluster=local)
         stack.callback(result.stop.set)
         if agents and nodes:
-            _start_agents(url, _node_token(settings), nodes, result.stop, agent_interval_s)
+            result._agent_stops = _start_agents(url, _node_token(settings), nodes, result.stop, agent_interval_s)
 
         if scheduler and ray_address is not None:
             from scheduler.executors.ray import RayExecutor
 
-            executor = RayExecutor(ray_address)
+            executor = RayExecutor(ray_address) if log_dir is None else RayExecutor(ray_address, log_dir=log_dir)
             stack.callback(executor.close)
             engine = make_engine(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
             stack.callback(engine.dispose)
             migrate(engine)
-            service = SchedulerService(engine, executor, service_config)
-            result.service = service
-            thread = threading.Thread(target=service.run, args=(result.stop,), name="scheduler", daemon=True)
-            thread.start()
-            stack.callback(service.release_lock)
-            stack.callback(thread.join, 15)
-            stack.callback(result.stop.set)
+            result._scheduler = _SchedulerHost(engine, executor, service_config, core_config)
+            result.start_scheduler()
+            stack.callback(result.stop_scheduler)
         yield result
 
 

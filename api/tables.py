@@ -85,22 +85,26 @@ def new_job_id(now: float, random_hex: str | None = None) -> str:
 
 
 class JobRow(SQLModel, table=True):
-    """A submitted job: its spec, where it is in its life, where it runs and why it waits."""
+    """A submitted job: its spec, where it is in its life, where it runs and why it waits.
+
+    Indexes lead with ``tenant`` and with ``state`` (composites, so every insert maintains as few as possible).
+    """
 
     __tablename__ = "jobs"
     __table_args__ = (
         UniqueConstraint("tenant", "idempotency_key"),
         Index("ix_jobs_state_priority_submitted_at", "state", "priority", "submitted_at"),
         Index("ix_jobs_tenant_state", "tenant", "state"),
+        Index("ix_jobs_tenant_id", "tenant", "id"),  # a tenant's jobs newest first (cursor pagination)
     )
 
     id: str = Field(primary_key=True)
-    tenant: str = Field(index=True)
+    tenant: str  # indexed by (tenant, id), (tenant, state) and (tenant, idempotency_key)
     user: str
     queue: str
     name: str
     kind: str
-    state: str = Field(default=JobState.PENDING.value, index=True)
+    state: str = JobState.PENDING.value  # indexed by (state, priority, submitted_at)
     version: int = 0
     priority: int = 100
     spec: dict[str, Any] = Field(sa_type=JSONValue)

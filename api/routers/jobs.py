@@ -15,7 +15,7 @@ import orjson
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlmodel import Session
 
 from api.auth import Principal
@@ -390,7 +390,24 @@ def job_logs(
     attempt = job["attempt"] if attempt is None else attempt
     rows = session.execute(
         select(JOB_LOGS.c.offset, JOB_LOGS.c.text)
-        .where(JOB_LOGS.c.job_id == job_id, JOB_LOGS.c.attempt == attempt, JOB_LOGS.c.rank == rank)
+        .where(
+            JOB_LOGS.c.job_id == job_id,
+            JOB_LOGS.c.attempt == attempt,
+            JOB_LOGS.c.rank == rank,
+            # from the chunk that holds ``offset`` on (a long log is not re-read from its start by ``logs -f``)
+            JOB_LOGS.c.offset
+            >= func.coalesce(
+                select(func.max(JOB_LOGS.c.offset))
+                .where(
+                    JOB_LOGS.c.job_id == job_id,
+                    JOB_LOGS.c.attempt == attempt,
+                    JOB_LOGS.c.rank == rank,
+                    JOB_LOGS.c.offset <= offset,
+                )
+                .scalar_subquery(),
+                0,
+            ),
+        )
         .order_by(JOB_LOGS.c.offset, JOB_LOGS.c.id)
     ).all()
     data = bytearray()

@@ -51,9 +51,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
         sa.UniqueConstraint("tenant", "idempotency_key", name=op.f("uq_jobs_tenant_idempotency_key")),
     )
-    op.create_index("ix_jobs_state", "jobs", ["state"])
     op.create_index("ix_jobs_state_priority_submitted_at", "jobs", ["state", "priority", "submitted_at"])
-    op.create_index("ix_jobs_tenant", "jobs", ["tenant"])
+    op.create_index("ix_jobs_tenant_id", "jobs", ["tenant", "id"])
     op.create_index("ix_jobs_tenant_state", "jobs", ["tenant", "state"])
 
     op.create_table(
@@ -222,8 +221,7 @@ def downgrade() -> None:
     op.drop_table("ledger")
     op.drop_table("leader_lock")
     op.drop_index("ix_jobs_tenant_state", table_name="jobs")
-    op.drop_index("ix_jobs_tenant", table_name="jobs")
+    op.drop_index("ix_jobs_tenant_id", table_name="jobs")
     op.drop_index("ix_jobs_state_priority_submitted_at", table_name="jobs")
-    op.drop_index("ix_jobs_state", table_name="jobs")
 
     op.drop_table("jobs")
