@@ -279,12 +279,13 @@ class Submitter:
         answers: list[Result | BaseException]
         try:
             answers = list(self._write(batch))
-        except sa_exc.IntegrityError:
-            # Another process inserted one of these idempotency keys between our lookup and our insert: redo
-            # the batch one job per transaction so only the colliding job is affected (it will replay).
-            answers = [self._write_alone(item) for item in batch]
         except Exception as err:
-            answers = [err] * len(batch)
+            if not _collided(err):
+                answers = [err] * len(batch)
+            else:
+                # Another process inserted one of these idempotency keys between our lookup and our insert: redo
+                # the batch one job per transaction so only the colliding job is affected (it will replay).
+                answers = [self._write_alone(item) for item in batch]
         self.batches += 1
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Result], Result | BaseException]]] = {}
         for item, answer in zip(batch, answers, strict=True):
@@ -297,10 +298,9 @@ class Submitter:
         for _ in range(3):
             try:
                 return self._write([item])[0]
-            except sa_exc.IntegrityError:
-                continue
             except Exception as err:
-                return err
+                if not _collided(err):
+                    return err
         return RuntimeError("idempotency key kept colliding; retry")
 
     def _write(self, batch: Sequence[_Item]) -> list[Result]:
@@ -349,6 +349,10 @@ class Submitter:
                 events.append(item.event)
                 results.append(Result("created", item.row))
             if jobs:
+                # Keys in one order in every writer: two API processes inserting the same keys concurrently then
+                # wait on each other in one direction (the later one gets a unique violation and replays) instead
+                # of deadlocking, which PostgreSQL would break by failing a whole batch.
+                jobs.sort(key=_key_order)
                 conn.exec_driver_sql(self._insert_jobs, [_values(row, self._job_columns) for row in jobs])
                 conn.exec_driver_sql(self._insert_events, [_values(e, self._event_columns) for e in events])
         self.written += len(jobs)
@@ -367,6 +371,21 @@ class Submitter:
             .group_by(JOBS.c.tenant)
         ).all()
         return {tenant: int(count) for tenant, count in rows}
+
+
+def _key_order(row: Mapping[str, Any]) -> tuple[str, str]:
+    return row["tenant"], row["idempotency_key"] or ""
+
+
+#: PostgreSQL SQLSTATEs of a transaction that lost a race and may simply be redone: deadlock, serialization.
+_RETRY_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def _collided(err: BaseException) -> bool:
+    """A concurrent writer got in the way (a duplicate idempotency key, a deadlock): redo, one job at a time."""
+    if isinstance(err, sa_exc.IntegrityError):
+        return True
+    return isinstance(err, sa_exc.DBAPIError) and getattr(err.orig, "sqlstate", None) in _RETRY_SQLSTATES
 
 
 _JSON_COLUMNS = frozenset({"spec", "placement", "reasons", "data"})

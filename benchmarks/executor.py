@@ -3,16 +3,31 @@
 Starts a local Ray cluster (head with the dashboard + 2 emulated 4×H100 nodes), places each job with the real
 core, and measures, per run, the wall time from the launch call until every worker's process is running:
 
-- ``zhisuan``: ``RayExecutor.launch`` (pinned placement group + one detached actor per rank, which spawns the
-  entrypoint) until ``status()`` reports ``running``;
+- ``zhisuan`` (launch mode ``supervisor``, the default): ``RayExecutor.launch`` — a pinned placement group, and
+  the ranks handed to the long-lived supervisor actor of each node, which forks each rank's entrypoint once the
+  rank's bundle is reserved on that node — until ``status()`` reports ``running``;
+- ``zhisuan_actor`` (launch mode ``actor``, the former design): the same, with one new detached actor per rank
+  (a fresh Python worker process each) spawning the entrypoint;
 - ``ray_jobs``: ``JobSubmissionClient.submit_job`` (one submission per worker, pinned to the same node with
   ``entrypoint_label_selector`` and holding the same devices) until ``get_job_status`` is ``RUNNING`` for all.
 
-The entrypoint is ``sleep 30`` (trivial); each job is stopped and its resources freed before the next run::
+It also times ``RayExecutor.poll()`` while each job runs (``poll_ms``: the scheduler service calls it every
+100-200 ms). The entrypoint is ``sleep 30`` (trivial); each job is stopped and its resources freed before the
+next run, which is launched at once on the same devices::
 
     python benchmarks/executor.py --runs 10          # prints one JSON document
+    python benchmarks/executor.py --runs 10 --modes supervisor --no-jobs-api
 
 Ray Jobs needs the full dashboard (``pip install 'ray[default]'``); without it the JSON says so.
+
+Measured on the 2-core development machine, shared with other work (2026-11-23, ``--runs 10``), p50 / p99:
+
+=================  =================  ==================  ==================
+job                supervisor (new)   actor (before)      Ray Jobs API
+=================  =================  ==================  ==================
+1 worker           RESULTS_ONE
+4-worker gang      RESULTS_GANG
+=================  =================  ==================  ==================
 """
 
 from __future__ import annotations
@@ -73,7 +88,7 @@ def until(check: Callable[[], bool], timeout_s: float = 120.0) -> None:
         time.sleep(POLL_S)
 
 
-def bench_zhisuan(ex: RayExecutor, shape: Job, runs: int, tag: str) -> list[float]:
+def bench_zhisuan(ex: RayExecutor, shape: Job, runs: int, tag: str, polls: list[float] | None = None) -> list[float]:
     samples = []
     for run in range(runs):
         job_id = f"bench-{tag}-{run}-{os.getpid()}"
@@ -89,6 +104,11 @@ def bench_zhisuan(ex: RayExecutor, shape: Job, runs: int, tag: str) -> list[floa
 
         until(running)
         samples.append(time.perf_counter() - began)
+        if polls is not None:
+            for _ in range(5):
+                began = time.perf_counter()
+                ex.poll()
+                polls.append(time.perf_counter() - began)
         ex.stop(job_id, "benchmark run done")
         ex.forget(job_id)
     return samples
@@ -132,6 +152,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10, help="measured runs per job shape and system")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs first (per shape and system)")
     parser.add_argument("--no-jobs-api", action="store_true", help="measure RayExecutor only")
+    parser.add_argument(
+        "--modes", default="supervisor,actor", help="RayExecutor launch modes to measure, comma-separated"
+    )
     args = parser.parse_args()
 
     jobs_api_missing = None
@@ -153,21 +176,39 @@ def main() -> int:
         include_dashboard = not args.no_jobs_api and jobs_api_missing is None
         with LocalCluster(NODES, include_dashboard=include_dashboard, work_dir=Path(tmp) / "ray") as cluster:
             result["cluster_start_s"] = round(time.perf_counter() - began, 2)
-            ex = RayExecutor(cluster.address, log_dir=str(Path(tmp) / "logs"), stop_grace_s=2.0)
-            zhisuan: dict[str, Any] = {}
+            log_dir = str(Path(tmp) / "logs")
+            executors = {
+                mode: RayExecutor(cluster.address, log_dir=log_dir, stop_grace_s=2.0, launch_mode=mode)
+                for mode in args.modes.split(",")
+            }
+            for ex in executors.values():
+                ex.start_supervisors(wait_s=60)
+            measured: dict[str, dict[str, Any]] = {mode: {} for mode in executors}
             jobs: dict[str, Any] = {}
             for tag, shape in SHAPES.items():
-                bench_zhisuan(ex, shape, args.warmup, f"warm-{tag}")
-                zhisuan[tag] = summary(bench_zhisuan(ex, shape, args.runs, tag))
+                for mode, ex in executors.items():
+                    bench_zhisuan(ex, shape, args.warmup, f"warm-{mode}-{tag}")
+                    polls: list[float] = []
+                    measured[mode][tag] = summary(bench_zhisuan(ex, shape, args.runs, f"{mode}-{tag}", polls))
+                    measured[mode][tag]["poll_ms"] = {
+                        k.replace("_s", ""): round(v * 1000, 2) if k.endswith("_s") else v
+                        for k, v in summary(polls).items()
+                    }
                 if include_dashboard and cluster.dashboard_url:
                     bench_ray_jobs(cluster.dashboard_url, shape, args.warmup, f"warm-{tag}")
                     jobs[tag] = summary(bench_ray_jobs(cluster.dashboard_url, shape, args.runs, tag))
-            ex.close()
-    result["zhisuan"] = zhisuan
+            for ex in executors.values():
+                ex.close()
+    for mode, figures in measured.items():
+        result["zhisuan" if mode == "supervisor" else f"zhisuan_{mode}"] = figures
     if jobs:
         result["ray_jobs"] = jobs
-        result["speedup_p50"] = {t: round(jobs[t]["p50_s"] / zhisuan[t]["p50_s"], 2) for t in jobs}
-        result["speedup_p99"] = {t: round(jobs[t]["p99_s"] / zhisuan[t]["p99_s"], 2) for t in jobs}
+        for mode, figures in measured.items():
+            suffix = "" if mode == "supervisor" else f"_{mode}"
+            for q in ("p50", "p99"):
+                result[f"speedup_{q}{suffix}"] = {
+                    t: round(jobs[t][f"{q}_s"] / figures[t][f"{q}_s"], 2) for t in jobs if t in figures
+                }
     else:
         result["ray_jobs"] = {"unavailable": jobs_api_missing or "skipped (--no-jobs-api) or no dashboard URL"}
     result["total_s"] = round(time.perf_counter() - began, 1)

@@ -1,7 +1,8 @@
 """Placement benchmark: 10,000 nodes × 8 devices over 6 models, 50,000 queued jobs of a realistic size mix.
 
 Prints one JSON object: decisions/s, p50/p99/max decision latency, peak RSS, the share of jobs started, and the
-same decisions made by the full-scan placer (on a sample, since it is ~1000× slower) as a speed ratio.
+same decisions made by the full-scan placer (on a sample, since it is ~1000× slower) as a speed ratio; then the
+ETA of every job the full step left pending, and that ETA against the exact forecast on a smaller cluster.
 
     .venv/bin/python benchmarks/placement.py                    # the issue's scenario
     .venv/bin/python benchmarks/placement.py --nodes 1000 --jobs 5000 --scorer binpack
@@ -25,7 +26,7 @@ import sys
 import time
 
 from scheduler.core import CoreConfig, SchedulerCore
-from scheduler.eta import forecast
+from scheduler.eta import aggregate_forecast, exact_forecast
 from scheduler.model import DecisionKind, Job, JobKind, Node
 from scheduler.naive import FullScanPlacer
 from scheduler.placement import PlacementConfig
@@ -178,22 +179,25 @@ class TimedCore(SchedulerCore):
             yield job
 
 
-def build_policy(tenants: int) -> QueuePolicy:
-    """Every tenant gets a queue with an NCU share; a few premium tenants also hold H100 guarantees."""
+def build_policy(tenants: int, scale: float = 1.0) -> QueuePolicy:
+    """Every tenant gets a queue with an NCU share; a few premium tenants also hold H100 guarantees.
+
+    The amounts suit the 10,000-node cluster; ``scale`` shrinks them with a smaller one.
+    """
     queues: dict[str, object] = {}
     tenants_doc: dict[str, object] = {}
     for t in range(tenants):
         name = f"tenant-{t:02d}"
         tenants_doc[name] = {"weight": 2 if t % 5 == 0 else 1, "tier": "premium" if t % 5 == 0 else "standard"}
-        quota: dict[str, object] = {"ncu": {"deserved": 2500, "limit": 8000}}
+        quota: dict[str, object] = {"ncu": {"deserved": 2500 * scale, "limit": 8000 * scale}}
         if t % 10 == 0:
-            quota["H100"] = {"guarantee": 64, "deserved": 256}
+            quota["H100"] = {"guarantee": 64 * scale, "deserved": 256 * scale}
         queues[name] = {"tenant": name, "quota": quota}
     return parse_policy({"tenants": tenants_doc, "queues": queues}, "<benchmark>")
 
 
 def run_full_step(nodes: list[Node], jobs: list[Job], scorer: str, eta_events: int) -> dict[str, object]:
-    """One ``SchedulerCore.step`` over all jobs with quotas, DRF, preemption and backfill; then the ETA forecast."""
+    """One ``SchedulerCore.step`` over all jobs with quotas, DRF, preemption and backfill; then the ETA of the rest."""
     state = ClusterState(nodes)
     core = TimedCore(CoreConfig(placement=PlacementConfig(scorer=scorer)), policy=build_policy(40))
     gc.collect()
@@ -206,11 +210,31 @@ def run_full_step(nodes: list[Node], jobs: list[Job], scorer: str, eta_events: i
     latencies = sorted(b - a for a, b in itertools.pairwise(marks))
     started = sum(d.kind is DecisionKind.START for d in decisions)
     pending = [job for job in jobs if job.id not in state.running]
-    print(f"full step: {len(decisions)} decisions in {total:.2f} s; forecasting", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    predicted = forecast(core, state, pending, now=0.0, max_events=eta_events)
-    eta_seconds = time.perf_counter() - t0
-    known = sum(v is not None for v in predicted.starts.values())
+    print(f"full step: {len(decisions)} decisions in {total:.2f} s; planning the ETA", file=sys.stderr, flush=True)
+    # The ETA of every job left pending: the aggregate plan (what ``forecast`` picks for a queue this long).
+    gc.collect()
+    gc.disable()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    planned = aggregate_forecast(core, state, pending, now=0.0)
+    eta_seconds, eta_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    gc.enable()
+    estimated = sorted(v for v in planned.starts.values() if v is not None)
+    eta: dict[str, object] = {
+        "method": planned.method,
+        "pending": len(pending),
+        "seconds": round(eta_seconds, 3),
+        "cpu_seconds": round(eta_cpu, 3),
+        "jobs_estimated": len(estimated),
+        "jobs_without_estimate": len(pending) - len(estimated),
+        "median_start_h": round(percentile(estimated, 0.5) / 3600, 2),
+        "p90_start_h": round(percentile(estimated, 0.9) / 3600, 2),
+        "horizon_h": round(planned.horizon / 3600, 2),
+    }
+    if eta_events:
+        # The exact forecast for comparison: one full core step over the pending jobs per event.
+        t0 = time.perf_counter()
+        exact = exact_forecast(core, state, pending, now=0.0, max_events=eta_events)
+        eta["exact"] = {"events": exact.events, "seconds": round(time.perf_counter() - t0, 3)}
     return {
         "decisions": len(decisions),
         "started": started,
@@ -220,14 +244,55 @@ def run_full_step(nodes: list[Node], jobs: list[Job], scorer: str, eta_events: i
         "p50_ms": round(percentile(latencies, 0.50) * 1e3, 4),
         "p99_ms": round(percentile(latencies, 0.99) * 1e3, 4),
         "max_ms": round(latencies[-1] * 1e3, 3),
-        "eta": {
-            "pending": len(pending),
-            "events_simulated": predicted.events,
-            "event_budget": eta_events,
-            "seconds": round(eta_seconds, 3),
-            "jobs_with_estimate": known,
-            "complete": predicted.complete,
-        },
+        "eta": eta,
+    }
+
+
+def compare_eta(node_count: int, job_count: int, seed: int, scorer: str) -> dict[str, object]:
+    """Aggregate against exact ETA on a cluster small enough to fast-forward the core to the end."""
+    nodes = build_cluster(node_count)
+    jobs = build_jobs(job_count, seed)
+    state = ClusterState(nodes)
+    core = SchedulerCore(
+        CoreConfig(placement=PlacementConfig(scorer=scorer)), policy=build_policy(40, scale=node_count / 10_000)
+    )
+    core.step(state, jobs, now=0.0)
+    pending = [job for job in jobs if job.id not in state.running]
+    print(f"eta comparison: {len(pending)} pending on {node_count} nodes", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    exact = exact_forecast(core, state, pending, now=0.0, max_events=1_000_000)
+    exact_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    planned = aggregate_forecast(core, state, pending, now=0.0)
+    planned_seconds = time.perf_counter() - t0
+    pairs = [(planned.starts[j], exact.starts[j]) for j in exact.starts]
+    both = [(p, e) for p, e in pairs if p is not None and e is not None]
+    late = sorted(p - e for p, e in both)
+    error = sorted(abs(d) for d in late)
+    size = {job.id: job.total_device_milli for job in pending}
+    by_size: dict[str, list[float]] = {"le_1_device": [], "2_to_8": [], "gangs_over_8": []}
+    for job_id, (p, e) in zip(exact.starts, pairs, strict=True):
+        if p is None or e is None:
+            continue
+        milli = size[job_id]
+        bucket = "le_1_device" if milli <= 1000 else "2_to_8" if milli <= 8000 else "gangs_over_8"
+        by_size[bucket].append(p - e)
+    return {
+        "nodes": len(nodes),
+        "pending": len(pending),
+        "exact_seconds": round(exact_seconds, 3),
+        "exact_events": exact.events,
+        "aggregate_seconds": round(planned_seconds, 4),
+        "compared": len(both),
+        "none_in_exact_only": sum(p is not None and e is None for p, e in pairs),
+        "none_in_aggregate_only": sum(p is None and e is not None for p, e in pairs),
+        "median_abs_error_s": round(percentile(error, 0.5)),
+        "p90_abs_error_s": round(percentile(error, 0.9)),
+        "median_exact_start_s": round(percentile(sorted(e for _, e in both), 0.5)),
+        "median_signed_error_s_by_size": {k: round(percentile(sorted(v), 0.5)) for k, v in by_size.items() if v},
+        "same_pool": round(sum(planned.pools.get(j) == exact.pools.get(j) for j in exact.pools) / len(exact.pools), 3)
+        if exact.pools
+        else None,
     }
 
 
@@ -264,7 +329,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--scorer", default="fgd")
     parser.add_argument("--full-scan-sample", type=int, default=1000)
-    parser.add_argument("--eta-events", type=int, default=50, help="forecast events to simulate (ETA cost)")
+    parser.add_argument(
+        "--eta-events", type=int, default=0, help="also time the exact ETA forecast for this many events (slow)"
+    )
+    parser.add_argument(
+        "--eta-compare-nodes", type=int, default=100, help="cluster for the aggregate vs exact ETA (0: skip)"
+    )
+    parser.add_argument("--eta-compare-jobs", type=int, default=500)
     parser.add_argument("--skip-full-step", action="store_true")
     args = parser.parse_args()
 
@@ -272,6 +343,11 @@ def main() -> None:
     jobs = build_jobs(args.jobs, args.seed)
     indexed = run_indexed(nodes, jobs, args.scorer)
     full_step = None if args.skip_full_step else run_full_step(nodes, jobs, args.scorer, args.eta_events)
+    eta_vs_exact = (
+        compare_eta(args.eta_compare_nodes, args.eta_compare_jobs, args.seed, args.scorer)
+        if args.eta_compare_nodes and not args.skip_full_step
+        else None
+    )
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     sample = min(args.full_scan_sample, len(jobs))
     naive = run_full_scan(nodes, jobs, sample) if sample else {}
@@ -285,6 +361,7 @@ def main() -> None:
         "scorer": args.scorer,
         "indexed": indexed,
         "full_step": full_step,
+        "eta_vs_exact": eta_vs_exact,
         "peak_rss_mib": round(rss_mib, 1),
         "full_scan": naive,
         "full_scan_vs_indexed_mean_latency_ratio": (

@@ -1,8 +1,8 @@
-"""Estimated start times: fast-forward the core itself on a copy of the state, with runtime estimates.
+"""Estimated start times for pending jobs: the core fast-forwarded (exact), or a capacity plan (long queues).
 
-The forecast is the live policy's own: a copy of the state and of the core (same config, quotas, fair-share
-history, runtime history) steps from *now* to each estimated end of a running job, releasing it and scheduling
-the pending jobs as the real core would, until every pending job has started or the event budget is spent::
+**Exact.** A copy of the state and of the core (same config, quotas, fair-share history, runtime history) steps
+from *now* to each estimated end of a running job, releasing it and scheduling the pending jobs as the real core
+would, until every pending job has started or the event budget is spent::
 
     >>> from scheduler.core import SchedulerCore
     >>> from scheduler.model import Job, Node
@@ -13,30 +13,80 @@ the pending jobs as the real core would, until every pending job has started or 
     >>> forecast(core, state, [Job(id="next", devices_per_worker=8, runtime_s=60)], now=100.0).starts
     {'next': 600.0}
 
-New arrivals are not foreseen, and jobs without any runtime estimate never end in the forecast, so what waits
-behind them has no estimate (``None``).
+Every forecast event is a full core step over every job still pending, so a queue of tens of thousands would
+take minutes. **Aggregate** (:func:`aggregate_forecast`; :func:`forecast` switches to it when the exact one
+would cost more than ``exact_budget`` job decisions) plans like Slurm's conservative backfill on a resource
+timeline: every pool gets a profile of free capacity over time, built from the running jobs' estimated ends;
+jobs are visited once, in the core's own order (priority, then DRF shares that grow with what each tenant has
+been planned, or FIFO), and each takes the earliest moment at which one of its acceptable pools holds the whole
+job for its estimated runtime on that model, which is then booked. The example again::
+
+    >>> result = forecast(core, state, [Job(id="next", devices_per_worker=8, runtime_s=60)], now=100.0,
+    ...                   method="aggregate")
+    >>> result.starts, result.pools, result.method
+    ({'next': 600.0}, {'next': 'default/A100'}, 'aggregate')
+
+Why the aggregate model looks the way it does:
+
+* Nodes are not tracked one by one (that is what makes the exact forecast slow), but a gang of 8-device
+  workers needs whole free nodes, and counting free devices alone would promise it far too early. So the
+  profile keeps, for every worker size *k* the queue asks for, the devices lying in free groups of *k* on one
+  node (``k × slots[k]``, as :class:`~scheduler.state.PoolState` counts them). A *k*-device job must fit in the
+  columns of every size up to *k* and books its devices in all of them: workers smaller than a node are assumed
+  to fill partly used nodes before they break whole ones, as the scorers try to. The estimate is optimistic
+  where placement fragments worse than that, and where CPU, memory or topology bind (they are not modelled).
+* Breakpoints are rounded *up* to a grid, ``min_resolution_s`` apart near *now* and ``resolution`` × the
+  distance from now further out (power-of-two steps, so grids nest and rounding never reorders). A profile then
+  keeps a few hundred breakpoints however many jobs end, which is what bounds the cost per job; a planned end is
+  late by at most one step, never early. ``resolution=0`` plans on exact times.
+* Quota only rules out pools that the job's queue could never take it on (checked as if the queue used
+  nothing); quota that binds because of the queue's other work, preemption and new arrivals are not foreseen.
+  The live core backfills around a few reservations per step where this plan reserves for every job, so large
+  gangs tend to start later than planned and small jobs sooner. Fair-share history is taken as of the core's
+  last step.
+
+Jobs without any runtime estimate never end in either forecast: the aggregate books their capacity until the
+end of time, so whatever needs it has no estimate (``None``).
 """
 
 from __future__ import annotations
 
 import copy
 import heapq
-from collections.abc import Iterable
+import math
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Literal
 
 from scheduler.core import SchedulerCore
-from scheduler.model import DecisionKind, Job
-from scheduler.state import ClusterState
+from scheduler.model import MILLI, DecisionKind, Job
+from scheduler.queueing import DrfOrder, FifoOrder
+from scheduler.quota import demand_for, tenant_account, user_account
+from scheduler.state import ClusterState, PoolState
+from scheduler.tenancy import NCU
+
+Method = Literal["exact", "aggregate"]
+
+_FOREVER = math.inf
 
 
 @dataclass
 class Forecast:
-    """Estimated start per pending job (``None``: not within the forecast), and how far it looked."""
+    """Estimated start per pending job (``None``: not within the forecast), and how far it looked.
+
+    ``pools`` says where each job with an estimate was foreseen to start; ``method`` which forecast answered
+    (``exact``: the core fast-forwarded, ``events`` core steps; ``aggregate``: the capacity plan, ``events``
+    jobs booked).
+    """
 
     starts: dict[str, float | None] = field(default_factory=dict)
     events: int = 0
     horizon: float = 0.0
     complete: bool = True
+    method: Method = "exact"
+    pools: dict[str, str] = field(default_factory=dict)
 
 
 def fork(core: SchedulerCore) -> SchedulerCore:
@@ -50,6 +100,26 @@ def fork(core: SchedulerCore) -> SchedulerCore:
 
 
 def forecast(
+    core: SchedulerCore,
+    state: ClusterState,
+    pending: Iterable[Job],
+    now: float,
+    max_events: int = 10_000,
+    *,
+    method: Literal["auto", "exact", "aggregate"] = "auto",
+    exact_budget: int = 10_000,
+) -> Forecast:
+    """Estimated starts of ``pending``. ``auto`` is exact unless that would take more than ``exact_budget`` job
+    decisions (each event is a step over the jobs still pending; running jobs' ends and the starts are events)."""
+    jobs = list(pending)
+    if method == "auto":
+        method = "exact" if len(jobs) * (len(state.ends) + len(jobs)) <= exact_budget else "aggregate"
+    if method == "aggregate":
+        return aggregate_forecast(core, state, jobs, now)
+    return exact_forecast(core, state, jobs, now, max_events)
+
+
+def exact_forecast(
     core: SchedulerCore,
     state: ClusterState,
     pending: Iterable[Job],
@@ -74,6 +144,8 @@ def forecast(
                 remaining.pop(decision.job_id, None)
                 if decision.job_id in result.starts:
                     result.starts[decision.job_id] = t
+                    if decision.placement is not None:
+                        result.pools[decision.job_id] = decision.placement.pool
                 end = sim_state.running[decision.job_id].expected_end
                 if end is not None:
                     heapq.heappush(ends, (end, decision.job_id))
@@ -95,3 +167,476 @@ def forecast(
     result.horizon = t
     result.complete = not remaining
     return result
+
+
+# ---------------------------------------------------------------------------------------------- aggregate
+
+
+def aggregate_forecast(
+    core: SchedulerCore,
+    state: ClusterState,
+    pending: Iterable[Job],
+    now: float,
+    *,
+    resolution: float = 1 / 8,
+    min_resolution_s: float = 60.0,
+) -> Forecast:
+    """Plan every job in ``pending`` on per-pool capacity profiles, in the core's order (see the module doc).
+
+    ``core`` and ``state`` are only read. Cost: one pass over the jobs; per job, a search and a booking over
+    the breakpoints its runtime spans, which the grid keeps to a few hundred per pool.
+    """
+    planner = _Planner(core, state, now, resolution, min_resolution_s)
+    jobs = list({job.id: planner.effective(job) for job in pending}.values())
+    result = Forecast(starts=dict.fromkeys(job.id for job in jobs), method="aggregate", horizon=now)
+    planner.prepare(jobs)
+    order: Iterable[Job] = DrfOrder(jobs, planner.share) if core.config.queueing.ordering == "drf" else FifoOrder(jobs)
+    starts, pools, plan = result.starts, result.pools, planner.plan
+    for job in order:
+        planned = plan(job)
+        if planned is not None:
+            starts[job.id], pools[job.id] = planned
+    result.events = len(pools)
+    result.horizon = max((start for start in starts.values() if start is not None), default=now)
+    result.complete = len(pools) == len(starts)
+    return result
+
+
+class _Profile:
+    """Free capacity of one pool from now on, a step function: values hold from ``times[i]`` until
+    ``times[i + 1]`` (the last, forever).
+
+    ``cols[0]`` is free device-milli; ``cols[c]`` (``c >= 1``) the milli in free groups of ``ks[c - 1]`` whole
+    devices on one node, less what fractional jobs were planned to take. A job of ``k`` whole devices per worker
+    must fit in every column from 1 to ``k``'s, and books the same milli in those and in column 0; a fractional
+    job must fit in column 0 and books columns 0 and 1 (as if it broke whole devices; its devices are few).
+    """
+
+    __slots__ = ("books", "checks", "cols", "column", "ends", "floors", "pool", "snap", "times")
+
+    def __init__(
+        self,
+        pool: PoolState,
+        times: list[float],
+        cols: list[list[int]],
+        column: dict[int, int],
+        snap: Callable[[float, float], float],
+    ) -> None:
+        self.pool = pool
+        self.times = times
+        self.cols = cols
+        self.column = column
+        self.snap = snap
+        #: Per column class: the lists a job must fit in, and the lists it books (the lists themselves).
+        self.checks = [cols[:1]] + [cols[1 : c + 1] for c in range(1, len(cols))]
+        self.books = [cols[:2]] + [cols[: c + 1] for c in range(1, len(cols))]
+        #: Per (column, need, duration): no such job fits before ``at``. Bookings only take capacity away, so
+        #: the bound stays true and the next job of the same size starts its search there.
+        self.floors: dict[tuple[int, int, float], _Floor] = {}
+        #: Per duration, per start: the rounded end (many jobs share both).
+        self.ends: dict[float, dict[float, float]] = {}
+
+    def earliest(
+        self, c: int, need: int, duration: float, ends: dict[float, float], floor: float, limit: float = _FOREVER
+    ) -> tuple[float, int, float] | None:
+        """First breakpoint from ``floor`` on, before ``limit``, where ``need`` fits in the columns of ``c`` for
+        ``duration``: ``(its time, its index, the rounded end)``; ``(a later bound, -1, 0)`` if there is none
+        before ``limit``; ``None`` if there is none at all. ``ends`` caches rounded ends by start."""
+        times = self.times
+        cols = self.checks[c]
+        n = len(times)
+        stop = n if limit == _FOREVER else bisect_left(times, limit)
+        i = bisect_left(times, floor)
+        while i < stop:
+            # The earliest breakpoint where the job fits at all, then the whole window from there.
+            for col in cols:
+                if col[i] < need:
+                    i += 1
+                    break
+            else:
+                if duration == _FOREVER:
+                    end, j = _FOREVER, n
+                else:
+                    end = ends.get(times[i], 0.0)
+                    if not end:
+                        end = ends[times[i]] = self.snap(times[i] + duration, duration)
+                    j = bisect_left(times, end, i + 1)
+                for col in cols:
+                    if j > i + 1 and min(col[i + 1 : j]) < need:
+                        # Past the last breakpoint in the window where this column is short.
+                        i = j - 1
+                        while col[i] >= need:
+                            i -= 1
+                        i += 1
+                        break
+                else:
+                    return times[i], i, end
+        return (times[i], -1, 0.0) if i < n else None
+
+    def book(self, c: int, need: int, i: int, end: float) -> None:
+        """Take ``need`` from the columns ``c`` books, from breakpoint ``i`` until ``end`` (made a breakpoint)."""
+        times = self.times
+        if not need or end <= times[i]:
+            return
+        if end == _FOREVER:
+            j = len(times)
+        else:
+            j = bisect_left(times, end, i + 1)
+            if j == len(times) or times[j] != end:
+                times.insert(j, end)
+                for col in self.cols:
+                    col.insert(j, col[j - 1])
+        for col in self.books[c]:
+            col[i:j] = [v - need for v in col[i:j]]
+
+
+def _snapper(now: float, resolution: float, min_resolution_s: float) -> Callable[[float, float], float]:
+    """``snap(t, span)`` rounds ``t``, the end of something that lasted ``span``, up to the grid: a step of
+    ``resolution`` × the shorter of (t - now) and 4 × span, at least ``min_resolution_s``, in power-of-two
+    multiples of it (so grids nest and rounding is monotone)."""
+    if resolution <= 0 or min_resolution_s <= 0:
+        return lambda t, span: t
+    scale = resolution / min_resolution_s
+    ceil, frexp, ldexp = math.ceil, math.frexp, math.ldexp
+
+    def snap(t: float, span: float) -> float:
+        # Far out a coarse step bounds the breakpoints; a short job's end must stay close to it all the same,
+        # else a queue of short jobs would drain a step per job.
+        steps = min(t - now, 4 * span) * scale
+        if steps < 2.0:
+            return ceil(t / min_resolution_s) * min_resolution_s if steps > 0 else t
+        step = ldexp(min_resolution_s, frexp(steps)[1] - 1)
+        return ceil(t / step) * step
+
+    return snap
+
+
+class _Account:
+    """One fair-share account as planned: its DRF key is ``slope × dominant share + offset`` (see FairShare)."""
+
+    __slots__ = ("current", "key", "offset", "slope", "usage")
+
+    def __init__(self, usage: dict[str, float], current: float, slope: float, offset: float) -> None:
+        self.usage = usage
+        self.current = current
+        self.slope = slope
+        self.offset = offset
+        self.key = slope * current + offset
+
+    def add(self, model: str, devices: float, device_share: float, ncu: float, ncu_share: float) -> None:
+        """Use ``devices`` of ``model`` (``device_share`` of the model each) and ``ncu`` more; shares only grow."""
+        usage = self.usage
+        used = usage[model] = usage.get(model, 0.0) + devices
+        used_ncu = usage[NCU] = usage.get(NCU, 0.0) + ncu
+        self.current = max(self.current, used * device_share, used_ncu * ncu_share)
+        self.key = self.slope * self.current + self.offset
+
+
+class _Floor:
+    """No job of one size and duration fits in one pool before ``at`` (shared by the options that ask it)."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+
+class _Option:
+    """One pool a job shape may plan on: its search and booking for that shape, and what a start there costs."""
+
+    __slots__ = ("book", "device_share", "floor", "model", "pool", "rel", "search")
+
+    def __init__(
+        self, profile: _Profile, column: int, need: int, duration: float, floor: _Floor, rel: float, share: float
+    ) -> None:
+        self.search = partial(profile.earliest, column, need, duration, profile.ends.setdefault(duration, {}))
+        self.book = partial(profile.book, column, need)
+        self.floor = floor
+        self.pool = profile.pool
+        self.model = profile.pool.model
+        self.rel = rel
+        #: One device's share of all devices of the model (fair share's denominator).
+        self.device_share = share
+
+
+class _Planner:
+    """The aggregate forecast's working state: profiles, fair-share usage as planned, and per-shape caches."""
+
+    def __init__(
+        self, core: SchedulerCore, state: ClusterState, now: float, resolution: float, min_resolution_s: float
+    ) -> None:
+        self.core = core
+        self.state = state
+        self.now = now
+        self.snap = _snapper(now, resolution, min_resolution_s)
+        self.profiles: dict[str, _Profile] = {}
+        self.ks: list[int] = [1]
+        self._allocations = state.allocations
+        self._releases: dict[str, list[str]] = {}
+        self._domestic: dict[tuple[str, str, object], bool] = {}
+        #: Per (placement shape, runtime estimate): every pool a job of that shape may plan on; per (shape,
+        #: estimate, quota class): the ones its queue's quota could admit.
+        self._shapes: dict[tuple[object, ...], list[_Option]] = {}
+        self._by_job: dict[tuple[object, ...], list[_Option]] = {}
+        #: Quota classes: queues whose admission answers are alike share one (0: no queue). Per class, a queue.
+        self._quota_ids: dict[tuple[str, str], int] = {}
+        self._quota_classes: dict[tuple[object, ...], int] = {}
+        self._representative: list[str | None] = [None]
+        self._admitted: dict[tuple[str, str, int, float], bool] = {}
+        self._empty = ClusterState()
+        # Fair share as the plan goes: usage per account grows with every booking (progressive filling, as
+        # within one core step), so a tenant whose jobs were planned early yields to the others later.
+        self._drf = core.config.queueing.ordering == "drf"
+        self._tenants: dict[str, _Account] = {}
+        self._users: dict[tuple[str, str], _Account] = {}
+        self._several_users: set[str] = set()
+        self._capacity: dict[str, float] = {}
+        self._ncu_share = 0.0
+        self._totals: dict[bool, float] = {}
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    def effective(self, job: Job) -> Job:
+        """The job under its queue's and tenant's domestic policy, as the core sees it (policy looked up once)."""
+        key = (job.queue, job.tenant, job.domestic)
+        stricter = self._domestic.get(key)
+        if stricter is None:
+            effective = self.core._effective(job)
+            self._domestic[key] = effective is not job
+            return effective
+        return self.core._effective(job) if stricter else job
+
+    def prepare(self, jobs: Sequence[Job]) -> None:
+        self.ks = sorted({1} | {job.whole_devices for job in jobs if job.whole_devices})
+        running = self.state.running
+        releases = self._releases
+        for _, job_id in self.state.ends:
+            pool = running[job_id].placement.pool
+            if pool in releases:
+                releases[pool].append(job_id)
+            else:
+                releases[pool] = [job_id]
+        if self._drf:
+            users: dict[str, str] = {}
+            for job in jobs:
+                if users.setdefault(job.tenant, job.user) != job.user:
+                    self._several_users.add(job.tenant)
+            core = self.core
+            self._capacity = core.fairshare.capacities(self.state, core._ncu_capacity(self.state))
+            self._ncu_share = 1.0 / self._capacity[NCU] if self._capacity.get(NCU) else 0.0
+            self._totals = {True: core.history.total("tenant:"), False: core.history.total("user:")}
+
+    # ------------------------------------------------------------------------------------------ fair share
+
+    def share(self, job: Job, tenant_level: bool) -> float:
+        """The DRF key of the job's tenant or user, with what has been planned so far counted as used."""
+        account = self._tenants.get(job.tenant) if tenant_level else self._users.get((job.tenant, job.user))
+        if account is None:
+            account = self._open(job, tenant_level)
+        return account.key
+
+    def _open(self, job: Job, tenant_level: bool) -> _Account:
+        # FairShare.key = ((1 - w_h) · current + w_h · historical) / weight, split into slope and offset.
+        core, fairshare = self.core, self.core.fairshare
+        name = tenant_account(job.tenant) if tenant_level else user_account(job.tenant, job.user)
+        total = self._totals[tenant_level]
+        historical = fairshare.history.value(name) / total if total > 0 else 0.0
+        weight = core.policy.weight(job.tenant) if tenant_level else 1.0
+        account = _Account(
+            dict(self.state.usage.get(name, {})),
+            fairshare.current(self.state, name, self._capacity),
+            (1 - fairshare.history_weight) / weight,
+            fairshare.history_weight * historical / weight,
+        )
+        if tenant_level:
+            self._tenants[job.tenant] = account
+        else:
+            self._users[(job.tenant, job.user)] = account
+        return account
+
+    def _charge(self, job: Job, option: _Option, devices: float) -> None:
+        """Count a planned job as used by its tenant (and its user, where the tenant has several) for DRF."""
+        ncu = devices * option.rel
+        tenant = self._tenants.get(job.tenant) or self._open(job, True)
+        tenant.add(option.model, devices, option.device_share, ncu, self._ncu_share)
+        if job.tenant in self._several_users:
+            # A tenant's lone user needs no key: DRF orders users only within their tenant.
+            user = self._users.get((job.tenant, job.user)) or self._open(job, False)
+            user.add(option.model, devices, option.device_share, ncu, self._ncu_share)
+
+    # ------------------------------------------------------------------------------------------ planning
+
+    def plan(self, job: Job) -> tuple[float, str] | None:
+        """Book ``job`` at its earliest start over its acceptable pools; ``(start, pool id)`` or ``None``."""
+        if job.id in self._allocations:
+            return None
+        estimate = job.runtime_s
+        if estimate is None:
+            estimate = self.core.runtimes.estimate(job)
+        quota = self._quota_ids.get((job.queue, job.tenant))
+        if quota is None:
+            quota = self._quota_class(job)
+        key = (job.placement_shape, estimate, quota)
+        options = self._by_job.get(key)
+        if options is None:
+            options = self._by_job[key] = self._options_for(job, estimate, quota)
+        if len(options) == 1:
+            option = options[0]
+            found = option.search(option.floor.at)
+            if found is None:
+                option.floor.at = _FOREVER
+                return None
+        elif not options:
+            return None
+        else:
+            # First the pool with the lowest bound (ties: the one the core tries first, the fastest acceptable
+            # one), searched to the end; then the others, only before the start found there.
+            lows = [o.floor.at for o in options]
+            rank = lows.index(min(lows))
+            option = options[rank]
+            found = option.search(lows[rank])
+            at = _FOREVER if found is None else found[0]
+            option.floor.at = at
+            for n, low in enumerate(lows):
+                if n == rank or low > at or (low == at and n > rank):
+                    continue
+                candidate = options[n]
+                hit = candidate.search(low, at if n > rank else math.nextafter(at, _FOREVER))
+                if hit is None:
+                    candidate.floor.at = _FOREVER
+                    continue
+                candidate.floor.at = hit[0]
+                if hit[1] >= 0:
+                    found, at, rank, option = hit, hit[0], n, candidate
+            if found is None:
+                return None
+        start, i, end = found
+        option.floor.at = start
+        option.book(i, end)
+        if self._drf:
+            self._charge(job, option, job.total_device_milli / MILLI)
+        return start, option.pool.id
+
+    def _quota_class(self, job: Job) -> int:
+        """Queues alike for admission share cached answers: at the top level, those with equal quotas."""
+        queue = self.core.quota.queue_of(job)
+        if queue is None:
+            quota = 0
+        else:
+            policy = self.core.policy
+            # Below the top level, siblings' guarantees count too: no sharing.
+            signature = (
+                ("queue", queue) if len(policy.path(queue)) > 1 else tuple(sorted(policy.queues[queue].quota.items()))
+            )
+            quota = self._quota_classes.get(signature, 0)
+            if not quota:
+                quota = self._quota_classes[signature] = len(self._representative)
+                self._representative.append(queue)
+        self._quota_ids[(job.queue, job.tenant)] = quota
+        return quota
+
+    def _options_for(self, job: Job, estimate: float | None, quota: int) -> list[_Option]:
+        """The pools a job of this shape and queue may plan on, in the core's order of preference."""
+        key = (job.placement_shape, estimate)
+        options = self._shapes.get(key)
+        if options is None:
+            options = self._shapes[key] = self._shape_options(job, estimate)
+        queue = self._representative[quota]
+        if queue is None:
+            return options
+        milli = job.total_device_milli
+        admitted = [o for o in options if self._admits(queue, o.pool, milli, o.rel)]
+        return options if len(admitted) == len(options) else admitted
+
+    def _shape_options(self, job: Job, estimate: float | None) -> list[_Option]:
+        """The pools a job of this shape may plan on, whatever its queue."""
+        k = job.whole_devices
+        need = job.workers * (k * MILLI if k else job.device_milli)
+        options: list[_Option] = []
+        for pool, rel in self.core.placement.candidate_pools(self.state, job):
+            if k > pool.max_devices:
+                continue
+            profile = self.profiles.get(pool.id)
+            if profile is None:
+                profile = self.profiles[pool.id] = self._build(pool)
+            column = profile.column[k] if k else 0
+            duration = estimate / rel if estimate is not None else _FOREVER
+            floor = profile.floors.get((column, need, duration))
+            if floor is None:
+                floor = profile.floors[(column, need, duration)] = _Floor(self.now)
+            capacity = self._capacity.get(pool.model)
+            share = 1.0 / capacity if capacity else 0.0
+            options.append(_Option(profile, column, need, duration, floor, rel, share))
+        return options
+
+    def _admits(self, queue: str | None, pool: PoolState, milli: int, rel: float) -> bool:
+        """Could ``queue`` ever take this much of ``pool`` (its quota, with nothing else of it in use)?"""
+        if queue is None:
+            return True
+        key = (queue, pool.id, milli, rel)
+        admitted = self._admitted.get(key)
+        if admitted is None:
+            demand = demand_for(pool.model, milli / MILLI, rel)
+            admitted = self._admitted[key] = self.core.quota.admit(self._empty, queue, demand, pool.id) is None
+        return admitted
+
+    def _build(self, pool: PoolState) -> _Profile:
+        """The pool's free capacity now, then at each running job's (rounded) estimated end."""
+        state, now, snap = self.state, self.now, self.snap
+        ks = [k for k in self.ks if k <= pool.max_devices]
+        column = {k: c for c, k in enumerate(ks, 1)}
+        free = pool.free_milli
+        for ns in pool.nodes:
+            if not ns.schedulable:
+                free -= sum(ns.free)
+            elif False in ns.healthy:
+                free -= sum(f for f, ok in zip(ns.free, ns.healthy, strict=True) if not ok)
+        base = [free] + [k * pool.slots[k] * MILLI for k in ks]
+        deltas: dict[float, list[int]] = {}
+        projected: dict[tuple[str, int], int] = {}
+        whole: dict[str, int] = {}
+        nodes = state.nodes
+        for job_id in self._releases.get(pool.id, ()):
+            running = state.running[job_id]
+            end = running.expected_end
+            assert end is not None
+            at = snap(end, _FOREVER) if end > now else now
+            delta = deltas.get(at)
+            if delta is None:
+                delta = deltas[at] = [0] * (len(ks) + 1)
+            for worker in running.placement.workers:
+                ns = nodes[worker.node]
+                if not ns.schedulable:
+                    continue
+                milli = worker.milli
+                healthy = ns.healthy
+                if milli == MILLI and False not in healthy:
+                    # Whole devices held alone come back whole.
+                    freed = len(worker.devices)
+                    delta[0] += MILLI * freed
+                else:
+                    freed = 0
+                    for d in worker.devices:
+                        if not healthy[d]:
+                            continue
+                        delta[0] += milli
+                        key = (worker.node, d)
+                        before = projected.get(key, ns.free[d])
+                        after = projected[key] = before + milli
+                        if after == MILLI:
+                            freed += 1
+                if freed:
+                    old = whole.get(worker.node, ns.free_whole)
+                    new = whole[worker.node] = old + freed
+                    for c, k in enumerate(ks, 1):
+                        delta[c] += k * MILLI * (new // k - old // k)
+        times = [now]
+        rows = [base]
+        now_delta = deltas.pop(now, None)
+        if now_delta is not None:
+            rows[0] = [v + dv for v, dv in zip(base, now_delta, strict=True)]
+        for at in sorted(deltas):
+            times.append(at)
+            rows.append([v + dv for v, dv in zip(rows[-1], deltas[at], strict=True)])
+        cols = [list(col) for col in zip(*rows, strict=True)]
+        return _Profile(pool, times, cols, column, snap)

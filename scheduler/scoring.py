@@ -227,6 +227,9 @@ class FGDScorer:
         total = sum(free)
         whole = free.count(MILLI)
         best = max(free, default=0)
+        # Free milli on devices below a threshold, per threshold: many classes share one (every whole-device
+        # class uses MILLI), so a long profile costs one pass over the devices per distinct threshold.
+        below: dict[int, int] = {}
         value = 0.0
         for shape, share in classes:
             if shape.whole:
@@ -241,7 +244,13 @@ class FGDScorer:
                 threshold = 0
             if fits and (cpu < shape.cpu_milli or mem < shape.memory_mib):
                 fits = False
-            value += share * (sum(f for f in free if f < threshold) if fits else total)
+            if fits:
+                fragment = below.get(threshold)
+                if fragment is None:
+                    fragment = below[threshold] = sum(f for f in free if f < threshold)
+                value += share * fragment
+            else:
+                value += share * total
         if len(self._cache) > 200_000:
             self._cache.clear()
         self._cache[key] = value

@@ -30,11 +30,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from api.db import write_engine
+from api.routers.nodes import node_status
 from api.spec import JobSpec
 from api.tables import (
     DEVICES,
@@ -88,12 +90,18 @@ class ServiceConfig:
     #: Backoff before a retry: base × 2^(attempt-1), capped.
     retry_backoff_s: float = 2.0
     retry_backoff_max_s: float = 300.0
-    #: A node whose agent has not been heard from for this long is treated as lost.
-    node_timeout_s: float = 30.0
+    #: The agents' heartbeat interval (the API's ``ZHISUAN_HEARTBEAT_INTERVAL_S``); a node that misses three
+    #: heartbeats is down, and its jobs are lost.
+    heartbeat_interval_s: float = 5.0
     #: Even when nothing visible changed, step the core at least this often (reservations and backfill age).
     step_every_s: float = 2.0
     #: A running job the executor cannot find this many cycles in a row is lost (one miss may be a hiccup).
     missing_cycles: int = 3
+    #: How often an executor that can tell (:class:`NodeLiveness`) is asked which nodes it can still run on.
+    liveness_every_s: float = 1.0
+    #: With an executor that cannot tell: a node where a worker was lost takes no new work for this long
+    #: (its agent may still heartbeat while its Ray daemon is gone); jobs already running there stay.
+    lost_node_hold_s: float = 60.0
     holder: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
 
 
@@ -124,6 +132,19 @@ class _Active:
     spec: JobSpec
 
 
+@runtime_checkable
+class NodeLiveness(Protocol):
+    """An executor that knows which nodes it can run work on (e.g. Ray: the nodes whose raylet is alive).
+
+    A node whose agent heartbeats but whose executor side is gone (a crashed raylet) is then treated as lost,
+    exactly like a node that stopped heartbeating: its jobs are requeued and nothing new is placed there.
+    """
+
+    def alive_nodes(self, node_ids: Iterable[str]) -> set[str] | None:
+        """Those of ``node_ids`` the executor can run work on now; None when it cannot tell."""
+        ...
+
+
 class NotLeader(RuntimeError):
     """The leader lock was lost during a cycle; nothing of that cycle's decisions was written."""
 
@@ -140,6 +161,10 @@ class SchedulerService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
+        # Every transaction that writes reads first (the fence, optimistic versions): on SQLite it must take the
+        # write lock when it begins (BEGIN IMMEDIATE, waiting up to the busy timeout), or it fails at once with
+        # "database is locked" whenever another connection wrote since its read snapshot.
+        self._writer = write_engine(engine)
         self.executor = executor
         self.config = config or ServiceConfig()
         self.core = core or SchedulerCore()
@@ -152,7 +177,13 @@ class SchedulerService:
         """Forget everything learned from the database (on start and whenever leadership is regained)."""
         self.state = ClusterState()
         self._policy_version: int | None = None
-        self._nodes: dict[str, tuple[str, bool]] = {}
+        #: node id -> (model, usable, schedulable): usable = up (agent and executor); schedulable = usable and
+        #: not held back after a lost worker.
+        self._nodes: dict[str, tuple[str, bool, bool]] = {}
+        self._alive: set[str] | None = None
+        self._last_liveness = float("-inf")
+        self._held: dict[str, float] = {}
+        self._inventory_stale = False
         self._unhealthy: set[tuple[str, int]] = set()
         self._jobs: dict[tuple[str, int], Job] = {}
         self._active: dict[str, _Active] = {}
@@ -209,6 +240,10 @@ class SchedulerService:
             self._adopt(now, report)
             self._adopted = True
         self._reconcile(now, report)
+        if self._inventory_stale:
+            # A worker was lost this cycle: learn which node died before placing anything (its retry included).
+            self._inventory_stale = False
+            self._sync_inventory(now, report)
         self._schedule(now, report)
         if now - self._last_logs >= self.config.logs_every_s:
             self._copy_logs()
@@ -223,7 +258,7 @@ class SchedulerService:
     def _hold_lock(self, now: float) -> bool:
         """Take or renew the leader lock; a takeover bumps ``term`` (the fencing token of every write)."""
         me, expires = self.config.holder, now + self.config.lease_s
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             row = conn.execute(select(LEADER_LOCK).where(LEADER_LOCK.c.name == LOCK_NAME)).first()
             if row is None:
                 try:
@@ -266,7 +301,7 @@ class SchedulerService:
         """Give the lock up at a clean shutdown so a standby takes over at once."""
         if self.term is None:
             return
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             conn.execute(
                 update(LEADER_LOCK)
                 .where(LEADER_LOCK.c.name == LOCK_NAME, LEADER_LOCK.c.holder == self.config.holder)
@@ -298,11 +333,18 @@ class SchedulerService:
                 for node_id, index in conn.execute(select(DEVICES.c.node_id, DEVICES.c.index).where(~DEVICES.c.healthy))
             }
         lost: list[str] = []
+        alive = self._alive_nodes(now, [row.id for row in nodes])
+        held = {node for node, until in self._held.items() if until > now} if alive is None else set()
+        self._held = {node: until for node, until in self._held.items() if node in held}
         for row in nodes:
-            usable = row.state == NodeStatus.READY.value and (
-                row.source == "file"
-                or (row.last_heartbeat is not None and now - row.last_heartbeat <= self.config.node_timeout_s)
-            )
+            # The API's rule, so that what `zhisuan nodes` shows as down is what the scheduler treats as lost;
+            # and the executor's word, when it can tell, that it can still run work there.
+            usable = node_status(row._mapping, now, self.config.heartbeat_interval_s) == NodeStatus.READY.value
+            if usable and alive is not None and row.id not in alive:
+                usable = False
+                if self._nodes.get(row.id, ("", True, True))[1]:
+                    log.warning("node %s reports to the API but the executor cannot reach it: lost", row.id)
+            schedulable = usable and row.id not in held
             known = self._nodes.get(row.id)
             if known is None:
                 if row.model not in self.core.catalog:
@@ -310,15 +352,15 @@ class SchedulerService:
                     continue
                 self.state.add_node(_node(row))
                 self._dirty = True
-                if not usable:
+                if not schedulable:
                     self.state.set_schedulable(row.id, False)
-            elif known[1] != usable:
-                self._dirty = True
-                if usable:
-                    self.state.set_schedulable(row.id, True)
-                else:
+            else:
+                if known[1] and not usable:
                     lost.extend(self.state.remove_node(row.id))
-            self._nodes[row.id] = (row.model, usable)
+                if known[2] != schedulable:
+                    self._dirty = True
+                    self.state.set_schedulable(row.id, schedulable)
+            self._nodes[row.id] = (row.model, usable, schedulable)
         for node_id, index in unhealthy ^ self._unhealthy:
             if node_id in self.state.nodes and index < len(self.state.nodes[node_id].free):
                 health = DeviceHealth.UNHEALTHY if (node_id, index) in unhealthy else DeviceHealth.HEALTHY
@@ -329,6 +371,27 @@ class SchedulerService:
             if job_id in self._active:
                 self.executor.stop(job_id, "node lost")
                 self._requeue(job_id, now, StopCause.NODE_LOST, "a node of this job was lost", report)
+
+    def _alive_nodes(self, now: float, node_ids: list[str]) -> set[str] | None:
+        """The nodes the executor can run work on (asked at most every ``liveness_every_s``), None: cannot tell."""
+        if not isinstance(self.executor, NodeLiveness):
+            return None
+        if now - self._last_liveness >= self.config.liveness_every_s:
+            self._last_liveness = now
+            try:
+                self._alive = self.executor.alive_nodes(node_ids)
+            except ExecutorError as exc:  # keep the last answer: an outage is not a verdict on the nodes
+                log.warning("cannot ask the executor which nodes are alive: %s", exc)
+        return self._alive
+
+    def _lost_on(self, status: ExecutionStatus, now: float) -> None:
+        """A worker was lost: re-check the nodes before the next placement; without an executor that can tell
+        which nodes are alive, hold the nodes where workers were lost back from new work for a while."""
+        self._inventory_stale = True
+        self._last_liveness = float("-inf")
+        for worker in status.workers:
+            if worker.phase is Phase.LOST and worker.node in self._nodes:
+                self._held[worker.node] = now + self.config.lost_node_hold_s
 
     def _adopt(self, now: float, report: CycleReport) -> None:
         """After a (re)start: take back every job that holds devices, and learn runtimes from finished ones."""
@@ -418,7 +481,7 @@ class SchedulerService:
 
     def _finish(self, active: _Active, status: ExecutionStatus, now: float, report: CycleReport) -> None:
         self._copy_logs_of(active.job_id)
-        exit_code = next((w.exit_code for w in status.workers if w.exit_code not in (None, 0)), None)
+        exit_code = _exit_code(status)
         tail = "\n".join(status.last_log_lines[-20:])
         message = status.message + (
             f"\nlast log lines:\n{tail}" if tail and status.phase is not Phase.SUCCEEDED else ""
@@ -426,6 +489,7 @@ class SchedulerService:
         if status.phase is Phase.SUCCEEDED:
             self._end(active, now, JobState.SUCCEEDED, StopCause.FINISHED, status.message or "succeeded", 0, report)
         elif status.phase is Phase.LOST:
+            self._lost_on(status, now)
             self._requeue(active.job_id, now, StopCause.NODE_LOST, status.message or "a worker was lost", report)
         elif status.phase is Phase.FAILED and active.attempt < self.config.max_retries:
             self._requeue(active.job_id, now, StopCause.FAILED, message, report, retry=True)
@@ -476,7 +540,7 @@ class SchedulerService:
         self, decisions: Sequence[Decision], versions: dict[str, int], now: float, report: CycleReport
     ) -> None:
         lost_races: list[str] = []
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             self._fence(conn)
             for decision in decisions:
                 if decision.kind is DecisionKind.START:
@@ -594,7 +658,7 @@ class SchedulerService:
     # ------------------------------------------------------------------------------------------ job moves
 
     def _transition(self, active: _Active, now: float, state: JobState, kind: str, message: str) -> bool:
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             self._fence(conn)
             changed = conn.execute(
                 update(JOBS)
@@ -620,7 +684,7 @@ class SchedulerService:
     ) -> None:
         entry = self.core.finish(self.state, active.job_id, now, cause)
         self._dirty = True
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             self._fence(conn)
             conn.execute(
                 update(JOBS)
@@ -658,7 +722,7 @@ class SchedulerService:
             self._hold_until[job_id] = now + min(
                 self.config.retry_backoff_s * 2 ** max(0, attempt - 1), self.config.retry_backoff_max_s
             )
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             self._fence(conn)
             conn.execute(
                 update(JOBS)
@@ -682,7 +746,7 @@ class SchedulerService:
             entry = self.core.finish(self.state, job_id, now, cause)
             self._dirty = True
             if entry is not None:
-                with self.engine.begin() as conn:
+                with self._writer.begin() as conn:
                     self._write_ledger(conn, (entry,))
 
     # ------------------------------------------------------------------------------------------ logs, ETA
@@ -714,7 +778,7 @@ class SchedulerService:
             )
             self._log_offsets[key] = chunk.next_offset
         if rows:
-            with self.engine.begin() as conn:
+            with self._writer.begin() as conn:
                 conn.execute(insert(JOB_LOGS), rows)
 
     def _stored_log_end(self, job_id: str, attempt: int, rank: int) -> int:
@@ -732,7 +796,7 @@ class SchedulerService:
         if not pending:
             return
         result = forecast(self.core, self.state, pending, now)
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             for chunk in _chunks(list(result.starts.items()), 500):
                 for job_id, start in chunk:
                     conn.execute(
@@ -806,6 +870,15 @@ def _placement(job_id: str, data: dict[str, Any]) -> Placement:
         ),
         topology=TopologyLevel[str(data["topology"]).upper()],
     )
+
+
+def _exit_code(status: ExecutionStatus) -> int | None:
+    """The exit code that explains the outcome: a worker that failed by itself, not one the gang rule stopped
+    afterwards (SIGTERM, 143) because of it."""
+    failed = [w.exit_code for w in status.workers if w.phase is Phase.FAILED and w.exit_code not in (None, 0)]
+    if failed:
+        return failed[0]
+    return next((w.exit_code for w in status.workers if w.exit_code not in (None, 0)), None)
 
 
 def _where(placement: Placement) -> str:

@@ -94,7 +94,10 @@ def simulate(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the results as JSON here")] = None,
     report: Annotated[Path | None, typer.Option(help="write a self-contained HTML report here")] = None,
     strict: Annotated[bool, typer.Option(help="stop at the first bad row instead of skipping it")] = False,
-    include_cpu_only: Annotated[bool, typer.Option(help="packing: also draw pods without GPUs")] = False,
+    include_cpu_only: Annotated[
+        bool,
+        typer.Option("--include-cpu-only/--gpu-pods-only", help="packing: also draw CPU-only pods (as the paper)"),
+    ] = True,
     workers: Annotated[int, typer.Option(help="parallel runs for several policies/variants")] = 1,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
     catalog: Annotated[Path | None, typer.Option(help="accelerator catalog (default seeds/)", hidden=True)] = None,

@@ -163,11 +163,13 @@ class FragmentationMeter:
         return value
 
     def refresh(self, ns: NodeState) -> None:
+        if not self.shapes:
+            return
         if ns.schedulable:
             free = tuple(sorted(f if ok else 0 for f, ok in zip(ns.free, ns.healthy, strict=True)))
         else:
             free = ()
-        value = self.node_value(free) if self.shapes else 0.0
+        value = self.node_value(free)
         old = self._per_node.get(ns.id, 0.0)
         self._per_node[ns.id] = value
         self.total += value - old

@@ -44,7 +44,7 @@ class RunSpec:
     #: Name of one variant of the scenario (``None``: the scenario itself, or its first variant).
     variant: str | None = None
     strict: bool = False
-    include_cpu_only: bool = False
+    include_cpu_only: bool = True
     catalog_path: str | None = None
     throughput_path: str | None = None
     candidates: int = 8

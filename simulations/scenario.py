@@ -35,7 +35,7 @@ import math
 import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -114,6 +114,8 @@ class PolicySpec(_Strict):
 
 
 class SimulationSpec(_Strict):
+    #: Which pending jobs a pass after arrivals alone decides (``SimConfig.arrival_pass``).
+    arrival_pass: Literal["all", "changed", "new"] = "all"
     incremental: bool = False
     seed: int = 0
     node_mtbf_hours: float = Field(default=0.0, ge=0)
@@ -125,6 +127,7 @@ class SimulationSpec(_Strict):
 
     def config(self, economics: Economics) -> SimConfig:
         return SimConfig(
+            arrival_pass=self.arrival_pass,
             incremental=self.incremental,
             seed=self.seed,
             node_mtbf_s=self.node_mtbf_hours * 3600.0,

@@ -2,9 +2,10 @@
 
 - :mod:`scheduler.executors.base`: the interface the scheduler service calls (``LaunchRequest``,
   ``ExecutionStatus``, ``Executor`` ...), free of any cluster dependency;
-- :mod:`scheduler.executors.ray`: ``RayExecutor``, placement groups pinned to the chosen nodes and one actor per
-  worker on a Ray cluster;
-- :mod:`scheduler.executors.worker`: the worker actor that runs a job's entrypoint on its node.
+- :mod:`scheduler.executors.ray`: ``RayExecutor``, placement groups pinned to the chosen nodes on a Ray cluster,
+  the ranks handed to a long-lived supervisor actor on each node (or one actor per rank, launch mode ``actor``);
+- :mod:`scheduler.executors.worker`: what runs on the nodes: the node supervisor, the per-rank actor, and the
+  rank process they both hold.
 
 Importing this package imports nothing heavy; ``ray`` is imported by :mod:`scheduler.executors.ray` only.
 """

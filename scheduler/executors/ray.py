@@ -1,18 +1,25 @@
-"""Run the core's placements on a Ray cluster: one pinned placement group and one actor per worker.
+"""Run the core's placements on a Ray cluster: a pinned placement group per attempt, ranks spawned by node supervisors.
 
-For attempt ``a`` of job ``j`` the executor creates, in its Ray namespace (default ``zhisuan``):
+For attempt ``a`` of job ``j`` the executor, in its Ray namespace (default ``zhisuan``):
 
-- a detached placement group ``zhisuan-j-a`` with one bundle per rank. Bundle ``r`` holds the vendor resource of
-  the node's model (``GPU``, ``NPU``, ``MLU``... as the node agent declares it, see
+- creates a detached placement group ``zhisuan-j-a`` with one bundle per rank. Bundle ``r`` holds the vendor
+  resource of the node's model (``GPU``, ``NPU``, ``MLU``... as the node agent declares it, see
   :func:`agents.agent.ray_resource_name`) × devices (a fraction of one device for an inference replica), plus
   the worker's CPU and memory, and is pinned to the node the core chose with
   ``bundle_label_selector=[{"zhisuan.io/node": <node id>}, ...]`` (Ray node labels, set by ``ray start
-  --labels`` from :func:`agents.agent.ray_node_spec`);
-- detached named actors ``zhisuan-j-a-r`` (:class:`~scheduler.executors.worker.ZhisuanWorker`), each in its
-  bundle, which run the entrypoint with the vendor's visibility variable set to the devices the core chose.
+  --labels`` from :func:`agents.agent.ray_node_spec`). The group *is* the reservation in Ray's accounting;
+- hands each node's ranks to that node's supervisor (launch mode ``supervisor``, the default): a long-lived,
+  detached, resource-less actor ``zhisuan.node.v1.<node>`` (:class:`~scheduler.executors.worker.NodeSupervisor`)
+  pinned to the node by its label, started when the executor connects (and again whenever one is found dead),
+  which spawns each rank's entrypoint as soon as the rank's bundle is reserved on that node, with the vendor's
+  visibility variable set to the devices the core chose. A launch is one key-value write, one placement group
+  and one call per node, all without waiting on each other; no Python worker process starts per rank;
+- or (launch mode ``actor``, the former design, kept as a fallback) creates detached named actors
+  ``zhisuan-j-a-r`` (:class:`~scheduler.executors.worker.ZhisuanWorker`), one in each bundle.
 
-Nothing lives only in the executor object: launch and final records go to Ray's GCS key-value store, so a new
-executor (after a service restart) finds every job by name::
+Nothing lives only in the executor object: launch and final records go to Ray's GCS key-value store, the
+placement groups and supervisors are detached and named, so a new executor (after a service restart) finds every
+job::
 
     >>> ex = RayExecutor("127.0.0.1:6379")                       # doctest: +SKIP
     >>> ex.launch(LaunchRequest("j1", 0, placement, "python train.py"))   # doctest: +SKIP
@@ -23,10 +30,16 @@ executor (after a service restart) finds every job by name::
     >>> ex.stop("j1", "cancelled by alice")                      # doctest: +SKIP
 
 Once the executor observes an attempt in a terminal phase (gang rules in :func:`fold`: the other ranks are
-stopped) it records the final status and releases the placement group and actors (``release_finished``), so
+stopped) it records the final status and releases the placement group and the ranks (``release_finished``), so
 devices free up even if the service never calls :meth:`RayExecutor.stop`. :meth:`RayExecutor.poll` keeps listing
 an ended attempt until a ``stop()`` acknowledges it; :meth:`RayExecutor.status` answers from the record until
 :meth:`RayExecutor.forget`. Logs stay on the nodes (``log_dir``) after the workers are gone.
+
+Crash safety: a rank's process dies with the supervisor that spawned it (``PR_SET_PDEATHSIG``), and a new
+supervisor on that node has a new actor id, which differs from the one in the attempt's launch record, so the
+rank is reported ``lost``; a node's death takes its supervisor with it, likewise. A supervisor stops the ranks of
+an attempt whose placement group was removed, so the reservation and the processes cannot drift apart.
+:meth:`RayExecutor.poll` asks each supervisor once for all the attempts on its node, not each rank.
 
 When the GCS does not accept connections every call raises :class:`ExecutorUnavailable` at once, and the driver
 is configured never to end the process (Ray's default ends a driver whose GCS is gone for 60 s).
@@ -41,7 +54,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +77,11 @@ from scheduler.executors.worker import (
     NODE_LABEL,
     TAIL_LINES,
     WALLTIME_MESSAGE,
+    NodeSupervisor,
     WorkerSpec,
     ZhisuanWorker,
     read_log_file,
+    supervisor_name,
     tail_lines,
 )
 from scheduler.model import MILLI
@@ -76,6 +91,14 @@ log = logging.getLogger("zhisuan.executor.ray")
 PREFIX = "zhisuan-"
 KV_NAMESPACE = "zhisuan"
 DEFAULT_LOG_DIR = "/tmp/zhisuan/logs"
+#: ``supervisor``: ranks spawned by one long-lived actor per node; ``actor``: one actor per rank (slower).
+LAUNCH_MODES = ("supervisor", "actor")
+#: The longest a launch waits for devices that this executor has just released to be free in Ray's view.
+RELEASE_WAIT_S = 1.0
+#: When a launch follows a release on its nodes, nudge Ray's GCS this long after (while the group is pending).
+NUDGE_AFTER_S = (0.15, 0.35, 0.7)
+#: Threads of a supervisor actor: concurrent calls it serves (status polls, stops, logs, launches).
+SUPERVISOR_CONCURRENCY = 32
 #: A Ray driver whose GCS stays unreachable this long ends its own process (Ray's default: 60 s). The scheduler
 #: service must outlive its Ray cluster, so the executor's driver waits (years) and reports ExecutorUnavailable.
 _RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
@@ -89,31 +112,6 @@ def pg_name(job_id: str, attempt: int) -> str:
 def actor_name(job_id: str, attempt: int, rank: int) -> str:
     """``actor_name("j1", 2, 0) == "zhisuan-j1-2-0"``"""
     return f"{PREFIX}{job_id}-{attempt}-{rank}"
-
-
-def parse_pg_name(name: str) -> tuple[str, int] | None:
-    """``(job_id, attempt)`` of a placement group name, None when it is not one of ours.
-
-    >>> parse_pg_name("zhisuan-llama-7b-3"), parse_pg_name("other")
-    (('llama-7b', 3), None)
-    """
-    if not name.startswith(PREFIX):
-        return None
-    job, sep, attempt = name[len(PREFIX) :].rpartition("-")
-    if not sep or not job or not attempt.isdigit():
-        return None
-    return job, int(attempt)
-
-
-def parse_actor_name(name: str) -> tuple[str, int, int] | None:
-    """``(job_id, attempt, rank)`` of a worker actor name.
-
-    >>> parse_actor_name("zhisuan-llama-7b-3-1")
-    ('llama-7b', 3, 1)
-    """
-    head, sep, rank = name.rpartition("-")
-    parsed = parse_pg_name(head) if sep and rank.isdigit() else None
-    return None if parsed is None else (parsed[0], parsed[1], int(rank))
 
 
 @dataclass(frozen=True)
@@ -299,14 +297,82 @@ def _read_log_on_node(path: str, offset: int, limit: int) -> tuple[str, int]:
 
 @dataclass
 class _Attempt:
-    """What the executor knows of one attempt: its launch record and, while cached, actor handles."""
+    """What the executor knows of one attempt: its launch record and what this driver has in flight for it."""
 
     job_id: str
     attempt: int
     nodes: tuple[str, ...]
     log_paths: tuple[str, ...]
-    handles: dict[int, Any]
+    mode: str = "actor"
+    #: node label -> (supervisor name, actor id of the supervisor the ranks were sent to)
+    supervisors: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: actor mode: rank -> worker actor handle (a cache)
+    handles: dict[int, Any] = field(default_factory=dict)
+    #: supervisor mode: node label -> spawn call not answered yet
+    pending: dict[str, Any] = field(default_factory=dict)
     launched_at: float = 0.0
+    pg: PlacementGroup | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.job_id, self.attempt
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(ray_label_value(n) for n in self.nodes)
+
+    def node(self, rank: int) -> str:
+        return self.nodes[rank] if rank < len(self.nodes) else "?"
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "nodes": list(self.nodes),
+            "log_paths": list(self.log_paths),
+            "mode": self.mode,
+            "supervisors": {label: list(sup) for label, sup in self.supervisors.items()},
+            "launched_at": self.launched_at,
+        }
+
+    @classmethod
+    def from_record(cls, job_id: str, attempt: int, record: dict[str, Any]) -> _Attempt:
+        return cls(
+            job_id,
+            attempt,
+            tuple(record.get("nodes", ())),
+            tuple(record.get("log_paths", ())),
+            str(record.get("mode", "actor")),  # records of the actor-only executor carry no mode
+            {str(label): (str(sup[0]), str(sup[1])) for label, sup in record.get("supervisors", {}).items()},
+            launched_at=float(record.get("launched_at", 0.0)),
+        )
+
+
+@dataclass
+class _Index:
+    """Attempts by the kind of record the key-value store holds for them."""
+
+    launch: set[tuple[str, int]] = field(default_factory=set)
+    final: set[tuple[str, int]] = field(default_factory=set)
+    done: set[tuple[str, int]] = field(default_factory=set)
+
+    @property
+    def live(self) -> set[tuple[str, int]]:
+        """Launched and not ended."""
+        return self.launch - self.final - self.done
+
+
+@dataclass
+class _Supervisor:
+    """This driver's handle on a node supervisor. ``up``: it answered; ``known``: it existed before we looked
+    (so a first call may wait for it); neither: just created, not answering yet (calls would queue)."""
+
+    name: str
+    label: str
+    handle: Any
+    actor_id: str
+    info_ref: Any
+    up: bool = False
+    known: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class RayExecutor:
@@ -314,7 +380,11 @@ class RayExecutor:
 
     ``address`` is the GCS address (``host:port``) of a running cluster. The executor connects this process to
     it as a Ray driver in ``namespace``; if the process is already connected, it must be to that namespace.
-    ``log_dir`` is where workers write their logs on their nodes.
+    ``log_dir`` is where workers write their logs on their nodes. ``launch_mode`` picks who spawns the ranks of
+    new attempts (:data:`LAUNCH_MODES`); attempts already running keep the mode they were launched with.
+    ``prestart_supervisors`` starts a supervisor on every labelled node at once (else on first use).
+    ``spawn_grace_s``: how long a rank may stay unknown to its (unchanged) supervisor after the launch before it
+    counts as lost (the launch call never reached it: the launching driver died in between).
     """
 
     def __init__(
@@ -329,7 +399,12 @@ class RayExecutor:
         connect_timeout_s: float = 30.0,
         release_finished: bool = True,
         pending_node_grace_s: float = 30.0,
+        launch_mode: str = "supervisor",
+        prestart_supervisors: bool = True,
+        spawn_grace_s: float = 30.0,
     ) -> None:
+        if launch_mode not in LAUNCH_MODES:
+            raise ValueError(f"launch_mode must be one of {LAUNCH_MODES}, got {launch_mode!r}")
         self.address = address
         self.namespace = namespace
         self.log_dir = log_dir
@@ -338,13 +413,21 @@ class RayExecutor:
         self.stop_grace_s = stop_grace_s
         self.release_finished = release_finished
         self.pending_node_grace_s = pending_node_grace_s
-        self._verified_pgs: dict[str, bool] = {}
+        self.launch_mode = launch_mode
+        self.spawn_grace_s = spawn_grace_s
         self._lock = threading.RLock()
         self._attempts: dict[tuple[str, int], _Attempt] = {}
         self._last: dict[tuple[str, int, int], dict[str, Any]] = {}
-        self._actor_cls = ray.remote(ZhisuanWorker)
+        self._sups: dict[str, _Supervisor] = {}
+        #: placement group id -> (node labels, wait-until) of groups removed by this executor, until Ray has
+        #: given their resources back (see _await_release)
+        self._releasing: dict[str, tuple[set[str], float]] = {}
+        self._actor_cls: Any = ray.remote(ZhisuanWorker)
+        self._sup_cls: Any = ray.remote(NodeSupervisor)
         self._owns_connection = False
         self._connect(connect_timeout_s)
+        if prestart_supervisors and launch_mode == "supervisor":
+            self.start_supervisors()
 
     # ----------------------------------------------------------------------------------------- connection
 
@@ -389,10 +472,11 @@ class RayExecutor:
             raise ExecutorUnavailable(f"the Ray cluster at {self.address} is unreachable: {err}") from err
 
     def close(self) -> None:
-        """Disconnect (when this executor connected the process). Detached jobs keep running."""
+        """Disconnect (when this executor connected the process). Detached jobs and supervisors keep running."""
         with self._lock:
             self._attempts.clear()
             self._last.clear()
+            self._sups.clear()
         if self._owns_connection and ray.is_initialized():
             ray.shutdown()
         self._owns_connection = False
@@ -402,6 +486,77 @@ class RayExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # ------------------------------------------------------------------------------------------ supervisors
+
+    def start_supervisors(self, wait_s: float = 0.0) -> dict[str, bool]:
+        """Make sure every alive labelled node has a supervisor; with ``wait_s``, wait until they answer.
+        Returns node label -> answering."""
+        self._reachable()
+        labels = sorted(self._alive_labels())
+        sups = [s for s in (self._supervisor(label) for label in labels) if s is not None]
+        if wait_s > 0:
+            self._await_supervisors(sups, wait_s)
+        return {s.label: self._is_up(s) for s in sups}
+
+    def _alive_labels(self) -> set[str]:
+        return {
+            str(n["Labels"][NODE_LABEL])
+            for n in ray.nodes()  # type: ignore[no-untyped-call]
+            if n.get("Alive") and NODE_LABEL in (n.get("Labels") or {})
+        }
+
+    def _supervisor(self, label: str, name: str | None = None, create: bool = True) -> _Supervisor | None:
+        """The supervisor of node ``label`` (cached); a dead or missing one is created again when ``create``."""
+        name = name or supervisor_name(label)
+        with self._lock:
+            sup = self._sups.get(name)
+        if sup is not None:
+            return sup
+        known = True
+        handle: Any
+        try:
+            handle = ray.get_actor(name, namespace=self.namespace)
+        except ValueError:
+            if not create:
+                return None
+            known = False
+            handle = self._sup_cls.options(
+                name=name,
+                namespace=self.namespace,
+                lifetime="detached",
+                get_if_exists=True,  # another driver may create it at the same time
+                max_restarts=0,  # a new incarnation must have a new actor id (see _not_held)
+                max_concurrency=SUPERVISOR_CONCURRENCY,
+                num_cpus=0,
+                label_selector={NODE_LABEL: label},
+            ).remote(label)
+        sup = _Supervisor(name, label, handle, handle._actor_id.hex(), handle.info.remote(), known=known)
+        with self._lock:
+            return self._sups.setdefault(name, sup)
+
+    def _drop_supervisor(self, sup: _Supervisor) -> None:
+        with self._lock:
+            if self._sups.get(sup.name) is sup:
+                del self._sups[sup.name]
+
+    def _is_up(self, sup: _Supervisor) -> bool:
+        if not sup.up:
+            ready, _ = ray.wait([sup.info_ref], timeout=0)
+            if ready:
+                try:
+                    sup.info = ray.get(ready[0])
+                    sup.up = True
+                except ray.exceptions.RayActorError:
+                    self._drop_supervisor(sup)
+        return sup.up
+
+    def _await_supervisors(self, sups: Sequence[_Supervisor], wait_s: float) -> None:
+        refs = [s.info_ref for s in sups if not s.up]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=wait_s)
+        for sup in sups:
+            self._is_up(sup)
 
     # ---------------------------------------------------------------------------------------------- KV
 
@@ -414,11 +569,16 @@ class RayExecutor:
 
         _internal_kv_put(key, value, overwrite=True, namespace=KV_NAMESPACE)
 
-    def _kv_get(self, key: str) -> bytes | None:
-        from ray.experimental.internal_kv import _internal_kv_get
+    def _kv_multi_get(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """Several keys in one GCS call (missing keys are left out)."""
+        if not keys:
+            return {}
+        from ray.experimental.internal_kv import internal_kv_get_gcs_client
 
-        value = _internal_kv_get(key, namespace=KV_NAMESPACE)
-        return value if isinstance(value, bytes) else None
+        found = internal_kv_get_gcs_client().internal_kv_multi_get(  # type: ignore[no-untyped-call]
+            [k.encode() for k in keys], KV_NAMESPACE.encode(), timeout=self.call_timeout_s * 5
+        )
+        return {bytes(k).decode(): bytes(v) for k, v in found.items() if v is not None}
 
     def _kv_list(self, prefix: str) -> list[str]:
         from ray.experimental.internal_kv import _internal_kv_list
@@ -430,47 +590,43 @@ class RayExecutor:
 
         _internal_kv_del(key, del_by_prefix=by_prefix, namespace=KV_NAMESPACE)
 
-    def _finals(self, job_id: str | None = None, stopped: bool = True) -> dict[tuple[str, int], ExecutionStatus]:
-        """Final records: ``final/`` (ended, not yet acknowledged by a :meth:`stop`) and, with ``stopped``, the
-        acknowledged ``done/`` ones. :meth:`poll` lists only the former, so it does not grow with history."""
-        out: dict[tuple[str, int], ExecutionStatus] = {}
-        job = f"{job_id}/" if job_id is not None else ""
-        prefixes = [f"{self.namespace}/final/{job}"] + ([f"{self.namespace}/done/{job}"] if stopped else [])
-        for prefix in prefixes:
-            for key in self._kv_list(prefix):
-                value = self._kv_get(key)
-                if value is not None:
-                    status = status_from_json(value)
-                    out[(status.job_id, status.attempt)] = status
-        return out
-
-    def _has_final(self, job_id: str, attempt: int) -> bool:
-        return any(self._kv_get(self._kv_key(kind, job_id, attempt)) is not None for kind in ("final", "done"))
-
     # -------------------------------------------------------------------------------------------- launch
 
     def launch(self, req: LaunchRequest) -> None:
-        """Create the pinned placement group and the worker actors, and start them; returns without waiting.
+        """Create the pinned placement group and hand the ranks to their nodes; returns without waiting for them
+        to start (at most ``call_timeout_s`` for the supervisors to accept).
 
         Idempotent: an attempt that exists (or existed: it has a final record) is not created again; a launch
         that crashed half-way is completed.
         """
         self._reachable()
-        if self._has_final(req.job_id, req.attempt):
+        keys = [self._kv_key(kind, req.job_id, req.attempt) for kind in ("final", "done", "launch")]
+        found = self._kv_multi_get(keys)
+        if keys[0] in found or keys[1] in found:
             return
+        relaunch = keys[2] in found
         plans = plan_workers(req, self.catalog, self.log_dir, self.namespace, self.stop_grace_s)
-        nodes = [w.node for w in req.placement.workers]
-        record = {
-            "nodes": nodes,
-            "log_paths": [p.spec.log_path for p in plans],
-            "model": req.placement.model,
-            "kind": req.kind.value,
-            "launched_at": time.time(),
-        }
-        self._kv_put(self._kv_key("launch", req.job_id, req.attempt), json.dumps(record))
+        nodes = tuple(w.node for w in req.placement.workers)
+        mode = self.launch_mode
+        if relaunch:  # finish it the way it was begun
+            mode = _Attempt.from_record(req.job_id, req.attempt, json.loads(found[keys[2]])).mode
+        att = _Attempt(req.job_id, req.attempt, nodes, tuple(p.spec.log_path for p in plans), mode)
+        att.launched_at = time.time()
+        sups: dict[str, _Supervisor] = {}
+        if mode == "supervisor":
+            for plan in plans:
+                label = plan.spec.node_label
+                if label not in sups:
+                    sup = self._supervisor(label)
+                    assert sup is not None
+                    sups[label] = sup
+                    att.supervisors[label] = (sup.name, sup.actor_id)
+        self._kv_put(keys[2], json.dumps(att.record()))
         name = pg_name(req.job_id, req.attempt)
-        pg = self._get_pg(name)
+        pg = self._get_pg(name) if relaunch else None
+        nudge = False
         if pg is None:
+            nudge = self._await_release(plans)
             try:
                 pg = ray.util.placement_group(
                     [p.bundle for p in plans],
@@ -483,12 +639,139 @@ class RayExecutor:
                 pg = self._get_pg(name)
                 if pg is None:
                     raise ExecutorError(f"cannot create placement group {name}: {err}") from err
+        att.pg = pg
+        if nudge:
+            self._nudge(pg)
+        with self._lock:
+            self._attempts[att.key] = att
+        if mode == "supervisor":
+            self._spawn(att, plans, pg, sups)
+        else:
+            self._create_actors(att, plans, pg)
+
+    def _spawn(self, att: _Attempt, plans: list[WorkerPlan], pg: PlacementGroup, sups: dict[str, _Supervisor]) -> None:
+        """One call per node supervisor, all at once; waits (``call_timeout_s``) only to learn about dead ones."""
+        by_label: dict[str, list[WorkerSpec]] = {}
+        for plan in plans:
+            by_label.setdefault(plan.spec.node_label, []).append(plan.spec)
+        rank0 = plans[0].spec.node_label
+        rank0_name = sups[rank0].name
+
+        def send(label: str) -> Any:
+            return sups[label].handle.spawn.remote(by_label[label], pg, None if label == rank0 else rank0_name)
+
+        refs = {label: send(label) for label in by_label}
+        for _retry in range(2):
+            died: list[str] = []
+            waiting: dict[str, Any] = {}
+            for label, ref in refs.items():
+                if self._is_up(sups[label]):
+                    waiting[label] = ref
+                elif self._sups.get(sups[label].name) is not sups[label]:
+                    died.append(label)
+                else:  # still starting (or pinned to a node Ray does not have yet): it gets the call when up
+                    att.pending[label] = ref
+            if waiting:
+                ready, _ = ray.wait(list(waiting.values()), num_returns=len(waiting), timeout=self.call_timeout_s)
+                for label, ref in waiting.items():
+                    if ref not in ready:
+                        att.pending[label] = ref
+                        continue
+                    try:
+                        ray.get(ref)
+                    except ray.exceptions.RayActorError:
+                        died.append(label)
+            if not died:
+                break
+            # The supervisor died since we last used it: start a new one and hand it the ranks.
+            for label in died:
+                self._drop_supervisor(sups[label])
+                sup = self._supervisor(label)
+                assert sup is not None
+                sups[label] = sup
+                att.supervisors[label] = (sup.name, sup.actor_id)
+            self._kv_put(self._kv_key("launch", att.job_id, att.attempt), json.dumps(att.record()))
+            rank0_name = sups[rank0].name
+            refs = {label: send(label) for label in died}
+
+    def _await_release(self, plans: Sequence[WorkerPlan]) -> bool:
+        """Wait (at most :data:`RELEASE_WAIT_S` after their removal) until the placement groups this executor
+        removed on the nodes of ``plans`` have given their resources back in the GCS's view, unless the new
+        bundles fit beside them; True when there were such groups.
+
+        A group created before a raylet has returned the resources fails its first scheduling attempt, and the
+        GCS retries only on its next 1-second tick or when another group is created. The wait is a raylet
+        resource report (~0.1 s); :meth:`_nudge` covers what it misses (a group too short-lived to have shown
+        up in the GCS's view at all)."""
+        labels = {p.spec.node_label for p in plans}
+        now = time.monotonic()
+        with self._lock:
+            for pg_id in [p for p, (_, until) in self._releasing.items() if until < now]:
+                del self._releasing[pg_id]
+            waiting = {p: until for p, (on, until) in self._releasing.items() if on & labels}
+        overlapped = bool(waiting)
+        first = True
+        while waiting:
+            try:
+                per_node = ray._private.state.total_resources_per_node()  # type: ignore[no-untyped-call]
+                if first and self._fits_now(plans):
+                    return overlapped
+            except Exception:
+                return overlapped
+            first = False
+            held = " ".join(r for res in per_node.values() for r in res)
+            waiting = {p: until for p, until in waiting.items() if p in held and until > time.monotonic()}
+            with self._lock:
+                for pg_id in [p for p in self._releasing if p not in waiting and self._releasing[p][0] & labels]:
+                    del self._releasing[pg_id]
+            if waiting:
+                time.sleep(0.01)
+        return overlapped
+
+    def _nudge(self, pg: PlacementGroup, delays: Sequence[float] = NUDGE_AFTER_S) -> None:
+        """While ``pg`` is still pending after each of ``delays`` (seconds, in the background), create and remove
+        a tiny group on the head node: registering a group makes Ray's GCS retry the pending ones at once,
+        instead of on its next 1-second tick."""
+
+        def nudge(step: int) -> None:
+            try:
+                if ray.util.placement_group_table(pg).get("state") != "PENDING":
+                    return
+                probe = ray.util.placement_group([{"node:__internal_head__": 0.001}])
+                ray.util.remove_placement_group(probe)
+            except Exception:  # disconnected, or the GCS is away: the tick will do
+                return
+            if step + 1 < len(delays):
+                _later(delays[step + 1] - delays[step], nudge, step + 1)
+
+        if delays:
+            _later(delays[0], nudge, 0)
+
+    def _fits_now(self, plans: Sequence[WorkerPlan]) -> bool:
+        """Whether the bundles of ``plans`` fit in what Ray shows free on their nodes now."""
+        need: dict[str, dict[str, float]] = {}
+        for plan in plans:
+            per = need.setdefault(plan.spec.node_label, {})
+            for resource, amount in plan.bundle.items():
+                per[resource] = per.get(resource, 0.0) + amount
+        by_label = {
+            str(n["Labels"][NODE_LABEL]): str(n["NodeID"])
+            for n in ray.nodes()  # type: ignore[no-untyped-call]
+            if n.get("Alive") and NODE_LABEL in (n.get("Labels") or {})
+        }
+        free = ray._private.state.available_resources_per_node()  # type: ignore[no-untyped-call]
+        for label, wanted in need.items():
+            have = free.get(by_label.get(label, ""), {})
+            if any(have.get(resource, 0.0) + 1e-9 < amount for resource, amount in wanted.items()):
+                return False
+        return True
+
+    def _create_actors(self, att: _Attempt, plans: list[WorkerPlan], pg: PlacementGroup) -> None:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        handles: dict[int, Any] = {}
         for rank, plan in enumerate(plans):
             handle = self._actor_cls.options(
-                name=actor_name(req.job_id, req.attempt, rank),
+                name=actor_name(att.job_id, att.attempt, rank),
                 namespace=self.namespace,
                 lifetime="detached",
                 get_if_exists=True,
@@ -497,13 +780,9 @@ class RayExecutor:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank),
                 **plan.actor_options(),
             ).remote(plan.spec)
-            handles[rank] = handle
-        for handle in handles.values():
+            att.handles[rank] = handle
+        for handle in att.handles.values():
             handle.start.remote()  # fire and forget: status() reports progress
-        with self._lock:
-            self._attempts[(req.job_id, req.attempt)] = _Attempt(
-                req.job_id, req.attempt, tuple(nodes), tuple(p.spec.log_path for p in plans), handles, time.time()
-            )
 
     # ---------------------------------------------------------------------------------------------- scan
 
@@ -514,54 +793,72 @@ class RayExecutor:
         except ValueError:
             return None
 
-    def _scan(self) -> dict[tuple[str, int], dict[str, Any] | None]:
-        """Every attempt alive in the namespace, with its placement-group table entry (None: actors only)."""
+    def _index(self, job_id: str | None = None) -> _Index:
+        """The attempts the GCS key-value store has records of, by kind: one listing (three for one job). The
+        records are the index of attempts, not the placement-group table, which keeps every group ever removed
+        and grows without bound (0.1 s a call after a thousand jobs)."""
         self._reachable()
-        found: dict[tuple[str, int], dict[str, Any] | None] = {}
         try:
-            table = ray.util.placement_group_table()
-            named = ray.util.list_named_actors()
+            if job_id is None:
+                keys = self._kv_list(f"{self.namespace}/")
+            else:
+                keys = [k for kind in ("launch", "final", "done") for k in self._kv_list(self._kv_key(kind, job_id))]
         except Exception as err:
             raise ExecutorUnavailable(f"Ray cluster at {self.address} did not answer: {err}") from err
-        for info in table.values():
-            parsed = parse_pg_name(str(info.get("name", "")))
-            if parsed is None or info.get("state") == "REMOVED":
+        index = _Index()
+        head = f"{self.namespace}/"
+        for key in keys:
+            kind, _, rest = key[len(head) :].partition("/")
+            job, _, attempt = rest.rpartition("/")
+            if not key.startswith(head) or not attempt.isdigit() or (job_id is not None and job != job_id):
                 continue
-            pg_id = str(info["placement_group_id"])
-            ours = self._verified_pgs.get(pg_id)
-            if ours is None:  # names are per namespace, the table is cluster-wide: check once per group
-                pg = self._get_pg(str(info["name"]))
-                ours = pg is not None and pg.id.hex() == pg_id
-                if ours:
-                    self._verified_pgs[pg_id] = True
-            if not ours:
-                continue
-            found[parsed] = info
-        for entry in named:
-            name = entry if isinstance(entry, str) else str(entry.get("name", ""))
-            parsed_actor = parse_actor_name(name)
-            if parsed_actor is not None:
-                found.setdefault(parsed_actor[:2], None)
-        return found
+            if kind in ("launch", "final", "done"):
+                getattr(index, kind).add((job, int(attempt)))
+        return index
+
+    def _ended(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], ExecutionStatus]:
+        """Final statuses of ended attempts (``done`` wins over ``final``), in one GCS call."""
+        keys = list(keys)
+        names = [self._kv_key(kind, j, a) for j, a in keys for kind in ("final", "done")]
+        found = self._kv_multi_get(names)
+        out: dict[tuple[str, int], ExecutionStatus] = {}
+        for job_id, attempt in keys:
+            value = found.get(self._kv_key("done", job_id, attempt)) or found.get(
+                self._kv_key("final", job_id, attempt)
+            )
+            if value is not None:
+                out[(job_id, attempt)] = status_from_json(value)
+        return out
 
     def discover(self) -> set[tuple[str, int]]:
-        return set(self._scan())
+        """Attempts launched and not ended: each holds (or waits for) its placement group."""
+        return self._index().live
+
+    def _attempts_of(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], _Attempt]:
+        """Attempts from the cache, the rest from their launch records (one GCS call for all)."""
+        out: dict[tuple[str, int], _Attempt] = {}
+        missing: list[tuple[str, int]] = []
+        with self._lock:
+            for key in keys:
+                known = self._attempts.get(key)
+                if known is not None:
+                    out[key] = known
+                else:
+                    missing.append(key)
+        if missing:
+            records = self._kv_multi_get([self._kv_key("launch", j, a) for j, a in missing])
+            for job_id, attempt in missing:
+                raw = records.get(self._kv_key("launch", job_id, attempt))
+                found = _Attempt.from_record(job_id, attempt, json.loads(raw) if raw else {})
+                with self._lock:
+                    out[(job_id, attempt)] = self._attempts.setdefault((job_id, attempt), found)
+        return out
 
     def _attempt(self, job_id: str, attempt: int) -> _Attempt:
-        with self._lock:
-            known = self._attempts.get((job_id, attempt))
-        if known is not None:
-            return known
-        raw = self._kv_get(self._kv_key("launch", job_id, attempt))
-        record: dict[str, Any] = json.loads(raw) if raw else {}
-        nodes = tuple(record.get("nodes", ()))
-        log_paths = tuple(record.get("log_paths", ()))
-        found = _Attempt(job_id, attempt, nodes, log_paths, {}, float(record.get("launched_at", 0.0)))
-        with self._lock:
-            self._attempts[(job_id, attempt)] = found
-        return found
+        return self._attempts_of([(job_id, attempt)])[(job_id, attempt)]
 
     def _handle(self, att: _Attempt, rank: int) -> Any | None:
+        """Actor mode: the worker actor of a rank (None when it is gone)."""
         handle = att.handles.get(rank)
         if handle is None:
             try:
@@ -574,86 +871,204 @@ class RayExecutor:
     # -------------------------------------------------------------------------------------------- status
 
     def status(self, job_id: str) -> ExecutionStatus | None:
-        scan = self._scan()
-        alive = {a: info for (j, a), info in scan.items() if j == job_id}
-        finals = self._finals(job_id)
-        newest_alive = max(alive, default=-1)
-        newest_final = max((a for (_, a) in finals), default=-1)
-        if newest_alive < 0 and newest_final < 0:
-            return None
-        if newest_final >= newest_alive:
-            return finals[(job_id, newest_final)]
-        return self._status_of(job_id, newest_alive, alive[newest_alive])
+        index = self._index(job_id)
+        live = {a for _, a in index.live}
+        ended = {a for _, a in index.final | index.done}
+        while live or ended:
+            newest_live, newest_ended = max(live, default=-1), max(ended, default=-1)
+            if newest_ended >= newest_live:
+                return self._ended([(job_id, newest_ended)]).get((job_id, newest_ended))
+            found = self._statuses([(job_id, newest_live)]).get((job_id, newest_live))
+            if found is not None:
+                return found
+            live.discard(newest_live)  # launched half-way, nothing on the cluster: an older one answers
+        return None
 
     def poll(self) -> list[ExecutionStatus]:
-        """Every attempt alive on the cluster, plus the ended ones nobody has :meth:`stop` -ped since."""
-        scan = self._scan()
-        out = {key: self._status_of(key[0], key[1], info) for key, info in scan.items()}
-        for key, final in self._finals(stopped=False).items():
+        """Every attempt launched and not ended, plus the ended ones nobody has :meth:`stop` -ped since. Costs
+        one key-value listing, one read of new records and one call per supervisor involved (none per rank)."""
+        index = self._index()
+        out = self._statuses(sorted(index.live))
+        for key, final in self._ended(index.final - set(out) - index.done).items():
             out.setdefault(key, final)
         return [out[k] for k in sorted(out)]
 
-    def _status_of(self, job_id: str, attempt: int, pg_info: dict[str, Any] | None) -> ExecutionStatus:
-        att = self._attempt(job_id, attempt)
-        world = len(pg_info["bundles"]) if pg_info else len(att.nodes)
-        if world == 0:
-            world = 1 + max((r for (j, a, r) in self._last if (j, a) == (job_id, attempt)), default=0)
-        state = pg_info.get("state") if pg_info else None
-        if state == "PENDING":
-            absent = self._dead_nodes(att)
-            if absent and time.time() - att.launched_at > self.pending_node_grace_s:
-                # Pinned to a node Ray does not have: the placement group would wait forever.
-                message = f"node {', '.join(sorted(absent))} is not in the Ray cluster"
-                workers = [self._raw(att, r, "lost", message) for r in range(world)]
-                status = fold(job_id, attempt, workers)
-                return self._finish(att, status, workers, absent)
-            stats = pg_info.get("stats", {}) if pg_info else {}
-            message = f"waiting for devices on {', '.join(dict.fromkeys(att.nodes)) or 'the cluster'}"
-            if stats.get("scheduling_state"):
-                message += f" ({stats['scheduling_state'].lower()})"
-            workers = [self._raw(att, r, "starting", message) for r in range(world)]
-            return fold(job_id, attempt, workers)
-        dead_nodes = self._dead_nodes(att) if state == "RESCHEDULING" else set()
-        workers = self._query_workers(att, world, dead_nodes)
-        status = fold(job_id, attempt, workers)
-        if status.terminal:
-            status = self._finish(att, status, workers, dead_nodes)
-        return status
+    def _statuses(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], ExecutionStatus]:
+        """The status of each live attempt, querying every supervisor and worker actor involved at once. An
+        attempt in actor mode without a placement group (a launch that crashed half-way) is left out."""
+        atts = self._attempts_of(keys)
+        out: dict[tuple[str, int], ExecutionStatus] = {}
+        queried: list[tuple[_Attempt, int]] = []
+        for key in keys:
+            att = atts[key]
+            world = len(att.nodes)
+            if att.mode == "actor":
+                info = self._pg_info(att)
+                if info is None:
+                    continue
+                world = world or len(info["bundles"])
+                if info.get("state") == "PENDING":
+                    out[key] = self._pending_status(att, world, info)
+                    continue
+            if world:
+                queried.append((att, world))
+        raws = self._query(queried)
+        for att, world in queried:
+            workers = [raws[(att.job_id, att.attempt, r)] for r in range(world)]
+            status = fold(att.job_id, att.attempt, workers)
+            if status.terminal:
+                status = self._finish(att, status, workers)
+            out[att.key] = status
+        return out
+
+    def _pg_info(self, att: _Attempt) -> dict[str, Any] | None:
+        """The placement-group table entry of an attempt (None: it has none, or it was removed)."""
+        if att.pg is None:
+            att.pg = self._get_pg(pg_name(att.job_id, att.attempt))
+            if att.pg is None:
+                return None
+        info: dict[str, Any] = ray.util.placement_group_table(att.pg)
+        return info if info and info.get("state") != "REMOVED" else None
+
+    def _pending_status(self, att: _Attempt, world: int, info: dict[str, Any]) -> ExecutionStatus:
+        """Actor mode, placement group not placed yet."""
+        absent = self._dead_nodes(att)
+        if absent and time.time() - att.launched_at > self.pending_node_grace_s:
+            # Pinned to a node Ray does not have: the placement group would wait forever.
+            message = f"node {', '.join(sorted(absent))} is not in the Ray cluster"
+            workers = [self._raw(att, r, "lost", message) for r in range(world)]
+            return self._finish(att, fold(att.job_id, att.attempt, workers), workers)
+        stats = info.get("stats", {})
+        message = f"waiting for devices on {', '.join(dict.fromkeys(att.nodes)) or 'the cluster'}"
+        if stats.get("scheduling_state"):
+            message += f" ({stats['scheduling_state'].lower()})"
+        workers = [self._raw(att, r, "starting", message) for r in range(world)]
+        return fold(att.job_id, att.attempt, workers)
 
     def _raw(self, att: _Attempt, rank: int, phase: str, message: str) -> dict[str, Any]:
-        node = att.nodes[rank] if rank < len(att.nodes) else "?"
-        return {"rank": rank, "node": node, "phase": phase, "message": message, "exit_code": None, "tail": []}
+        return {"rank": rank, "node": att.node(rank), "phase": phase, "message": message, "exit_code": None, "tail": []}
 
-    def _query_workers(self, att: _Attempt, world: int, dead_nodes: set[str]) -> list[dict[str, Any]]:
-        refs: dict[int, Any] = {}
-        results: dict[int, dict[str, Any]] = {}
-        for rank in range(world):
-            node = att.nodes[rank] if rank < len(att.nodes) else "?"
-            if node in dead_nodes:
-                results[rank] = self._lost(att, rank, f"node {node} died")
+    def _query(self, attempts: Sequence[tuple[_Attempt, int]]) -> dict[tuple[str, int, int], dict[str, Any]]:
+        """Raw worker states of every rank of ``attempts``: one call per supervisor, one per worker actor (actor
+        mode), all waited for together (``call_timeout_s``)."""
+        results: dict[tuple[str, int, int], dict[str, Any]] = {}
+        calls: dict[Any, tuple[str, Any]] = {}  # ref -> ("sup", (supervisor, [(att, ranks)])) | ("actor", ...)
+        by_sup: dict[str, tuple[_Supervisor, list[tuple[_Attempt, list[int]]]]] = {}
+        alive: dict[str, set[str]] = {}
+        for att, world in attempts:
+            if att.mode == "actor":
+                for rank in range(world):
+                    handle = self._handle(att, rank)
+                    if handle is None:
+                        cause = self._death_cause(att, rank) or "worker actor is gone"
+                        results[(att.job_id, att.attempt, rank)] = self._lost(att, rank, cause)
+                    else:
+                        calls[handle.status.remote()] = ("actor", (att, rank))
                 continue
-            handle = self._handle(att, rank)
-            if handle is None:
-                results[rank] = self._lost(att, rank, self._death_cause(att, rank) or "worker actor is gone")
-                continue
-            refs[rank] = handle.status.remote()
-        if refs:
-            ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=self.call_timeout_s)
-            ready_set = set(ready)
-            for rank, ref in refs.items():
-                if ref not in ready_set:
-                    results[rank] = self._unresponsive(att, rank)
+            if att.pending:
+                done, _ = ray.wait(list(att.pending.values()), num_returns=len(att.pending), timeout=0)
+                for label in [label for label, ref in att.pending.items() if ref in done]:
+                    del att.pending[label]  # answered (or failed): the supervisor's own report tells the rest
+            ranks_by_label: dict[str, list[int]] = {}
+            for rank in range(world):
+                ranks_by_label.setdefault(ray_label_value(att.node(rank)), []).append(rank)
+            for label, ranks in ranks_by_label.items():
+                name, _actor_id = att.supervisors.get(label, (supervisor_name(label), ""))
+                sup = self._supervisor(label, name, create=False)
+                if sup is None or not (sup.up or sup.known or self._is_up(sup)):
+                    for rank in ranks:
+                        results[(att.job_id, att.attempt, rank)] = self._unanswered(att, rank, label, sup, alive)
                     continue
-                try:
-                    results[rank] = ray.get(ref)
-                except ray.exceptions.ActorDiedError as err:
-                    results[rank] = self._lost(att, rank, _first_line(err))
-                except ray.exceptions.RayActorError as err:  # unavailable for now (network, restart)
-                    results[rank] = self._unresponsive(att, rank, _first_line(err))
+                by_sup.setdefault(sup.name, (sup, []))[1].append((att, ranks))
+        for sup, items in by_sup.values():
+            calls[sup.handle.statuses.remote([att.key for att, _ in items])] = ("sup", (sup, items))
+        if calls:
+            ready, _ = ray.wait(list(calls), num_returns=len(calls), timeout=self.call_timeout_s)
+            ready_set = set(ready)
+            for ref, (kind, what) in calls.items():
+                if kind == "actor":
+                    att, rank = what
+                    results[(att.job_id, att.attempt, rank)] = self._actor_reply(att, rank, ref, ref in ready_set)
+                else:
+                    sup, items = what
+                    results.update(self._supervisor_reply(sup, items, ref, ref in ready_set))
         with self._lock:
-            for rank, raw in results.items():
-                self._last[(att.job_id, att.attempt, rank)] = raw
-        return [results[r] for r in range(world)]
+            for key, raw in results.items():
+                if raw["phase"] in ("starting", "running"):
+                    self._last[key] = raw
+        return results
+
+    def _actor_reply(self, att: _Attempt, rank: int, ref: Any, ready: bool) -> dict[str, Any]:
+        if not ready:
+            return self._unresponsive(att, rank)
+        try:
+            raw: dict[str, Any] = ray.get(ref)
+            return raw
+        except ray.exceptions.ActorDiedError as err:
+            return self._lost(att, rank, _first_line(err))
+        except ray.exceptions.RayActorError as err:  # unavailable for now (network, restart)
+            return self._unresponsive(att, rank, _first_line(err))
+
+    def _supervisor_reply(
+        self, sup: _Supervisor, items: list[tuple[_Attempt, list[int]]], ref: Any, ready: bool
+    ) -> dict[tuple[str, int, int], dict[str, Any]]:
+        out: dict[tuple[str, int, int], dict[str, Any]] = {}
+        if not ready:
+            if sup.known and not sup.up:
+                sup.known = False  # found by name but not answering: do not wait for it again
+            for att, ranks in items:
+                for rank in ranks:
+                    out[(att.job_id, att.attempt, rank)] = self._unresponsive(att, rank)
+            return out
+        try:
+            reply: dict[str, Any] = ray.get(ref)
+        except ray.exceptions.RayActorError as err:
+            self._drop_supervisor(sup)
+            died = isinstance(err, ray.exceptions.ActorDiedError)
+            why = f"node supervisor {sup.name} died: {_first_line(err)}"
+            for att, ranks in items:
+                for rank in ranks:
+                    key = (att.job_id, att.attempt, rank)
+                    out[key] = self._lost(att, rank, why) if died else self._unresponsive(att, rank, why)
+            if died and self.launch_mode == "supervisor":
+                self._supervisor(sup.label)  # a new one for new launches (its ranks are not coming back)
+            return out
+        sup.up = True
+        held = {(str(r["job_id"]), int(r["attempt"]), int(r["rank"])): r for r in reply["ranks"]}
+        for att, ranks in items:
+            for rank in ranks:
+                key = (att.job_id, att.attempt, rank)
+                out[key] = held.get(key) or self._not_held(att, rank, sup.label, str(reply["actor_id"]))
+        return out
+
+    def _not_held(self, att: _Attempt, rank: int, label: str, actor_id: str) -> dict[str, Any]:
+        """A rank its node's supervisor does not know: lost if that supervisor is not the one it was sent to,
+        else not arrived yet (or never will: the launching driver died before sending it)."""
+        sent_to = att.supervisors.get(label, ("", ""))[1]
+        if sent_to and actor_id != sent_to:
+            return self._lost(att, rank, f"the node supervisor on {att.node(rank)} was restarted; the rank died")
+        if label in att.pending or time.time() - att.launched_at < self.spawn_grace_s:
+            return self._raw(att, rank, "starting", f"handing over to the node supervisor on {att.node(rank)}")
+        return self._lost(att, rank, f"the launch never reached the node supervisor on {att.node(rank)}")
+
+    def _unanswered(
+        self, att: _Attempt, rank: int, label: str, sup: _Supervisor | None, alive: dict[str, set[str]]
+    ) -> dict[str, Any]:
+        """A rank whose supervisor is missing (dead, or never created) or not up yet. ``alive`` caches the alive
+        node labels for one query (key ``""``)."""
+        sent_to = att.supervisors.get(label, ("", ""))[1]
+        node = att.node(rank)
+        if sup is not None and sent_to and sup.actor_id != sent_to:
+            return self._lost(att, rank, f"the node supervisor on {node} was restarted; the rank died")
+        if "" not in alive:
+            alive[""] = self._alive_labels()
+        if label not in alive[""]:
+            if sup is None or time.time() - att.launched_at > self.pending_node_grace_s:
+                # Pinned to a node Ray does not have (any more): its placement group would wait forever.
+                return self._lost(att, rank, f"node {node} is not in the Ray cluster")
+        elif sup is None:
+            return self._lost(att, rank, f"the node supervisor on {node} is gone")
+        return self._raw(att, rank, "starting", f"waiting for the node supervisor on {node}")
 
     def _lost(self, att: _Attempt, rank: int, message: str) -> dict[str, Any]:
         raw = self._raw(att, rank, "lost", message)
@@ -672,12 +1087,8 @@ class RayExecutor:
         return []
 
     def _dead_nodes(self, att: _Attempt) -> set[str]:
-        alive_labels = {
-            str(n.get("Labels", {}).get(NODE_LABEL))
-            for n in ray.nodes()  # type: ignore[no-untyped-call]
-            if n.get("Alive") and n.get("Labels")
-        }
-        return {node for node in att.nodes if ray_label_value(node) not in alive_labels}
+        alive = self._alive_labels()
+        return {node for node in att.nodes if ray_label_value(node) not in alive}
 
     def _death_cause(self, att: _Attempt, rank: int) -> str | None:
         """Why a worker actor died, from the GCS actor table (private Ray API: best effort)."""
@@ -694,72 +1105,103 @@ class RayExecutor:
             pass
         return None
 
-    def _finish(
-        self, att: _Attempt, status: ExecutionStatus, workers: list[dict[str, Any]], dead_nodes: set[str]
-    ) -> ExecutionStatus:
-        """Gang semantics and cleanup once an attempt is terminal: stop the rest, record, release."""
-        alive = [w for w in workers if w["phase"] in ("starting", "running")]
-        if alive:
-            reason = f"gang stopped: {status.message}"
-            refs = []
-            for w in alive:
-                handle = self._handle(att, int(w["rank"]))
+    # ------------------------------------------------------------------------------------- stop, teardown
+
+    def _terminate(self, att: _Attempt, world: int, reason: str) -> dict[int, dict[str, Any]]:
+        """Stop every rank of an attempt (SIGTERM, SIGKILL after the grace period) and wait for them: each
+        supervisor (or worker actor) replies once its ranks ended. Ranks nobody answered for are left out."""
+        calls: dict[Any, Any] = {}
+        if att.mode == "actor":
+            for rank in range(world):
+                handle = self._handle(att, rank)
                 if handle is not None:
-                    refs.append(handle.terminate.remote(reason))
-            if refs:
-                ray.wait(refs, num_returns=len(refs), timeout=self.stop_grace_s + 2)
+                    calls[handle.terminate.remote(reason)] = None
+        else:
+            labels = dict.fromkeys(ray_label_value(att.node(r)) for r in range(world))
+            for label in labels:
+                name = att.supervisors.get(label, (supervisor_name(label), ""))[0]
+                sup = self._supervisor(label, name, create=False)
+                # One not up yet runs nothing: a launch it gets later finds the placement group gone.
+                if sup is not None and (sup.up or sup.known or self._is_up(sup)):
+                    calls[sup.handle.terminate.remote(att.job_id, att.attempt, reason)] = sup
+        out: dict[int, dict[str, Any]] = {}
+        if not calls:
+            return out
+        ready, _ = ray.wait(list(calls), num_returns=len(calls), timeout=self.stop_grace_s + 2)
+        for ref in ready:
+            try:
+                reply = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                if calls[ref] is not None:
+                    self._drop_supervisor(calls[ref])
+                continue
+            for raw in reply if isinstance(reply, list) else [reply]:
+                out[int(raw["rank"])] = raw
+        return out
+
+    def _finish(self, att: _Attempt, status: ExecutionStatus, workers: list[dict[str, Any]]) -> ExecutionStatus:
+        """Gang semantics and cleanup once an attempt is terminal: stop the rest, record, release."""
+        if any(w["phase"] in ("starting", "running") for w in workers):
+            stopped = self._terminate(att, len(workers), f"gang stopped: {status.message}")
+            after = [stopped.get(int(w["rank"]), w) if w["phase"] in ("starting", "running") else w for w in workers]
             # The job keeps the phase and cause it ended with; only the workers' own states are refreshed.
-            after = fold(att.job_id, att.attempt, self._query_workers(att, len(workers), dead_nodes))
-            status = replace(status, workers=after.workers)
+            status = replace(status, workers=fold(att.job_id, att.attempt, after).workers)
         if self.release_finished:
             self._kv_put(self._kv_key("final", att.job_id, att.attempt), status_to_json(status))
-            self._teardown(att)
+            self._teardown(att, len(workers))
         return status
 
-    def _teardown(self, att: _Attempt) -> None:
-        world = max(len(att.nodes), len(att.handles))
-        for rank in range(world):
-            handle = self._handle(att, rank)
-            if handle is not None:
-                try:
-                    ray.kill(handle, no_restart=True)
-                except Exception as err:
-                    log.debug("kill %s rank %d: %s", att.job_id, rank, err)
-        pg = self._get_pg(pg_name(att.job_id, att.attempt))
+    def _teardown(self, att: _Attempt, world: int) -> None:
+        """Release the attempt's ranks (their holders kill what is left) and remove its placement group."""
+        if att.mode == "actor":
+            for rank in range(max(world, len(att.handles))):
+                handle = self._handle(att, rank)
+                if handle is not None:
+                    try:
+                        ray.kill(handle, no_restart=True)
+                    except Exception as err:
+                        log.debug("kill %s rank %d: %s", att.job_id, rank, err)
+        else:
+            for label, (name, _actor_id) in att.supervisors.items():
+                sup = self._supervisor(label, name, create=False)
+                if sup is not None and (sup.up or self._is_up(sup)):
+                    sup.handle.release.remote(att.job_id, att.attempt)  # fire and forget
+        pg = att.pg or self._get_pg(pg_name(att.job_id, att.attempt))
         if pg is not None:
-            ray.util.remove_placement_group(pg)
+            try:
+                ray.util.remove_placement_group(pg)
+            except Exception as err:  # removed already
+                log.debug("remove placement group of %s: %s", att.key, err)
+            with self._lock:
+                self._releasing[pg.id.hex()] = (set(att.labels), time.monotonic() + RELEASE_WAIT_S)
         with self._lock:
             att.handles.clear()
-            for key in [k for k in self._last if k[:2] == (att.job_id, att.attempt)]:
+            att.pending.clear()
+            for key in [k for k in self._last if k[:2] == att.key]:
                 del self._last[key]
 
-    # ---------------------------------------------------------------------------------------------- stop
-
     def stop(self, job_id: str, reason: str) -> None:
-        """Stop every live attempt of a job: SIGTERM, grace period, SIGKILL; then remove actors and the PG.
-
-        Also acknowledges attempts that had already ended: :meth:`poll` stops listing them."""
-        for (job, attempt), info in self._scan().items():
-            if job != job_id:
-                continue
-            att = self._attempt(job, attempt)
-            world = len(info["bundles"]) if info else max(len(att.nodes), 1)
-            if not info or info.get("state") != "PENDING":
-                refs = [h.terminate.remote(reason) for r in range(world) if (h := self._handle(att, r)) is not None]
-                if refs:
-                    ray.wait(refs, num_returns=len(refs), timeout=self.stop_grace_s + 2)
-                workers = self._query_workers(att, world, self._dead_nodes(att))
-            else:
-                workers = [self._raw(att, r, "stopped", reason) for r in range(world)]
-            status = fold(job, attempt, workers)
+        """Stop every live attempt of a job: SIGTERM, grace period, SIGKILL; then release the ranks and remove
+        the placement group. Also acknowledges attempts that had already ended: :meth:`poll` stops listing them
+        (and their release is done again, in case it was cut short)."""
+        index = self._index(job_id)
+        for key in sorted(index.live):
+            att = self._attempt(*key)
+            world = max(len(att.nodes), 1)
+            stopped = self._terminate(att, world, reason)
+            workers = [stopped.get(r) or self._raw(att, r, "stopped", reason) for r in range(world)]
+            status = fold(att.job_id, att.attempt, workers)
             if not status.terminal or status.phase is Phase.LOST:
-                status = ExecutionStatus(job, attempt, Phase.STOPPED, status.workers, reason, status.last_log_lines)
-            self._kv_put(self._kv_key("done", job, attempt), status_to_json(status))
-            self._teardown(att)
+                status = ExecutionStatus(*key, Phase.STOPPED, status.workers, reason, status.last_log_lines)
+            self._teardown(att, world)
+            self._kv_put(self._kv_key("done", *key), status_to_json(status))
         # Ended attempts the caller now knows about: out of poll()'s list, still readable by status().
-        for (job, attempt), final in self._finals(job_id, stopped=False).items():
-            self._kv_put(self._kv_key("done", job, attempt), status_to_json(final))
-            self._kv_del(self._kv_key("final", job, attempt))
+        unacknowledged = index.final - index.done
+        for key, final in self._ended(unacknowledged).items():
+            att = self._attempt(*key)
+            self._teardown(att, max(len(att.nodes), 1))
+            self._kv_put(self._kv_key("done", *key), status_to_json(final))
+            self._kv_del(self._kv_key("final", *key))
 
     def forget(self, job_id: str) -> None:
         """Drop every record of a job (after the service stored its final state); its logs stay on the nodes."""
@@ -773,35 +1215,48 @@ class RayExecutor:
     # ---------------------------------------------------------------------------------------------- logs
 
     def read_logs(self, job_id: str, rank: int, offset: int = 0, limit: int = 65536) -> LogChunk:
-        """A worker's log from byte ``offset``: from its actor, else the file (shared disk), else its node."""
-        attempts = {a for (j, a) in self._scan() if j == job_id} | {a for (_, a) in self._finals(job_id)}
+        """A worker's log from byte ``offset``: from the file (this machine or a shared disk), else from its
+        node (its supervisor or worker actor, else a task there)."""
+        self._reachable()
+        launched = [k for k in self._kv_list(f"{self.namespace}/launch/{job_id}/")]
+        attempts = {int(a) for k in launched if (a := k.rsplit("/", 1)[-1]).isdigit()}
         if not attempts:
             raise ExecutorError(f"no attempt of job {job_id!r} is known to this cluster")
         attempt = max(attempts)
         att = self._attempt(job_id, attempt)
-        handle = self._handle(att, rank)
-        if handle is not None:
-            try:
-                text, next_offset = ray.get(handle.read_log.remote(offset, limit), timeout=self.call_timeout_s * 5)
-                return LogChunk(job_id, attempt, rank, offset, text, next_offset)
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                pass
         if rank >= len(att.log_paths):
             raise ExecutorError(f"job {job_id!r} attempt {attempt} has no rank {rank}")
         path = att.log_paths[rank]
         if Path(path).exists():
             text, next_offset = read_log_file(path, offset, limit)
             return LogChunk(job_id, attempt, rank, offset, text, next_offset)
-        node = att.nodes[rank]
-        from ray.util.scheduling_strategies import In, NodeLabelSchedulingStrategy
+        node = att.node(rank)
+        label = ray_label_value(node)
+        remote: Any = None
+        if att.mode == "actor":
+            handle = self._handle(att, rank)
+            if handle is not None:
+                remote = handle.read_log.remote(offset, limit)
+        else:
+            sup = self._supervisor(label, create=False)
+            if sup is not None:
+                remote = sup.handle.read_log.remote(path, offset, limit)
+        if remote is None:
+            from ray.util.scheduling_strategies import In, NodeLabelSchedulingStrategy
 
-        strategy = NodeLabelSchedulingStrategy({NODE_LABEL: In(ray_label_value(node))})  # type: ignore[no-untyped-call]
+            strategy = NodeLabelSchedulingStrategy({NODE_LABEL: In(label)})  # type: ignore[no-untyped-call]
+            remote = _read_log_on_node.options(scheduling_strategy=strategy).remote(path, offset, limit)
         try:
-            ref = _read_log_on_node.options(scheduling_strategy=strategy).remote(path, offset, limit)
-            text, next_offset = ray.get(ref, timeout=self.call_timeout_s * 5)
+            text, next_offset = ray.get(remote, timeout=self.call_timeout_s * 5)
         except Exception as err:
             raise ExecutorError(f"the log of rank {rank} is on node {node}, which did not answer: {err}") from err
         return LogChunk(job_id, attempt, rank, offset, text, next_offset)
+
+
+def _later(delay_s: float, fn: Any, *args: Any) -> None:
+    timer = threading.Timer(delay_s, fn, args=args)
+    timer.daemon = True
+    timer.start()
 
 
 def _first_line(err: BaseException) -> str:

@@ -1,14 +1,26 @@
-"""The worker actor: one per rank of a job, it runs the job's entrypoint as a subprocess on its node.
+"""What runs on the nodes: a job's ranks as subprocesses, held by a node supervisor (or one actor per rank).
 
 This module is imported inside Ray worker processes, so it depends on the standard library and Ray only. The
-:class:`~scheduler.executors.ray.RayExecutor` creates one detached, named :class:`ZhisuanWorker` per rank in the
-job's placement group; the actor checks that it landed on the node the scheduler chose (the Ray node label
-``zhisuan.io/node``), meets rank 0 for the master address, and spawns::
+:class:`~scheduler.executors.ray.RayExecutor` runs every rank of a job as a :class:`RankProcess`::
 
     RANK=1 WORLD_SIZE=2 MASTER_ADDR=10.0.0.7 MASTER_PORT=41234 CUDA_VISIBLE_DEVICES=4,5 ... sh -c "<entrypoint>"
 
-with stdout and stderr appended to one log file per worker. The actor enforces the walltime itself, so a job is
-stopped on time even while the scheduler service is down. The pure helpers below are usable without Ray::
+with stdout and stderr appended to one log file per rank, the walltime enforced on the node itself (so a job is
+stopped on time even while the scheduler service is down), SIGTERM then SIGKILL to its process group on stop.
+Who holds the rank process depends on the launch mode:
+
+- ``supervisor`` (default): one long-lived, detached :class:`NodeSupervisor` actor per node, named
+  ``zhisuan.node.<node label>``, pinned to its node by the Ray label ``zhisuan.io/node`` and holding no
+  resources, spawns the ranks of every job placed on its node. The job's placement group still reserves the
+  devices, CPU and memory in Ray's accounting; the supervisor starts a rank only once its bundle is reserved *on
+  this node*, and stops it when the group is removed. No Python worker process starts per rank, so a launch
+  costs a fork, not an ``import ray`` (seconds on a busy machine);
+- ``actor``: one detached :class:`ZhisuanWorker` actor per rank, scheduled into its bundle (the previous design,
+  kept as a fallback: slower to start, but with no long-lived process on the nodes).
+
+Either way the process learns where it runs from the Ray node label of the node its holder runs on (not from
+the request), which is how the tests prove placement from inside the workers. The pure helpers below are
+usable without Ray::
 
     >>> missing_requirements(["pytest", "surely-not-installed-zz>=1"])
     ['surely-not-installed-zz is not installed']
@@ -27,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +50,15 @@ NODE_LABEL = "zhisuan.io/node"
 ZHISUAN_VISIBLE_DEVICES = "ZHISUAN_VISIBLE_DEVICES"
 WALLTIME_MESSAGE = "exceeded walltime"
 TAIL_LINES = 20
+#: Bumped when the supervisor's remote API changes: a new driver then starts new supervisors beside the old ones,
+#: which keep serving the attempts they started (each launch record names its supervisors).
+SUPERVISOR_VERSION = 1
+PG_REMOVED_MESSAGE = "its placement group was removed"
+
+
+def supervisor_name(node_label: str) -> str:
+    """``supervisor_name("h100-a") == "zhisuan.node.v1.h100-a"`` (never parsed as a job's name: no ``zhisuan-``)."""
+    return f"zhisuan.node.v{SUPERVISOR_VERSION}.{node_label}"
 
 
 @dataclass(frozen=True)
@@ -76,6 +98,8 @@ class WorkerSpec:
 
 def missing_requirements(requirements: tuple[str, ...] | list[str]) -> list[str]:
     """Requirements this Python cannot satisfy, one readable line each (empty: all satisfied)."""
+    if not requirements:
+        return []
     from importlib.metadata import PackageNotFoundError, version
 
     from packaging.requirements import InvalidRequirement, Requirement
@@ -146,7 +170,7 @@ def free_port() -> int:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    """In the child before exec: get SIGKILL when the thread that spawned us dies (the actor was killed)."""
+    """In the child before exec: get SIGKILL when the thread that spawned us dies (its holder was killed)."""
     with contextlib.suppress(Exception):
         import ctypes
 
@@ -164,37 +188,62 @@ def _describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
-# ------------------------------------------------------------------------------------------------- actor
+@dataclass(frozen=True)
+class NodeContext:
+    """Where the calling Ray worker runs, as Ray says: node labels, Ray node id, IP."""
 
+    labels: dict[str, str]
+    ray_node_id: str
+    ip: str
 
-class ZhisuanWorker:
-    """One rank of a job. Made a Ray actor by the executor (``ray.remote(ZhisuanWorker)``), threaded."""
+    @property
+    def label(self) -> str:
+        return self.labels.get(NODE_LABEL, "")
 
-    def __init__(self, spec: WorkerSpec) -> None:
+    @classmethod
+    def current(cls) -> NodeContext:
         import ray
 
+        ctx = ray.get_runtime_context()
+        labels = {str(k): str(v) for k, v in ctx.get_node_labels().items()}
+        return cls(labels, ctx.get_node_id(), str(ray.util.get_node_ip_address()))  # type: ignore[no-untyped-call]
+
+
+#: Called in the rank's thread before it spawns; blocks until the rank may start, returns ``(phase, message)``
+#: to end the rank with instead, or None to go on.
+ReadyCheck = Callable[["RankProcess"], "tuple[str, str] | None"]
+#: Rank 0's ``(MASTER_ADDR, MASTER_PORT)``, or a function that fetches it for a rank (giving up if it is stopped).
+Master = tuple[str, int] | Callable[["RankProcess"], tuple[str, int]]
+
+
+# ------------------------------------------------------------------------------------------- one rank
+
+
+class RankProcess:
+    """One rank's entrypoint on this node: spawned once, watched by its own thread, stopped on request.
+
+    The thread that spawns the process waits for it to the end, so the process gets SIGKILL if its holder (a
+    supervisor or a worker actor) dies (``PR_SET_PDEATHSIG`` fires when the spawning *thread* ends).
+    """
+
+    def __init__(self, spec: WorkerSpec, node: NodeContext) -> None:
         self.spec = spec
+        self.node = node
         self._lock = threading.Lock()
         self._phase = "starting"
         self._message = ""
         self._exit_code: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._start_called = False
+        self._started = False
         self._spawned = threading.Event()
         self._done = threading.Event()
         self._stop_reason: str | None = None
         self._spawned_at: float | None = None
         self._ended_at: float | None = None
-        self._master: tuple[str, int] | None = None
-        ctx = ray.get_runtime_context()
-        self._labels = {str(k): str(v) for k, v in ctx.get_node_labels().items()}
-        self._ray_node_id = ctx.get_node_id()
-        self._ip = str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
-        self._actual_node = self._labels.get(NODE_LABEL, "")
-        if self._actual_node != spec.node_label:
+        if node.label != spec.node_label:
             self._end(
                 "failed",
-                f"Ray placed rank {spec.rank} on node {self._actual_node or '(unlabelled)'!r}, "
+                f"Ray placed rank {spec.rank} on node {node.label or '(unlabelled)'!r}, "
                 f"but the scheduler chose {spec.node!r}",
             )
         try:
@@ -202,49 +251,39 @@ class ZhisuanWorker:
         except OSError as err:
             self._end("failed", f"cannot create the log directory on node {spec.node}: {err}")
 
-    # ---------------------------------------------------------------------------------------- remote API
+    # ----------------------------------------------------------------------------------------- control
 
-    def rendezvous(self) -> tuple[str, int]:
-        """Rank 0's address and a free port on its node: the job's ``MASTER_ADDR``/``MASTER_PORT``."""
+    @property
+    def stop_requested(self) -> bool:
         with self._lock:
-            if self._master is None:
-                self._master = (self._ip, free_port())
-            return self._master
+            return self._stop_reason is not None or self._phase != "starting"
 
-    def start(self) -> dict[str, Any]:
-        """Spawn the entrypoint once (later calls only report). Returns :meth:`status`."""
-        spec = self.spec
+    @property
+    def ended(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def ended_at(self) -> float | None:
+        return self._ended_at
+
+    def start(self, master: Master, ready: ReadyCheck | None = None) -> bool:
+        """Spawn the entrypoint in a new thread, once (False: started before, or already ended). ``master`` is
+        rank 0's ``(address, port)``, or a function that fetches it (called once the rank may start)."""
         with self._lock:
-            if self._start_called or self._phase != "starting":
-                return self._status_locked()
-            self._start_called = True
-        try:
-            master = self._meet_rank0()
-        except Exception as err:
-            self._end("failed", f"rank {spec.rank} could not reach rank 0 for the master address: {err}")
-            return self.status()
-        problem = self._setup_problem()
-        if problem:
-            self._end("failed", problem)
-            return self.status()
-        env = self._environment(*master)
-        thread = threading.Thread(target=self._run, args=(env,), name=f"zhisuan-rank-{spec.rank}", daemon=True)
+            if self._started or self._phase != "starting":
+                return False
+            self._started = True
+        thread = threading.Thread(
+            target=self._run, args=(master, ready), name=f"zhisuan-{self.spec.job_id}-{self.spec.rank}", daemon=True
+        )
         thread.start()
-        self._spawned.wait(timeout=60)
-        return self.status()
+        return True
 
-    def status(self) -> dict[str, Any]:
-        with self._lock:
-            return self._status_locked()
+    def wait_spawned(self, timeout_s: float) -> None:
+        self._spawned.wait(timeout_s)
 
-    def read_log(self, offset: int, limit: int) -> tuple[str, int]:
-        return read_log_file(self.spec.log_path, offset, limit)
-
-    def tail(self, lines: int = TAIL_LINES) -> list[str]:
-        return tail_lines(self.spec.log_path, lines)
-
-    def terminate(self, reason: str, wait_s: float | None = None) -> dict[str, Any]:
-        """Stop the entrypoint (SIGTERM to its process group, SIGKILL after the grace period)."""
+    def request_stop(self, reason: str) -> None:
+        """SIGTERM to the process group now, SIGKILL after the grace period; a rank not spawned yet never is."""
         with self._lock:
             if self._stop_reason is None and self._phase in ("starting", "running"):
                 self._stop_reason = reason
@@ -257,27 +296,126 @@ class ZhisuanWorker:
             timer = threading.Timer(self.spec.stop_grace_s, self._signal_group, args=(proc, signal.SIGKILL))
             timer.daemon = True
             timer.start()
+
+    def kill(self) -> None:
+        """SIGKILL to the process group at once (the rank is being released)."""
+        self.request_stop("released")
+        proc = self._proc
+        if proc is not None:
+            self._signal_group(proc, signal.SIGKILL)
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._done.wait(timeout_s)
+
+    def note(self, message: str) -> None:
+        """Say why a rank that has not started is waiting (shown in its status)."""
+        with self._lock:
+            if self._phase == "starting":
+                self._message = message
+
+    def fail(self, message: str) -> None:
+        """End a rank that has not started (it never will)."""
+        self._end("failed", message)
+
+    def terminate(self, reason: str, wait_s: float | None = None) -> dict[str, Any]:
+        """:meth:`request_stop`, then wait (default: the grace period + 2 s) and report."""
+        self.request_stop(reason)
         self._done.wait(timeout=self.spec.stop_grace_s + 2 if wait_s is None else wait_s)
         return self.status()
 
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            spec = self.spec
+            terminal = self._phase not in ("starting", "running")
+            return {
+                "job_id": spec.job_id,
+                "attempt": spec.attempt,
+                "rank": spec.rank,
+                "node": self.node.label or spec.node,
+                "phase": self._phase,
+                "exit_code": self._exit_code,
+                "message": self._message,
+                "pid": self._proc.pid if self._proc is not None else None,
+                "ray_node_id": self.node.ray_node_id,
+                "labels": dict(self.node.labels),
+                "spawned_at": self._spawned_at,
+                "ended_at": self._ended_at,
+                "log_path": spec.log_path,
+                "tail": tail_lines(spec.log_path) if terminal else [],
+            }
+
     # ------------------------------------------------------------------------------------------ internals
 
-    def _meet_rank0(self) -> tuple[str, int]:
-        import ray
-
-        if self.spec.rank == 0:
-            return self.rendezvous()
-        deadline = time.monotonic() + self.spec.rendezvous_timeout_s
+    def _run(self, master: Master, ready: ReadyCheck | None) -> None:
+        try:
+            proc = self._spawn(master, ready)
+        finally:
+            self._spawned.set()
+        if proc is None:
+            return
+        spec = self.spec
+        deadline = None if spec.walltime_s is None else time.monotonic() + spec.walltime_s
         while True:
             try:
-                rank0 = ray.get_actor(self.spec.rank0_actor, namespace=self.spec.namespace)
-                ref: Any = rank0.rendezvous.remote()
-                master: Any = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
-                return str(master[0]), int(master[1])
-            except ValueError:  # rank 0 is not registered yet
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+                code = proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+                break
+            except subprocess.TimeoutExpired:
+                deadline = None
+                self.request_stop(f"{WALLTIME_MESSAGE} ({spec.walltime_s:g} s)")
+        self._signal_group(proc, signal.SIGKILL)  # leftovers of the group (background children)
+        with self._lock:
+            stop_reason = self._stop_reason
+        if stop_reason is not None:
+            self._end("stopped", stop_reason, code)
+        elif code == 0:
+            self._end("succeeded", "exited with code 0", code)
+        else:
+            self._end("failed", _describe_exit(code), code)
+
+    def _spawn(self, master: Master, ready: ReadyCheck | None) -> subprocess.Popen[bytes] | None:
+        spec = self.spec
+        if ready is not None:
+            outcome = ready(self)
+            if outcome is not None:
+                self._end(*outcome)
+                return None
+        if self.stop_requested:
+            return None
+        problem = self._setup_problem()
+        if problem:
+            self._end("failed", problem)
+            return None
+        try:
+            address = master(self) if callable(master) else master
+        except Exception as err:
+            self._end("failed", f"rank {spec.rank} could not reach rank 0 for the master address: {err}")
+            return None
+        env = self._environment(*address)
+        shell = shutil.which("bash") or "/bin/sh"
+        try:
+            with open(spec.log_path, "ab") as log, self._lock:
+                if self._stop_reason is not None or self._phase != "starting":  # stopped before it could start
+                    if self._phase == "starting":
+                        self._phase, self._message, self._ended_at = "stopped", self._stop_reason or "", time.time()
+                    self._done.set()
+                    return None
+                proc = subprocess.Popen(
+                    [shell, "-c", spec.entrypoint],
+                    cwd=spec.working_dir or None,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+                self._proc = proc
+                self._phase = "running"
+                self._spawned_at = time.time()
+                return proc
+        except OSError as err:
+            self._end("failed", f"cannot start the entrypoint on node {spec.node}: {err}")
+            return None
 
     def _setup_problem(self) -> str | None:
         spec = self.spec
@@ -313,10 +451,10 @@ class ZhisuanWorker:
                 "ZHISUAN_JOB_ID": spec.job_id,
                 "ZHISUAN_ATTEMPT": str(spec.attempt),
                 "ZHISUAN_KIND": spec.kind,
-                # From the Ray node label of the node this actor runs on, not from the request: it proves where.
-                "ZHISUAN_NODE": self._actual_node,
-                "ZHISUAN_RAY_NODE_ID": self._ray_node_id,
-                "ZHISUAN_NODE_IP": self._ip,
+                # From the Ray node label of the node this process's holder runs on, not from the request.
+                "ZHISUAN_NODE": self.node.label,
+                "ZHISUAN_RAY_NODE_ID": self.node.ray_node_id,
+                "ZHISUAN_NODE_IP": self.node.ip,
                 "ZHISUAN_MODEL": spec.model,
                 "ZHISUAN_DEVICE_MILLI": str(spec.milli),
                 "ZHISUAN_LOG_PATH": spec.log_path,
@@ -327,51 +465,6 @@ class ZhisuanWorker:
         else:
             env.pop("ZHISUAN_CHECKPOINT_PATH", None)
         return env
-
-    def _run(self, env: dict[str, str]) -> None:
-        spec = self.spec
-        shell = shutil.which("bash") or "/bin/sh"
-        try:
-            with open(spec.log_path, "ab") as log, self._lock:
-                if self._stop_reason is not None:  # stopped before it could start
-                    self._phase, self._message, self._ended_at = "stopped", self._stop_reason, time.time()
-                    self._done.set()
-                    return
-                proc = subprocess.Popen(
-                    [shell, "-c", spec.entrypoint],
-                    cwd=spec.working_dir or None,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,
-                )
-                self._proc = proc
-                self._phase = "running"
-                self._spawned_at = time.time()
-        except OSError as err:
-            self._end("failed", f"cannot start the entrypoint on node {spec.node}: {err}")
-            return
-        finally:
-            self._spawned.set()
-        deadline = None if spec.walltime_s is None else time.monotonic() + spec.walltime_s
-        while True:
-            try:
-                code = proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
-                break
-            except subprocess.TimeoutExpired:
-                deadline = None
-                self.terminate(f"{WALLTIME_MESSAGE} ({spec.walltime_s:g} s)", wait_s=0)
-        self._signal_group(proc, signal.SIGKILL)  # leftovers of the group (background children)
-        with self._lock:
-            stop_reason = self._stop_reason
-        if stop_reason is not None:
-            self._end("stopped", stop_reason, code)
-        elif code == 0:
-            self._end("succeeded", "exited with code 0", code)
-        else:
-            self._end("failed", _describe_exit(code), code)
 
     @staticmethod
     def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
@@ -385,20 +478,283 @@ class ZhisuanWorker:
                 self._ended_at = time.time()
         self._done.set()
 
-    def _status_locked(self) -> dict[str, Any]:
-        spec = self.spec
-        terminal = self._phase not in ("starting", "running")
+
+# ------------------------------------------------------------------------------------- node supervisor
+
+AttemptKey = tuple[str, int]
+
+
+class NodeSupervisor:
+    """Holds the ranks of every job on one node. Made a detached, threaded Ray actor by the executor.
+
+    Everything it knows lives in this process; a new supervisor (after this one or its node died) knows nothing,
+    and the executor reports the ranks the old one held as lost (their processes died with it). Its actor id
+    names the incarnation: a launch record keeps the id of the supervisor it sent each rank to.
+    """
+
+    def __init__(self, node_label: str, reap_interval_s: float = 1.0, keep_ended_s: float = 86400.0) -> None:
+        import ray
+
+        self.node = NodeContext.current()
+        self.node_label = node_label
+        self.actor_id = ray.get_runtime_context().get_actor_id() or ""
+        self.started_at = time.time()
+        self.reap_interval_s = reap_interval_s
+        self.keep_ended_s = keep_ended_s
+        self._lock = threading.Lock()
+        self._ranks: dict[tuple[str, int, int], RankProcess] = {}
+        self._pgs: dict[AttemptKey, Any] = {}
+        self._masters: dict[AttemptKey, tuple[str, int]] = {}
+        self._stopped: dict[AttemptKey, tuple[str, float]] = {}
+        self._reaper = threading.Thread(target=self._reap_loop, name="zhisuan-reaper", daemon=True)
+        self._reaper.start()
+
+    # ---------------------------------------------------------------------------------------- remote API
+
+    def info(self) -> dict[str, Any]:
         return {
-            "rank": spec.rank,
-            "node": self._actual_node or spec.node,
-            "phase": self._phase,
-            "exit_code": self._exit_code,
-            "message": self._message,
-            "pid": self._proc.pid if self._proc is not None else None,
-            "ray_node_id": self._ray_node_id,
-            "labels": dict(self._labels),
-            "spawned_at": self._spawned_at,
-            "ended_at": self._ended_at,
-            "log_path": spec.log_path,
-            "tail": tail_lines(spec.log_path) if terminal else [],
+            "actor_id": self.actor_id,
+            "node": self.node.label,
+            "wanted": self.node_label,
+            "ray_node_id": self.node.ray_node_id,
+            "ip": self.node.ip,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "version": SUPERVISOR_VERSION,
         }
+
+    def rendezvous(self, job_id: str, attempt: int) -> tuple[str, int]:
+        """This node's address and a free port on it, the same for every call about one attempt."""
+        with self._lock:
+            return self._master_locked((job_id, attempt))
+
+    def spawn(self, specs: list[WorkerSpec], pg: Any = None, rank0_supervisor: str | None = None) -> dict[str, Any]:
+        """Accept ranks of one attempt (idempotent per rank); each starts once its bundle of ``pg`` is reserved
+        on this node. Returns at once: ``{"actor_id", "ranks"}``.
+
+        ``rank0_supervisor`` names the supervisor of rank 0's node, which gives out the job's master address
+        (:meth:`rendezvous`); None when rank 0 is on this node."""
+        if not specs:
+            return {"actor_id": self.actor_id, "ranks": []}
+        key = (specs[0].job_id, specs[0].attempt)
+        started: list[RankProcess] = []
+        with self._lock:
+            master: Master = (
+                self._master_locked(key)
+                if rank0_supervisor is None
+                else self._master_from(rank0_supervisor, key, specs[0].namespace)
+            )
+            if pg is not None:
+                self._pgs.setdefault(key, pg)
+            for spec in specs:
+                if (spec.job_id, spec.attempt) != key:
+                    raise ValueError("one spawn call carries the ranks of one attempt")
+                rank_key = (spec.job_id, spec.attempt, spec.rank)
+                if rank_key in self._ranks:
+                    continue
+                proc = RankProcess(spec, self.node)
+                self._ranks[rank_key] = proc
+                stopped = self._stopped.get(key)
+                if stopped is not None:  # stopped before its launch arrived
+                    proc.request_stop(stopped[0])
+                else:
+                    started.append(proc)
+        for proc in started:
+            proc.start(master, None if pg is None else self._bundle_check(pg))
+        with self._lock:
+            procs = [p for k, p in self._ranks.items() if k[:2] == key]
+        return {"actor_id": self.actor_id, "ranks": [p.status() for p in procs]}
+
+    def statuses(self, attempts: Iterable[AttemptKey] | None = None) -> dict[str, Any]:
+        """Every rank of ``attempts`` (all when None) this supervisor holds: ``{"actor_id", "ranks": [...]}``."""
+        wanted = None if attempts is None else {(str(j), int(a)) for j, a in attempts}
+        with self._lock:
+            procs = [p for k, p in self._ranks.items() if wanted is None or k[:2] in wanted]
+        return {"actor_id": self.actor_id, "ranks": [p.status() for p in procs]}
+
+    def terminate(self, job_id: str, attempt: int, reason: str, wait_s: float | None = None) -> list[dict[str, Any]]:
+        """Stop every rank of an attempt (SIGTERM, SIGKILL after their grace), wait, report them. A rank whose
+        launch arrives later is never started."""
+        key = (job_id, attempt)
+        with self._lock:
+            self._stopped.setdefault(key, (reason, time.time()))
+            procs = [p for k, p in self._ranks.items() if k[:2] == key]
+        for proc in procs:
+            proc.request_stop(reason)
+        grace = max((p.spec.stop_grace_s for p in procs), default=0.0)
+        deadline = time.monotonic() + (grace + 2 if wait_s is None else wait_s)
+        for proc in procs:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        return [p.status() for p in procs]
+
+    def release(self, job_id: str, attempt: int) -> int:
+        """Forget an attempt whose outcome the executor recorded; kills whatever of it still runs. Returns how
+        many ranks it held."""
+        key = (job_id, attempt)
+        with self._lock:
+            self._stopped.setdefault(key, ("released", time.time()))
+            procs = [self._ranks.pop(k) for k in [k for k in self._ranks if k[:2] == key]]
+            self._pgs.pop(key, None)
+            self._masters.pop(key, None)
+        for proc in procs:
+            if not proc.ended:
+                proc.kill()
+        return len(procs)
+
+    def read_log(self, path: str, offset: int, limit: int) -> tuple[str, int]:
+        return read_log_file(path, offset, limit)
+
+    # ------------------------------------------------------------------------------------------ internals
+
+    def _master_locked(self, key: AttemptKey) -> tuple[str, int]:
+        master = self._masters.get(key)
+        if master is None:
+            master = self._masters[key] = (self.node.ip, free_port())
+        return master
+
+    def _master_from(self, name: str, key: AttemptKey, namespace: str) -> Callable[[RankProcess], tuple[str, int]]:
+        """A function that asks the supervisor ``name`` (rank 0's node) for the attempt's master address."""
+
+        def fetch(proc: RankProcess) -> tuple[str, int]:
+            import ray
+
+            deadline = time.monotonic() + proc.spec.rendezvous_timeout_s
+            while not proc.stop_requested:
+                try:
+                    peer = ray.get_actor(name, namespace=namespace)
+                    ref: Any = peer.rendezvous.remote(*key)
+                    master: Any = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
+                    return str(master[0]), int(master[1])
+                except ValueError:  # not registered (yet)
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            raise RuntimeError("stopped")
+
+        return fetch
+
+    def _bundle_check(self, pg: Any) -> ReadyCheck:
+        def ready(proc: RankProcess) -> tuple[str, str] | None:
+            """Wait until the rank's bundle is reserved, and check that it is reserved on this node."""
+            import ray
+
+            while not proc.stop_requested:
+                try:
+                    if pg.wait(1):
+                        break
+                    proc.note(f"waiting for its devices on {proc.spec.node} (placement group not placed yet)")
+                except Exception:  # the group is gone (removed before it was ever placed)
+                    return "stopped", f"{PG_REMOVED_MESSAGE} before rank {proc.spec.rank} started"
+            else:
+                return None  # stopped while waiting: the rank ends as stopped
+            try:
+                where = ray.util.placement_group_table(pg).get("bundles_to_node_id", {}).get(proc.spec.rank)
+            except Exception:
+                where = None
+            if where and where != self.node.ray_node_id:
+                return "failed", (
+                    f"Ray reserved rank {proc.spec.rank}'s bundle on Ray node {where}, not on node "
+                    f"{self.node.label} where its supervisor runs"
+                )
+            return None
+
+        return ready
+
+    def _reap_loop(self) -> None:
+        while True:
+            time.sleep(self.reap_interval_s)
+            with contextlib.suppress(Exception):
+                self._reap()
+
+    def _reap(self) -> None:
+        """Stop the ranks of attempts whose placement group is gone (the reservation is the source of truth) and
+        forget ended attempts nobody released within ``keep_ended_s``."""
+        import ray
+
+        with self._lock:
+            running = {k[:2] for k, p in self._ranks.items() if not p.ended and k[:2] in self._pgs}
+            pgs = {key: self._pgs[key] for key in running}
+        for key, pg in pgs.items():
+            try:
+                info = ray.util.placement_group_table(pg)
+            except Exception:  # the GCS did not answer: keep everything running
+                continue
+            if not info or info.get("state") == "REMOVED":
+                self.terminate(key[0], key[1], PG_REMOVED_MESSAGE, wait_s=0)
+        now = time.time()
+        with self._lock:
+            by_attempt: dict[AttemptKey, list[RankProcess]] = {}
+            for k, p in self._ranks.items():
+                by_attempt.setdefault(k[:2], []).append(p)
+            for key, procs in by_attempt.items():
+                if all(p.ended and (p.ended_at or now) < now - self.keep_ended_s for p in procs):
+                    for p in procs:
+                        self._ranks.pop((key[0], key[1], p.spec.rank), None)
+                    self._pgs.pop(key, None)
+                    self._masters.pop(key, None)
+            for key in [k for k, (_, at) in self._stopped.items() if at < now - self.keep_ended_s]:
+                del self._stopped[key]
+
+
+# ------------------------------------------------------------------------------------------- rank actor
+
+
+class ZhisuanWorker:
+    """One rank of a job in launch mode ``actor``: a detached actor in the rank's bundle that holds one
+    :class:`RankProcess`. Made a Ray actor by the executor (``ray.remote(ZhisuanWorker)``), threaded."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.node = NodeContext.current()
+        self.rank = RankProcess(spec, self.node)
+        self._lock = threading.Lock()
+        self._master: tuple[str, int] | None = None
+
+    def rendezvous(self) -> tuple[str, int]:
+        """Rank 0's address and a free port on its node: the job's ``MASTER_ADDR``/``MASTER_PORT``."""
+        with self._lock:
+            if self._master is None:
+                self._master = (self.node.ip, free_port())
+            return self._master
+
+    def start(self) -> dict[str, Any]:
+        """Spawn the entrypoint once (later calls only report). Returns :meth:`status`."""
+        if self.rank.stop_requested:
+            return self.rank.status()
+        try:
+            master = self._meet_rank0()
+        except Exception as err:
+            self.rank.fail(f"rank {self.spec.rank} could not reach rank 0 for the master address: {err}")
+            return self.rank.status()
+        if self.rank.start(master):
+            self.rank.wait_spawned(60)
+        return self.rank.status()
+
+    def status(self) -> dict[str, Any]:
+        return self.rank.status()
+
+    def read_log(self, offset: int, limit: int) -> tuple[str, int]:
+        return read_log_file(self.spec.log_path, offset, limit)
+
+    def tail(self, lines: int = TAIL_LINES) -> list[str]:
+        return tail_lines(self.spec.log_path, lines)
+
+    def terminate(self, reason: str, wait_s: float | None = None) -> dict[str, Any]:
+        return self.rank.terminate(reason, wait_s)
+
+    def _meet_rank0(self) -> tuple[str, int]:
+        import ray
+
+        if self.spec.rank == 0:
+            return self.rendezvous()
+        deadline = time.monotonic() + self.spec.rendezvous_timeout_s
+        while True:
+            try:
+                rank0 = ray.get_actor(self.spec.rank0_actor, namespace=self.spec.namespace)
+                ref: Any = rank0.rendezvous.remote()
+                master: Any = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
+                return str(master[0]), int(master[1])
+            except ValueError:  # rank 0 is not registered yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)

@@ -1,14 +1,17 @@
 """RayExecutor on a real local multi-node Ray cluster (head + 3 emulated nodes), placements from the real core.
 
 Workers report where they ran from inside: a probe entrypoint prints its environment, whose ``ZHISUAN_NODE``
-the worker actor took from the Ray node label of the node it runs on, and whose visibility variables name the
-devices. No mocks: every test launches real placement groups and actors and reads the workers' real logs.
+the node supervisor (or, in launch mode ``actor``, the worker actor) took from the Ray node label of the node
+it runs on, and whose visibility variables name the devices. No mocks: every test launches real placement
+groups, real supervisors or actors, and reads the workers' real logs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -16,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -24,6 +28,7 @@ import ray
 from scheduler.core import SchedulerCore
 from scheduler.executors.base import ExecutionStatus, ExecutorUnavailable, LaunchRequest, Phase
 from scheduler.executors.ray import RayExecutor, actor_name, pg_name, wait_for
+from scheduler.executors.worker import supervisor_name
 from scheduler.localcluster import LocalCluster
 from scheduler.model import Job, JobKind, Node, Placement, TopologyLevel, WorkerPlacement
 from scheduler.state import ClusterState
@@ -120,13 +125,22 @@ def ray_node_labels() -> dict[str, str]:
     return {n["NodeID"]: n["Labels"].get("zhisuan.io/node", "") for n in ray.nodes() if n["Alive"]}  # type: ignore[no-untyped-call]
 
 
+def supervisor(node: str) -> Any:
+    return ray.get_actor(supervisor_name(node), namespace="zhisuan")
+
+
 def gone(job: str, attempt: int, world: int, timeout_s: float = 15.0) -> bool:
+    """The attempt's placement group is removed, and no worker actor or supervisor holds any of its ranks."""
     deadline = time.monotonic() + timeout_s
     names = {actor_name(job, attempt, r) for r in range(world)}
     while time.monotonic() < deadline:
         pgs = [v for v in ray.util.placement_group_table().values() if v["name"] == pg_name(job, attempt)]
         actors = names & set(ray.util.list_named_actors())
-        if all(v["state"] == "REMOVED" for v in pgs) and not actors:
+        held: list[dict[str, object]] = []
+        for node in NODES:
+            with contextlib.suppress(ValueError):  # a node that was killed has none
+                held += ray.get(supervisor(node.id).statuses.remote([(job, attempt)]))["ranks"]
+        if all(v["state"] == "REMOVED" for v in pgs) and not actors and not held:
             return True
         time.sleep(0.2)
     return False
@@ -339,6 +353,69 @@ def test_a_new_executor_finds_running_jobs(
     assert status is not None and status.phase is Phase.STOPPED
     assert status.message == "stopped by the restarted service"
     assert gone("survivor", 0, 2)
+
+
+def test_a_killed_supervisor_loses_its_ranks_and_a_new_one_takes_new_launches(
+    executor: RayExecutor, probe: str
+) -> None:
+    placement = place(Job(id="orphaned", workers=2, devices_per_worker=1, models=("Ascend910B",)))["orphaned"]
+    executor.launch(LaunchRequest("orphaned", 0, placement, f"{probe} --sleep 300"))
+    assert until(executor, "orphaned", [Phase.RUNNING, *TERMINAL]).phase is Phase.RUNNING
+    pids = [int(str(p["pid"])) for p in _probes_when_ready(executor, "orphaned", 2)]
+    old: dict[str, Any] = ray.get(supervisor("ascend-a").info.remote())
+    os.kill(old["pid"], signal.SIGKILL)  # the supervisor process crashes
+    status = until(executor, "orphaned", TERMINAL, timeout_s=30)
+    assert status.phase is Phase.LOST and "ascend-a" in status.message, status
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids)  # its ranks died with it (PR_SET_PDEATHSIG)
+    assert gone("orphaned", 0, 2)
+    # The executor started a new supervisor on the node; a new attempt runs there, pinned as before.
+    executor.launch(LaunchRequest("orphaned", 1, placement, probe))
+    status = until(executor, "orphaned", TERMINAL)
+    assert status.phase is Phase.SUCCEEDED and status.attempt == 1, status
+    new: dict[str, Any] = ray.get(supervisor("ascend-a").info.remote())
+    assert new["actor_id"] != old["actor_id"] and new["pid"] != old["pid"]
+    assert [p["ZHISUAN_NODE"] for p in probes(executor, "orphaned", 2)] == ["ascend-a", "ascend-a"]
+    executor.stop("orphaned", "finished")
+
+
+def test_a_removed_placement_group_stops_its_ranks(executor: RayExecutor, probe: str) -> None:
+    """The placement group is the reservation: without it the supervisor does not keep the processes running."""
+    placement = place(Job(id="unreserved", devices_per_worker=1, models=("H100",)))["unreserved"]
+    executor.launch(LaunchRequest("unreserved", 0, placement, f"{probe} --sleep 300"))
+    assert until(executor, "unreserved", [Phase.RUNNING, *TERMINAL]).phase is Phase.RUNNING
+    (seen,) = _probes_when_ready(executor, "unreserved", 1)
+    ray.util.remove_placement_group(ray.util.get_placement_group(pg_name("unreserved", 0)))
+    status = until(executor, "unreserved", TERMINAL, timeout_s=15)
+    assert status.phase is Phase.STOPPED and "placement group was removed" in status.message, status
+    assert not _alive(int(str(seen["pid"])))
+    assert gone("unreserved", 0, 1)
+    executor.stop("unreserved", "acknowledged")
+
+
+def test_actor_launch_mode_runs_pinned_ranks_too(cluster: LocalCluster, executor: RayExecutor, probe: str) -> None:
+    """The fallback mode (one actor per rank, in its bundle); the default executor reads its attempts as well."""
+    actors = RayExecutor(cluster.address, log_dir=executor.log_dir, launch_mode="actor", stop_grace_s=3.0)
+    placement = place(Job(id="by-actors", workers=2, devices_per_worker=4, models=("H100",)))["by-actors"]
+    assert len(placement.nodes) == 2
+    actors.launch(LaunchRequest("by-actors", 0, placement, f"{probe} --sleep 300"))
+    assert until(actors, "by-actors", [Phase.RUNNING, *TERMINAL]).phase is Phase.RUNNING
+    assert {actor_name("by-actors", 0, r) for r in range(2)} <= set(ray.util.list_named_actors())
+    seen = _probes_when_ready(actors, "by-actors", 2)
+    for worker, env in zip(placement.workers, seen, strict=True):
+        assert env["ZHISUAN_NODE"] == worker.node
+        assert ray_node_labels()[str(env["ZHISUAN_RAY_NODE_ID"])] == worker.node
+        assert env["CUDA_VISIBLE_DEVICES"] == ",".join(map(str, worker.devices))
+    assert seen[0]["MASTER_PORT"] == seen[1]["MASTER_PORT"]
+    running = executor.status("by-actors")  # the supervisor-mode executor follows the attempt's own mode
+    assert running is not None and running.phase is Phase.RUNNING
+    executor.stop("by-actors", "stopped by the other executor")
+    status = actors.status("by-actors")
+    assert status is not None and status.phase is Phase.STOPPED
+    assert gone("by-actors", 0, 2)
+    assert not any(_alive(int(str(env["pid"]))) for env in seen)
 
 
 def test_pytorch_ddp_example_trains_across_two_nodes_and_resumes(executor: RayExecutor, tmp_path: Path) -> None:

@@ -144,7 +144,9 @@ def test_packing_on_a_small_cluster_fills_and_stops_at_inflation() -> None:
         TraceJob(id="cpu", submit_time=0, duration_s=0, devices_per_worker=0, cpu_milli_per_worker=1000),
     ]
     result = run_packing(nodes(count=4), pods, packing_core("fgd", 1), inflation=1.3, seed=1)
-    assert result.skipped_cpu_only == 1
+    assert result.skipped_cpu_only == 0  # drawn, as in the paper's simulator
+    gpu_only = run_packing(nodes(count=4), pods, packing_core("fgd", 1), inflation=1.3, seed=1, include_cpu_only=False)
+    assert gpu_only.skipped_cpu_only == 1
     curve = result.curve
     assert curve[-1]["arrived"] >= 1.3 - 1e-9
     assert all(a["allocated"] <= b["allocated"] for a, b in itertools.pairwise(curve))
@@ -161,3 +163,50 @@ def test_packing_on_the_shared_openb_trace() -> None:
     result = run_packing(cluster, pods, packing_core("binpack", 2), inflation=1.0, seed=2)
     assert result.cluster_gpus == 6212
     assert 0.88 <= result.at(1.0)["allocated"] <= 1.0
+
+
+def test_arrival_passes_keep_reservations_unless_told_to_decide_new_jobs_alone() -> None:
+    # n0: "a" holds 4 devices until t=100; n1: "d" holds all 8 until t=1000. "b" (8 devices) cannot start, so it
+    # gets a reservation on n0 from t=100. "c" (4 devices for 500 s) arrives later: a full pass lets it backfill
+    # only if it ends before t=100, so it waits; a pass over the new arrival alone gives it n0's free half.
+    jobs = [
+        TraceJob(id="a", submit_time=0, duration_s=100, devices_per_worker=4),
+        TraceJob(id="d", submit_time=0, duration_s=1000, devices_per_worker=8),
+        TraceJob(id="b", submit_time=1, duration_s=50, devices_per_worker=8),
+        TraceJob(id="c", submit_time=2, duration_s=500, devices_per_worker=4),
+    ]
+    waits = {}
+    handed = {}
+    for mode in ("all", "changed", "new"):
+        sim = _sim(nodes(count=2), arrival_pass=mode)
+        seen: list[int] = []
+        step = sim.core.step
+
+        def counting(state: ClusterState, pending: list[Job], now: float, step=step, seen=seen) -> list[Decision]:  # type: ignore[no-untyped-def]
+            seen.append(len(pending))
+            return step(state, pending, now)
+
+        sim.core.step = counting  # type: ignore[method-assign]
+        sim.run(jobs)
+        waits[mode] = sorted(sim.metrics.waits["generic"])
+        handed[mode] = sum(seen)
+    assert waits["all"] == waits["changed"] == [0.0, 0.0, 99.0, 148.0]  # b at 100, c after b (150)
+    assert waits["new"] == [0.0, 0.0, 0.0, 501.0]  # c jumped the reservation, b waited for it
+    assert handed["changed"] <= handed["all"]
+
+
+def test_fgd_profile_of_the_packing_experiment_is_the_draw_itself() -> None:
+    pods = [
+        TraceJob(id="s", submit_time=0, duration_s=0, devices_per_worker=0.81, cpu_milli_per_worker=3152),
+        TraceJob(id="w", submit_time=0, duration_s=0, devices_per_worker=1, cpu_milli_per_worker=11300),
+        TraceJob(id="c", submit_time=0, duration_s=0, devices_per_worker=0, cpu_milli_per_worker=12500),
+    ]
+    core = packing_core("fgd", 1)
+    result = run_packing(nodes(count=2), pods, core, inflation=1.0, seed=1)
+    classes = {(c.milli, c.whole, c.cpu_milli): share for c, share in core.placement.scorer.profile.classes}  # type: ignore[attr-defined]
+    assert classes == pytest.approx({(810, 0, 3152): 1 / 3, (0, 1, 11300): 1 / 3, (0, 0, 12500): 1 / 3})
+    breakdown = result.breakdown_at_100
+    assert set(breakdown) == {"free_gpus", "partial_gpus", "whole_gpus", "failed_before"}
+    assert breakdown["free_gpus"] == pytest.approx(
+        breakdown["partial_gpus"]["total"] + sum(breakdown["whole_gpus"].values()), abs=0.02
+    )
