@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -65,6 +65,12 @@ class Running:
     cluster: LocalCluster | None = None
     _scheduler: _SchedulerHost | None = field(default=None, repr=False)
     _agent_stops: dict[str, threading.Event] = field(default_factory=dict, repr=False)
+
+    def poke_scheduler(self) -> None:
+        """Wake the in-process scheduler service now (the API does after every accepted submission or cancel)."""
+        service = self.service
+        if service is not None:
+            service.poke()
 
     def stop_scheduler(self, timeout_s: float = 15.0) -> None:
         """Stop the in-process scheduler service and give up its leader lock (a standby takes over at once)."""
@@ -126,6 +132,27 @@ class _SchedulerHost:
             self.service.release_lock()
         self.service = None
         self._thread = None
+
+
+class _PokeOnChange:
+    """ASGI wrapper of the API: once a job was accepted or a cancel requested (a 2xx answer to a POST under
+    ``/v1/jobs``), wake the in-process scheduler service at once instead of at its next cycle."""
+
+    def __init__(self, app: Any, poke: Callable[[], None]) -> None:
+        self.app = app
+        self.poke = poke
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or not scope.get("path", "").startswith("/v1/jobs"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_and_poke(message: Any) -> None:
+            await send(message)
+            if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
+                self.poke()
+
+        await self.app(scope, receive, send_and_poke)
 
 
 def _relay(source: threading.Event, target: threading.Event) -> None:
@@ -251,9 +278,10 @@ def running(
         admin = _admin_token(settings, boot.admin_token) if agents or boot.admin_token else boot.admin_token
 
         url = f"http://{host}:{port}"
+        result = Running(url, settings, admin, None, ray_address, nodes, cluster=local)
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(settings),
+                _PokeOnChange(create_app(settings), result.poke_scheduler),
                 host=host,
                 port=port,
                 log_level="warning",
@@ -274,7 +302,6 @@ def running(
                 raise RuntimeError(f"the API server did not start on {url} (is the port free?)")
             time.sleep(0.05)
 
-        result = Running(url, settings, admin, None, ray_address, nodes, cluster=local)
         stack.callback(result.stop.set)
         if agents and nodes:
             result._agent_stops = _start_agents(url, _node_token(settings), nodes, result.stop, agent_interval_s)

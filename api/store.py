@@ -280,12 +280,10 @@ class Submitter:
         try:
             answers = list(self._write(batch))
         except Exception as err:
-            if not _collided(err):
-                answers = [err] * len(batch)
-            else:
-                # Another process inserted one of these idempotency keys between our lookup and our insert: redo
-                # the batch one job per transaction so only the colliding job is affected (it will replay).
-                answers = [self._write_alone(item) for item in batch]
+            # Another process inserted one of these idempotency keys between our lookup and our insert (or a
+            # deadlock chose this batch): redo it one job per transaction so only the colliding job is affected
+            # (it will replay).
+            answers = [self._write_alone(item) for item in batch] if _collided(err) else [err] * len(batch)
         self.batches += 1
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Result], Result | BaseException]]] = {}
         for item, answer in zip(batch, answers, strict=True):

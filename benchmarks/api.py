@@ -113,6 +113,18 @@ def count_rows(database_url: str) -> dict[str, int]:
         engine.dispose()
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU of every PostgreSQL server process on this machine so far (the database's share of the work)."""
+    import psutil
+
+    total = 0.0
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] in ("postgres", "postmaster"):
+            with contextlib.suppress(psutil.Error):
+                total += sum(proc.cpu_times()[:2])
+    return total
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its children so far (Linux /proc)."""
     import psutil
@@ -256,6 +268,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             command += ["--processes", str(args.processes)]
         command.append(PROFILES[args.profile])
         server_cpu = cpu_seconds(server.pid)
+        database_cpu = postgres_cpu_seconds() if args.database == "postgresql" else 0.0
         started = time.monotonic()
         locust_env = {**env, "ZHISUAN_BENCH_TOKENS": "", "ZHISUAN_BENCH_ERRORS": str(errors_file)}
         locust = subprocess.Popen(command, cwd=ROOT, env=locust_env, stdout=sys.stderr)
@@ -263,10 +276,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         wall = time.monotonic() - started
         locust_cpu = _children_cpu()
         server_cpu = cpu_seconds(server.pid) - server_cpu
+        database_cpu = postgres_cpu_seconds() - database_cpu if args.database == "postgresql" else 0.0
         result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         result["cpu_seconds"] = {
             "server": round(server_cpu, 1),
             "locust": round(locust_cpu, 1),
+            **({"postgresql": round(database_cpu, 1)} if args.database == "postgresql" else {}),
             "wall": round(wall, 1),
         }
     finally:

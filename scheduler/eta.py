@@ -35,10 +35,11 @@ Why the aggregate model looks the way it does:
   columns of every size up to *k* and books its devices in all of them: workers smaller than a node are assumed
   to fill partly used nodes before they break whole ones, as the scorers try to. The estimate is optimistic
   where placement fragments worse than that, and where CPU, memory or topology bind (they are not modelled).
-* Breakpoints are rounded *up* to a grid, ``min_resolution_s`` apart near *now* and ``resolution`` × the
-  distance from now further out (power-of-two steps, so grids nest and rounding never reorders). A profile then
-  keeps a few hundred breakpoints however many jobs end, which is what bounds the cost per job; a planned end is
-  late by at most one step, never early. ``resolution=0`` plans on exact times.
+* Breakpoints are rounded *up* to a grid: ``min_resolution_s`` apart near *now*, further out ``resolution`` ×
+  the distance from now, but never coarser than a booking's own length (a queue of short jobs far out must
+  still drain at its own pace); power-of-two steps, so grids nest and rounding never reorders. A profile then
+  keeps a few hundred breakpoints however many jobs end, which is what bounds the cost per job; a planned end
+  is late by at most one step, never early. ``resolution=0`` plans on exact times.
 * Quota only rules out pools that the job's queue could never take it on (checked as if the queue used
   nothing); quota that binds because of the queue's other work, preemption and new arrivals are not foreseen.
   The live core backfills around a few reservations per step where this plan reserves for every job, so large
@@ -192,7 +193,10 @@ def aggregate_forecast(
     planner.prepare(jobs)
     order: Iterable[Job] = DrfOrder(jobs, planner.share) if core.config.queueing.ordering == "drf" else FifoOrder(jobs)
     starts, pools, plan = result.starts, result.pools, planner.plan
+    running = state.allocations
     for job in order:
+        if job.id in running:
+            continue  # already started: nothing to estimate
         planned = plan(job)
         if planned is not None:
             starts[job.id], pools[job.id] = planned
@@ -292,17 +296,17 @@ class _Profile:
 
 def _snapper(now: float, resolution: float, min_resolution_s: float) -> Callable[[float, float], float]:
     """``snap(t, span)`` rounds ``t``, the end of something that lasted ``span``, up to the grid: a step of
-    ``resolution`` × the shorter of (t - now) and 4 × span, at least ``min_resolution_s``, in power-of-two
-    multiples of it (so grids nest and rounding is monotone)."""
+    ``resolution`` × (t - now), but at most ``span`` (× 8 × ``resolution``) and at least ``min_resolution_s``,
+    in power-of-two multiples of ``min_resolution_s`` (so grids nest and rounding is monotone)."""
     if resolution <= 0 or min_resolution_s <= 0:
         return lambda t, span: t
     scale = resolution / min_resolution_s
     ceil, frexp, ldexp = math.ceil, math.frexp, math.ldexp
 
     def snap(t: float, span: float) -> float:
-        # Far out a coarse step bounds the breakpoints; a short job's end must stay close to it all the same,
-        # else a queue of short jobs would drain a step per job.
-        steps = min(t - now, 4 * span) * scale
+        # Far out a coarse step bounds the breakpoints, but a short job's end must stay within its own
+        # length: else a queue of short jobs would drain one coarse step per job.
+        steps = min(t - now, 8 * span) * scale
         if steps < 2.0:
             return ceil(t / min_resolution_s) * min_resolution_s if steps > 0 else t
         step = ldexp(min_resolution_s, frexp(steps)[1] - 1)
@@ -371,7 +375,6 @@ class _Planner:
         self.snap = _snapper(now, resolution, min_resolution_s)
         self.profiles: dict[str, _Profile] = {}
         self.ks: list[int] = [1]
-        self._allocations = state.allocations
         self._releases: dict[str, list[str]] = {}
         self._domestic: dict[tuple[str, str, object], bool] = {}
         #: Per (placement shape, runtime estimate): every pool a job of that shape may plan on; per (shape,
@@ -468,17 +471,15 @@ class _Planner:
 
     def plan(self, job: Job) -> tuple[float, str] | None:
         """Book ``job`` at its earliest start over its acceptable pools; ``(start, pool id)`` or ``None``."""
-        if job.id in self._allocations:
-            return None
-        estimate = job.runtime_s
-        if estimate is None:
-            estimate = self.core.runtimes.estimate(job)
         quota = self._quota_ids.get((job.queue, job.tenant))
         if quota is None:
             quota = self._quota_class(job)
-        key = (job.placement_shape, estimate, quota)
+        key = (job.placement_shape, job.runtime_s, quota)
         options = self._by_job.get(key)
         if options is None:
+            estimate = job.runtime_s
+            if estimate is None:
+                estimate = self.core.runtimes.estimate(job)
             options = self._by_job[key] = self._options_for(job, estimate, quota)
         if len(options) == 1:
             option = options[0]

@@ -155,12 +155,12 @@ class WorkloadProfile:
 
     @staticmethod
     def shape_of(job: Job) -> TaskShape:
-        # CPU and memory are rounded so that near-identical requests share a class.
+        # CPU (to whole cores) and memory (to GiB) are rounded so that near-identical requests share a class.
         return TaskShape(
             milli=job.device_milli if job.is_fractional else 0,
             whole=job.whole_devices,
             cpu_milli=round(job.cpu_milli_per_worker, -3),
-            memory_mib=round(job.memory_mib_per_worker, -10),
+            memory_mib=1024 * round(job.memory_mib_per_worker / 1024),
         )
 
     def seed(self, jobs: list[Job]) -> None:

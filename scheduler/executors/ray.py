@@ -47,6 +47,7 @@ is configured never to end the process (Ray's default ends a driver whose GCS is
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -96,7 +97,7 @@ LAUNCH_MODES = ("supervisor", "actor")
 #: The longest a launch waits for devices that this executor has just released to be free in Ray's view.
 RELEASE_WAIT_S = 1.0
 #: When a launch follows a release on its nodes, nudge Ray's GCS this long after (while the group is pending).
-NUDGE_AFTER_S = (0.15, 0.35, 0.7)
+NUDGE_AFTER_S = (0.12, 0.3, 0.7)
 #: Threads of a supervisor actor: concurrent calls it serves (status polls, stops, logs, launches).
 SUPERVISOR_CONCURRENCY = 32
 #: A Ray driver whose GCS stays unreachable this long ends its own process (Ray's default: 60 s). The scheduler
@@ -422,6 +423,8 @@ class RayExecutor:
         #: placement group id -> (node labels, wait-until) of groups removed by this executor, until Ray has
         #: given their resources back (see _await_release)
         self._releasing: dict[str, tuple[set[str], float]] = {}
+        self._timers: set[threading.Timer] = set()
+        self._closed = False
         self._actor_cls: Any = ray.remote(ZhisuanWorker)
         self._sup_cls: Any = ray.remote(NodeSupervisor)
         self._owns_connection = False
@@ -464,6 +467,8 @@ class RayExecutor:
     def _reachable(self) -> None:
         """Fail fast with :class:`ExecutorUnavailable` when the GCS does not accept connections: a Ray call
         would otherwise block until it comes back."""
+        if self._closed:  # Ray's API would start a local cluster when the driver is disconnected
+            raise ExecutorError("this executor is closed")
         host, _, port = self.address.rpartition(":")
         try:
             with socket.create_connection((host or "127.0.0.1", int(port)), timeout=self.call_timeout_s):
@@ -474,6 +479,10 @@ class RayExecutor:
     def close(self) -> None:
         """Disconnect (when this executor connected the process). Detached jobs and supervisors keep running."""
         with self._lock:
+            self._closed = True
+            for timer in self._timers:
+                timer.cancel()
+            self._timers.clear()
             self._attempts.clear()
             self._last.clear()
             self._sups.clear()
@@ -734,18 +743,36 @@ class RayExecutor:
         instead of on its next 1-second tick."""
 
         def nudge(step: int) -> None:
-            try:
-                if ray.util.placement_group_table(pg).get("state") != "PENDING":
+            with self._lock:
+                self._timers.discard(timer)
+                if self._closed or not ray.is_initialized():  # a Ray call now would start a local cluster
                     return
-                probe = ray.util.placement_group([{"node:__internal_head__": 0.001}])
-                ray.util.remove_placement_group(probe)
+            # The unwrapped functions: Ray's public ones would start a local cluster if the driver disconnected.
+            pgs: Any = importlib.import_module("ray.util.placement_group")
+            try:
+                if pgs.placement_group_table.__wrapped__(pg).get("state") != "PENDING":
+                    return
+                probe = pgs.placement_group.__wrapped__([{"node:__internal_head__": 0.001}])
+                pgs.remove_placement_group.__wrapped__(probe)
             except Exception:  # disconnected, or the GCS is away: the tick will do
                 return
             if step + 1 < len(delays):
-                _later(delays[step + 1] - delays[step], nudge, step + 1)
+                schedule(delays[step + 1] - delays[step], step + 1)
+
+        timer: threading.Timer | None = None
+
+        def schedule(delay_s: float, step: int) -> None:
+            nonlocal timer
+            timer = threading.Timer(delay_s, nudge, args=(step,))
+            timer.daemon = True
+            with self._lock:
+                if self._closed:
+                    return
+                self._timers.add(timer)
+            timer.start()
 
         if delays:
-            _later(delays[0], nudge, 0)
+            schedule(delays[0], 0)
 
     def _fits_now(self, plans: Sequence[WorkerPlan]) -> bool:
         """Whether the bundles of ``plans`` fit in what Ray shows free on their nodes now."""
@@ -1251,12 +1278,6 @@ class RayExecutor:
         except Exception as err:
             raise ExecutorError(f"the log of rank {rank} is on node {node}, which did not answer: {err}") from err
         return LogChunk(job_id, attempt, rank, offset, text, next_offset)
-
-
-def _later(delay_s: float, fn: Any, *args: Any) -> None:
-    timer = threading.Timer(delay_s, fn, args=args)
-    timer.daemon = True
-    timer.start()
 
 
 def _first_line(err: BaseException) -> str:
