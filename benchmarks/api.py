@@ -267,12 +267,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.processes > 1:
             command += ["--processes", str(args.processes)]
         command.append(PROFILES[args.profile])
+        tokens_file = tmp / "tokens.json"
+        subprocess.run(
+            [sys.executable, str(LOCUSTFILE), url, str(token_file), str(tokens_file)], cwd=ROOT, env=env, check=True
+        )
         server_cpu = cpu_seconds(server.pid)
         database_cpu = postgres_cpu_seconds() if args.database == "postgresql" else 0.0
         started = time.monotonic()
-        locust_env = {**env, "ZHISUAN_BENCH_TOKENS": "", "ZHISUAN_BENCH_ERRORS": str(errors_file)}
+        locust_env = {
+            **env,
+            "ZHISUAN_BENCH_TOKENS": str(tokens_file),
+            "ZHISUAN_BENCH_ERRORS": str(errors_file),
+            "ZHISUAN_BENCH_PROCESSES": str(max(1, args.processes)),
+        }
         locust = subprocess.Popen(command, cwd=ROOT, env=locust_env, stdout=sys.stderr)
-        locust.wait(timeout=args.duration + 120)
+        result["locust_exit_code"] = locust.wait(timeout=args.duration + 120)  # 0: no failure, no exception
         wall = time.monotonic() - started
         locust_cpu = _children_cpu()
         server_cpu = cpu_seconds(server.pid) - server_cpu
@@ -318,6 +327,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 sustained >= TARGET["submissions_per_s"]
                 and (submit.get("p99_ms") or 1e9) <= TARGET["p99_ms"]
                 and result["errors"] == 0
+                and result.get("locust_exit_code") == 0
                 and result["every_accepted_job_stored"]
             ),
         }

@@ -20,14 +20,18 @@ next run, which is launched at once on the same devices::
 
 Ray Jobs needs the full dashboard (``pip install 'ray[default]'``); without it the JSON says so.
 
-Measured on the 2-core development machine, shared with other work (2026-11-23, ``--runs 10``), p50 / p99:
+Measured on the 2-core development machine, shared with other work (2026-11-23, ``--runs 10``), launch ->
+all running, p50 / p99 in seconds:
 
-=================  =================  ==================  ==================
-job                supervisor (new)   actor (before)      Ray Jobs API
-=================  =================  ==================  ==================
-1 worker           RESULTS_ONE
-4-worker gang      RESULTS_GANG
-=================  =================  ==================  ==================
+=============  ================  ==============  ==============  ======================
+job            supervisor        actor (former)  Ray Jobs API    Jobs API / supervisor
+=============  ================  ==============  ==============  ======================
+1 worker       0.027 / 0.046     1.43 / 2.89     4.73 / 9.59     178× / 208×
+4-worker gang  0.170 / 0.300     6.81 / 7.64     6.80 / 7.82     40× / 26×
+=============  ================  ==============  ==============  ======================
+
+``poll()`` with the job running: 2.4 ms / 6.0 ms (1 worker), 5.6 ms / 34 ms (gang). The gang's ~0.1 s is mostly
+waiting for Ray to give back the devices the previous run just released (see ``RayExecutor._await_release``).
 """
 
 from __future__ import annotations

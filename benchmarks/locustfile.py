@@ -30,15 +30,19 @@ import itertools
 import json
 import os
 import random
+import sys
+import time
+import urllib.error
 import urllib.request
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 import orjson
+from gevent.lock import Semaphore
 from locust import FastHttpUser, constant, events, task
 from locust.env import Environment
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import WorkerRunner
 
 #: tenant -> share of the simulated users
 TENANT_WEIGHTS = {"acme": 3, "gov-bureau": 2, "sme-vision": 2, "univ-a": 2, "student-1": 1}
@@ -49,7 +53,9 @@ _tenants: dict[str, dict[str, list[str]]] = {}
 _users = itertools.count()
 _jobs = itertools.count()
 _per_tenant: dict[str, itertools.count[int]] = {}
-_PREFIX = f"{os.getpid():x}{random.getrandbits(24):06x}"
+#: per locust process (set after a ``--processes`` fork): names of its users, prefix of its idempotency keys
+_process: dict[str, str] = {}
+_provisioning = Semaphore()
 
 
 # ------------------------------------------------------------------------------------------------ job specs
@@ -136,8 +142,15 @@ def _call(host: str, token: str, method: str, path: str, body: Any = None) -> An
         method=method,
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+    for _ in range(30):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            if err.code != 429:  # the admin token is rate limited too: wait as told
+                raise
+            time.sleep(float(err.headers.get("Retry-After", "1")))
+    raise RuntimeError(f"{method} {path}: still rate limited")
 
 
 def provision(host: str, admin_token: str, tag: str) -> dict[str, dict[str, list[str]]]:
@@ -161,7 +174,8 @@ def provision(host: str, admin_token: str, tag: str) -> dict[str, dict[str, list
 
 
 @events.init.add_listener
-def _load_tokens(environment: Environment, **_: Any) -> None:
+def _report_errors(environment: Environment, **_: Any) -> None:
+    """Write locust's error report to ``ZHISUAN_BENCH_ERRORS`` at the end (``benchmarks/api.py`` reads it)."""
     if errors_file := os.environ.get("ZHISUAN_BENCH_ERRORS"):
 
         @events.quit.add_listener
@@ -170,17 +184,22 @@ def _load_tokens(environment: Environment, **_: Any) -> None:
                 errors = list(environment.runner.stats.serialize_errors().values())
                 Path(errors_file).write_text(json.dumps(errors, indent=1, default=str))
 
-    if isinstance(environment.runner, MasterRunner):
-        return  # the workers submit; they load or create their own tokens
-    if path := os.environ.get("ZHISUAN_BENCH_TOKENS"):
-        _tenants.update(json.loads(Path(path).read_text())["tenants"])
-        return
-    admin = os.environ.get("ZHISUAN_ADMIN_TOKEN")
-    if not admin and (token_file := os.environ.get("ZHISUAN_ADMIN_TOKEN_FILE")):
-        admin = Path(token_file).read_text().strip()
-    if not admin or not environment.host:
-        raise SystemExit("set ZHISUAN_BENCH_TOKENS, or ZHISUAN_ADMIN_TOKEN(_FILE) and --host, to give users tokens")
-    _tenants.update(provision(environment.host, admin, _PREFIX))
+
+def _ensure_tenants(host: str | None) -> None:
+    """Load or create this process's tokens, once (the first user to start does it; the others wait)."""
+    with _provisioning:
+        if _tenants:
+            return
+        _process["prefix"] = f"{os.getpid():x}{random.SystemRandom().getrandbits(32):08x}"
+        if path := os.environ.get("ZHISUAN_BENCH_TOKENS"):
+            _tenants.update(json.loads(Path(path).read_text())["tenants"])
+            return
+        admin = os.environ.get("ZHISUAN_ADMIN_TOKEN")
+        if not admin and (token_file := os.environ.get("ZHISUAN_ADMIN_TOKEN_FILE")):
+            admin = Path(token_file).read_text().strip()
+        if not admin or not host:
+            raise SystemExit("set ZHISUAN_BENCH_TOKENS, or ZHISUAN_ADMIN_TOKEN(_FILE) and --host, to give users tokens")
+        _tenants.update(provision(host, admin, _process["prefix"]))
 
 
 # ----------------------------------------------------------------------------------------------- users
@@ -192,12 +211,17 @@ class _TenantBase(FastHttpUser):
     wait_time = constant(0)
 
     def on_start(self) -> None:
+        _ensure_tenants(self.host)
         index = next(_users)
         weighted = [t for t, w in TENANT_WEIGHTS.items() for _ in range(w) if t in _tenants]
         self.tenant = weighted[index % len(weighted)]
         info = _tenants[self.tenant]
         self.queues = info["queues"]
-        token = info["tokens"][next(_per_tenant.setdefault(self.tenant, itertools.count())) % len(info["tokens"])]
+        # ``--processes``: process w of P takes tokens w, w+P, w+2P... so no two processes share a token
+        processes = max(1, int(os.environ.get("ZHISUAN_BENCH_PROCESSES", "1")))
+        worker = getattr(self.environment.runner, "worker_index", 0) % processes
+        mine = info["tokens"][worker::processes] or info["tokens"]
+        token = mine[next(_per_tenant.setdefault(self.tenant, itertools.count())) % len(mine)]
         self.auth = {"Authorization": f"Bearer {token}"}
         self.rng = random.Random(index)
         self.recent: deque[str] = deque(maxlen=50)
@@ -215,7 +239,7 @@ class _TenantBase(FastHttpUser):
     def submit(self, keep: bool) -> None:
         n = next(_jobs)
         body = orjson.dumps(spec_for(self.tenant, self.queues, self.rng, n))
-        key = f"{_PREFIX}-{n}"
+        key = f"{_process['prefix']}-{n}"
         headers = {**self.auth, **JSON_HEADERS, "Idempotency-Key": key}
         with self.client.post("/v1/jobs", data=body, headers=headers, name="submit", catch_response=True) as r:
             if self._expect(r, 201) and keep:
@@ -301,3 +325,11 @@ class Tenant(_TenantBase):
         path = self.rng.choice(["/v1/queues", "/v1/usage"])
         with self.client.get(path, headers=self.auth, name=path.removeprefix("/v1/"), catch_response=True) as r:
             self._expect(r, 200)
+
+
+if __name__ == "__main__":
+    # python benchmarks/locustfile.py HOST ADMIN_TOKEN_FILE OUT: create the users and tokens once, write them to OUT
+    # (the JSON file ZHISUAN_BENCH_TOKENS names), so that locust does not spend its measured time on them.
+    host, token_file, out = sys.argv[1:4]
+    created = provision(host, Path(token_file).read_text().strip(), f"{os.getpid():x}")
+    Path(out).write_text(json.dumps({"tenants": created}, indent=1))

@@ -35,9 +35,11 @@ Why the aggregate model looks the way it does:
   columns of every size up to *k* and books its devices in all of them: workers smaller than a node are assumed
   to fill partly used nodes before they break whole ones, as the scorers try to. The estimate is optimistic
   where placement fragments worse than that, and where CPU, memory or topology bind (they are not modelled).
+  Fractional workers need free device-milli and are booked as if they broke whole devices: pessimistic only
+  by their own size, which is small, and it spares every whole-device job a check of the free-milli column.
 * Breakpoints are rounded *up* to a grid: ``min_resolution_s`` apart near *now*, further out ``resolution`` ×
-  the distance from now, but never coarser than a booking's own length (a queue of short jobs far out must
-  still drain at its own pace); power-of-two steps, so grids nest and rounding never reorders. A profile then
+  the distance from now, but never coarser than ``8 × resolution`` × a booking's own length (a queue of short
+  jobs far out must still drain at its own pace); power-of-two steps, so the grids nest. A profile then
   keeps a few hundred breakpoints however many jobs end, which is what bounds the cost per job; a planned end
   is late by at most one step, never early. ``resolution=0`` plans on exact times.
 * Quota only rules out pools that the job's queue could never take it on (checked as if the queue used
@@ -62,7 +64,7 @@ from functools import partial
 from typing import Literal
 
 from scheduler.core import SchedulerCore
-from scheduler.model import MILLI, DecisionKind, Job
+from scheduler.model import MILLI, DecisionKind, DomesticPreference, Job
 from scheduler.queueing import DrfOrder, FifoOrder
 from scheduler.quota import demand_for, tenant_account, user_account
 from scheduler.state import ClusterState, PoolState
@@ -188,8 +190,9 @@ def aggregate_forecast(
     the breakpoints its runtime spans, which the grid keeps to a few hundred per pool.
     """
     planner = _Planner(core, state, now, resolution, min_resolution_s)
-    jobs = list({job.id: planner.effective(job) for job in pending}.values())
-    result = Forecast(starts=dict.fromkeys(job.id for job in jobs), method="aggregate", horizon=now)
+    by_id = {job.id: job for job in pending}
+    jobs = planner.effective(list(by_id.values()))
+    result = Forecast(starts=dict.fromkeys(by_id), method="aggregate", horizon=now)
     planner.prepare(jobs)
     order: Iterable[Job] = DrfOrder(jobs, planner.share) if core.config.queueing.ordering == "drf" else FifoOrder(jobs)
     starts, pools, plan = result.starts, result.pools, planner.plan
@@ -251,6 +254,26 @@ class _Profile:
         n = len(times)
         stop = n if limit == _FOREVER else bisect_left(times, limit)
         i = bisect_left(times, floor)
+        if len(cols) == 1:
+            col = cols[0]
+            while i < stop:
+                if col[i] < need:
+                    i += 1
+                    continue
+                if duration == _FOREVER:
+                    end, j = _FOREVER, n
+                else:
+                    end = ends.get(times[i], 0.0)
+                    if not end:
+                        end = ends[times[i]] = self.snap(times[i] + duration, duration)
+                    j = bisect_left(times, end, i + 1)
+                if j == i + 1 or min(col[i + 1 : j]) >= need:
+                    return times[i], i, end
+                i = j - 1
+                while col[i] >= need:
+                    i -= 1
+                i += 1
+            return (times[i], -1, 0.0) if i < n else None
         while i < stop:
             # The earliest breakpoint where the job fits at all, then the whole window from there.
             for col in cols:
@@ -297,7 +320,7 @@ class _Profile:
 def _snapper(now: float, resolution: float, min_resolution_s: float) -> Callable[[float, float], float]:
     """``snap(t, span)`` rounds ``t``, the end of something that lasted ``span``, up to the grid: a step of
     ``resolution`` × (t - now), but at most ``span`` (× 8 × ``resolution``) and at least ``min_resolution_s``,
-    in power-of-two multiples of ``min_resolution_s`` (so grids nest and rounding is monotone)."""
+    in power-of-two multiples of ``min_resolution_s`` (so the grids nest)."""
     if resolution <= 0 or min_resolution_s <= 0:
         return lambda t, span: t
     scale = resolution / min_resolution_s
@@ -376,7 +399,6 @@ class _Planner:
         self.profiles: dict[str, _Profile] = {}
         self.ks: list[int] = [1]
         self._releases: dict[str, list[str]] = {}
-        self._domestic: dict[tuple[str, str, object], bool] = {}
         #: Per (placement shape, runtime estimate): every pool a job of that shape may plan on; per (shape,
         #: estimate, quota class): the ones its queue's quota could admit.
         self._shapes: dict[tuple[object, ...], list[_Option]] = {}
@@ -399,15 +421,25 @@ class _Planner:
 
     # ------------------------------------------------------------------------------------------ inputs
 
-    def effective(self, job: Job) -> Job:
-        """The job under its queue's and tenant's domestic policy, as the core sees it (policy looked up once)."""
-        key = (job.queue, job.tenant, job.domestic)
-        stricter = self._domestic.get(key)
-        if stricter is None:
-            effective = self.core._effective(job)
-            self._domestic[key] = effective is not job
-            return effective
-        return self.core._effective(job) if stricter else job
+    def effective(self, jobs: list[Job]) -> list[Job]:
+        """The jobs under their queue's and tenant's domestic policy, as the core sees them."""
+        policy = self.core.policy
+        if all(t.domestic is DomesticPreference.ANY for t in policy.tenants.values()) and all(
+            q.domestic in (None, DomesticPreference.ANY) for q in policy.queues.values()
+        ):
+            return jobs  # no policy is stricter than any job
+        stricter: dict[tuple[str, str, DomesticPreference], bool] = {}
+        result = []
+        for job in jobs:
+            key = (job.queue, job.tenant, job.domestic)
+            changes = stricter.get(key)
+            if changes is None:
+                effective = self.core._effective(job)
+                stricter[key] = effective is not job
+            else:
+                effective = self.core._effective(job) if changes else job
+            result.append(effective)
+        return result
 
     def prepare(self, jobs: Sequence[Job]) -> None:
         self.ks = sorted({1} | {job.whole_devices for job in jobs if job.whole_devices})
@@ -420,10 +452,11 @@ class _Planner:
             else:
                 releases[pool] = [job_id]
         if self._drf:
-            users: dict[str, str] = {}
-            for job in jobs:
-                if users.setdefault(job.tenant, job.user) != job.user:
-                    self._several_users.add(job.tenant)
+            tenants: set[str] = set()
+            for tenant, _ in {(job.tenant, job.user) for job in jobs}:
+                if tenant in tenants:
+                    self._several_users.add(tenant)
+                tenants.add(tenant)
             core = self.core
             self._capacity = core.fairshare.capacities(self.state, core._ncu_capacity(self.state))
             self._ncu_share = 1.0 / self._capacity[NCU] if self._capacity.get(NCU) else 0.0
@@ -456,16 +489,6 @@ class _Planner:
         else:
             self._users[(job.tenant, job.user)] = account
         return account
-
-    def _charge(self, job: Job, option: _Option, devices: float) -> None:
-        """Count a planned job as used by its tenant (and its user, where the tenant has several) for DRF."""
-        ncu = devices * option.rel
-        tenant = self._tenants.get(job.tenant) or self._open(job, True)
-        tenant.add(option.model, devices, option.device_share, ncu, self._ncu_share)
-        if job.tenant in self._several_users:
-            # A tenant's lone user needs no key: DRF orders users only within their tenant.
-            user = self._users.get((job.tenant, job.user)) or self._open(job, False)
-            user.add(option.model, devices, option.device_share, ncu, self._ncu_share)
 
     # ------------------------------------------------------------------------------------------ planning
 
@@ -515,7 +538,14 @@ class _Planner:
         option.floor.at = start
         option.book(i, end)
         if self._drf:
-            self._charge(job, option, job.total_device_milli / MILLI)
+            # Count it as used for DRF (DrfOrder opened the accounts before it yielded the job); a tenant's lone
+            # user needs no key, DRF orders users only within their tenant.
+            devices = job.total_device_milli / MILLI
+            ncu = devices * option.rel
+            self._tenants[job.tenant].add(option.model, devices, option.device_share, ncu, self._ncu_share)
+            if job.tenant in self._several_users:
+                user = self._users[(job.tenant, job.user)]
+                user.add(option.model, devices, option.device_share, ncu, self._ncu_share)
         return start, option.pool.id
 
     def _quota_class(self, job: Job) -> int:

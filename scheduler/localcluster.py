@@ -229,6 +229,9 @@ class LocalCluster:
         log_path = self.work_dir / f"{name}.log"
         env = dict(os.environ)
         env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # `ray start --head` turns token authentication on when a token file exists (~/.ray/auth_token, left by
+        # any local `ray.init()`), and then this process's GCS client, without the token, is refused.
+        env.setdefault("RAY_AUTH_MODE", "disabled")
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         main = threading.current_thread() is threading.main_thread()
         with open(log_path, "ab") as out:

@@ -83,6 +83,8 @@ class ServiceConfig:
     #: ``running`` is noticed sooner, at the cost of a few more executor polls right after a launch.
     starting_interval_s: float = 0.05
     follow_launch_s: float = 5.0
+    #: Cycles never start closer together than this, however often :meth:`SchedulerService.poke` is called.
+    min_interval_s: float = 0.02
     #: The leader lock expires this long after its last renewal; a standby takes over after that.
     lease_s: float = 10.0
     #: How often every pending job's estimated start is recomputed.
@@ -210,7 +212,12 @@ class SchedulerService:
 
     def run(self, stop: threading.Event) -> None:
         """Cycle until ``stop`` is set; a database or cluster outage is logged and retried, never fatal."""
+        last = float("-inf")
         while not stop.is_set():
+            gap = self.config.min_interval_s - (time.monotonic() - last)
+            if gap > 0 and stop.wait(gap):
+                break
+            last = time.monotonic()
             try:
                 self.cycle()
             except OperationalError as exc:

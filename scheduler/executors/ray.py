@@ -1264,9 +1264,9 @@ class RayExecutor:
             handle = self._handle(att, rank)
             if handle is not None:
                 remote = handle.read_log.remote(offset, limit)
-        else:
-            sup = self._supervisor(label, create=False)
-            if sup is not None:
+        else:  # any incarnation of the node's supervisor reads the file
+            sup = self._supervisor(label, att.supervisors.get(label, (supervisor_name(label), ""))[0], create=False)
+            if sup is not None and (sup.up or sup.known or self._is_up(sup)):
                 remote = sup.handle.read_log.remote(path, offset, limit)
         if remote is None:
             from ray.util.scheduling_strategies import In, NodeLabelSchedulingStrategy

@@ -73,12 +73,14 @@ class Deployment:
 # ------------------------------------------------------------------------------------------------ specs
 
 
-def probe_cmd(record: Path | None = None, sleep: float = 0.0, exit_rank: int = -1, code: int = 0) -> str:
+def probe_cmd(
+    record: Path | None = None, sleep: float = 0.0, exit_rank: int = -1, code: int = 0, fail_after: float = 0.0
+) -> str:
     cmd = f"{sys.executable} {PROBE} --sleep {sleep}"
     if record is not None:
         cmd += f" --record {record}"
     if exit_rank >= 0:
-        cmd += f" --exit-rank {exit_rank} --code {code}"
+        cmd += f" --exit-rank {exit_rank} --code {code} --fail-after {fail_after}"
     return cmd
 
 

@@ -55,11 +55,31 @@ def record(path: str | None, event: str, **extra: object) -> None:
         os.close(fd)
 
 
+def wait_for_all_ranks(path: str | None, timeout_s: float) -> None:
+    """Until every rank of this attempt has recorded its start (at most ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    me = (os.environ.get("ZHISUAN_JOB_ID"), int(os.environ.get("ZHISUAN_ATTEMPT", "-1")))
+    while path and time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                lines = [json.loads(line) for line in f if line.strip()]
+        except (OSError, ValueError):
+            lines = []
+        ranks = {r["rank"] for r in lines if r["event"] == "start" and (r["job"], r["attempt"]) == me}
+        if len(ranks) >= world:
+            return
+        time.sleep(0.05)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--exit-rank", type=int, default=-1)
     parser.add_argument("--code", type=int, default=0)
+    parser.add_argument(
+        "--fail-after", type=float, default=0.0, help="seconds --exit-rank waits for every rank to start, then fails"
+    )
     parser.add_argument("--record")
     args = parser.parse_args()
 
@@ -72,10 +92,11 @@ def main() -> int:
     record(args.record, "start")
     print("PROBE " + json.dumps({k: os.environ.get(k) for k in KEYS}), flush=True)
     if int(os.environ.get("RANK", "0")) == args.exit_rank:
+        wait_for_all_ranks(args.record, args.fail_after)
         print("loading shard 7 of the data set", flush=True)
         print("the data file is corrupt", flush=True)
         record(args.record, "end", code=args.code)
-        return args.code
+        return int(args.code)
     time.sleep(args.sleep)
     record(args.record, "end", code=0)
     print("probe done", flush=True)

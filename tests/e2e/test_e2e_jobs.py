@@ -94,7 +94,7 @@ def test_cancel_stops_a_running_gang_and_frees_its_devices(deployment: Deploymen
 
 def test_a_failed_worker_fails_the_gang_which_is_retried_then_failed(deployment: Deployment, tmp_path: Path) -> None:
     acme, record = deployment.acme, tmp_path / "records.jsonl"
-    job = acme.submit(spec("flaky", probe_cmd(record, sleep=300, exit_rank=1, code=3), workers=2))
+    job = acme.submit(spec("flaky", probe_cmd(record, sleep=300, exit_rank=1, code=3, fail_after=30.0), workers=2))
     job = wait_state(acme, job.id, "failed", timeout_s=90)
 
     kinds = event_kinds(acme, job.id)

@@ -133,6 +133,16 @@ def test_fair_share_interleaves_tenants_as_the_plan_goes() -> None:
     assert starts == {"x0": 60.0, "y0": 120.0, "x1": 180.0, "x2": 240.0}
 
 
+def test_fair_share_interleaves_users_of_one_tenant_too() -> None:
+    core = core_with()
+    state = ClusterState(nodes(count=1))
+    occupy(core, state, Job(id="a", devices_per_worker=8, runtime_s=60))
+    jobs = [Job(id=f"u{i}", tenant="x", user="u", devices_per_worker=8, runtime_s=60, submit_time=i) for i in range(2)]
+    jobs.append(Job(id="v0", tenant="x", user="v", devices_per_worker=8, runtime_s=60, submit_time=10))
+    starts = aggregate_forecast(core, state, jobs, now=0.0, resolution=0).starts
+    assert starts == {"u0": 60.0, "v0": 120.0, "u1": 180.0}
+
+
 def test_no_estimate_behind_a_job_that_never_ends() -> None:
     core = core_with()
     state = ClusterState(nodes(count=1) + nodes("H100", count=1, prefix="h"))
