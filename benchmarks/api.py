@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-u", "--users", type=int, default=64, help="simulated users (closed loop, no think time)")
     parser.add_argument("-r", "--spawn-rate", type=float, default=64)
     parser.add_argument("-t", "--duration", type=int, default=60, help="seconds")
-    parser.add_argument("--processes", type=int, default=1, help="locust processes (--processes of locust)")
+    parser.add_argument("--processes", type=int, default=2, help="locust processes (--processes of locust; 1: no fork)")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--rate-limit", default=None, help="ZHISUAN_RATE_LIMIT of the server (default: its own)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (database, CSV files)")
