@@ -165,6 +165,13 @@ def _relay(source: threading.Event, target: threading.Event) -> None:
     threading.Thread(target=wait, name="relay", daemon=True).start()
 
 
+def _stop_agents(switches: dict[str, threading.Event], threads: list[threading.Thread]) -> None:
+    for switch in switches.values():
+        switch.set()
+    for thread in threads:
+        thread.join(5)
+
+
 def _pause(stop: threading.Event, seconds: float) -> None:
     stop.wait(seconds)
 
@@ -198,13 +205,14 @@ def _node_token(settings: Settings) -> str:
 
 def _start_agents(
     url: str, token: str, nodes: Sequence[Node], stop: threading.Event, interval_s: float
-) -> dict[str, threading.Event]:
+) -> tuple[dict[str, threading.Event], list[threading.Thread]]:
     """One emulated node agent per node, each in its own thread, registering and heartbeating like a real one.
-    Returns each agent's own stop switch (``stop`` stops them all)."""
+    Returns each agent's own stop switch (``stop`` stops them all) and the agents' threads."""
     from agents.agent import Agent, AgentConfig
     from agents.shims.emulated import EmulatedShim
 
     switches: dict[str, threading.Event] = {}
+    threads: list[threading.Thread] = []
     for node in nodes:
         config = AgentConfig(
             api_url=url,
@@ -234,8 +242,10 @@ def _start_agents(
             finally:
                 agent.close()
 
-        threading.Thread(target=loop, name=f"agent-{node.id}", daemon=True).start()
-    return switches
+        thread = threading.Thread(target=loop, name=f"agent-{node.id}", daemon=True)
+        thread.start()
+        threads.append(thread)
+    return switches, threads
 
 
 @contextmanager
@@ -304,7 +314,11 @@ def running(
 
         stack.callback(result.stop.set)
         if agents and nodes:
-            result._agent_stops = _start_agents(url, _node_token(settings), nodes, result.stop, agent_interval_s)
+            result._agent_stops, threads = _start_agents(
+                url, _node_token(settings), nodes, result.stop, agent_interval_s
+            )
+            # Agents stop (and finish their last heartbeat) before the API they talk to does.
+            stack.callback(_stop_agents, result._agent_stops, threads)
 
         if scheduler and ray_address is not None:
             from scheduler.executors.ray import RayExecutor

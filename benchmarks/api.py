@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -273,6 +274,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         server_cpu = cpu_seconds(server.pid)
         database_cpu = postgres_cpu_seconds() if args.database == "postgresql" else 0.0
+        locust_cpu = _children_cpu()
         started = time.monotonic()
         locust_env = {
             **env,
@@ -283,7 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         locust = subprocess.Popen(command, cwd=ROOT, env=locust_env, stdout=sys.stderr)
         result["locust_exit_code"] = locust.wait(timeout=args.duration + 120)  # 0: no failure, no exception
         wall = time.monotonic() - started
-        locust_cpu = _children_cpu()
+        locust_cpu = _children_cpu() - locust_cpu
         server_cpu = cpu_seconds(server.pid) - server_cpu
         database_cpu = postgres_cpu_seconds() - database_cpu if args.database == "postgresql" else 0.0
         result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -335,9 +337,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.database == "postgresql":
             drop_postgres_database(args.postgres_url, database_url)
         if not args.keep:
-            for path in sorted(tmp.rglob("*"), reverse=True):
-                path.unlink() if path.is_file() else path.rmdir()
-            tmp.rmdir()
+            shutil.rmtree(tmp, ignore_errors=True)
         else:
             result["kept"] = str(tmp)
     return result

@@ -12,11 +12,13 @@ fractional inference on three queues), gov-bureau (domestic only, Ascend), sme-v
 univ-a (A100/any), student-1 (one small device). Specs are 1-8-device training workers (gangs of 1-4 workers),
 fractional inference replicas (0.25/0.5 device) with latency SLOs, and the job classes of the throughput matrix.
 
-Tokens: ``ZHISUAN_BENCH_TOKENS`` names a JSON file ``{"tenants": {tenant: {"queues": [...], "tokens": [...]}}}``;
-without it, every locust process creates its own users and tokens at start through the API with the center
-admin's token (``ZHISUAN_ADMIN_TOKEN``, or the file named by ``ZHISUAN_ADMIN_TOKEN_FILE``). Every simulated user
-takes its own token where there are enough, so the server's per-token rate limit (50/s by default) is not what
-is measured.
+Tokens: ``ZHISUAN_BENCH_TOKENS`` names a JSON file ``{"tenants": {tenant: {"queues": [...], "tokens": [...]}}}``
+(``benchmarks/api.py`` writes it before locust starts, with ``python benchmarks/locustfile.py HOST ADMIN_TOKEN_FILE
+OUT``); without it, every locust process creates its own users and tokens when its first user starts, through the
+API with the center admin's token (``ZHISUAN_ADMIN_TOKEN``, or the file named by ``ZHISUAN_ADMIN_TOKEN_FILE``).
+Every simulated user takes its own token where there are enough (with ``--processes P``, set
+``ZHISUAN_BENCH_PROCESSES=P`` so that the processes take disjoint tokens), so the server's per-token rate limit
+(50/s by default) is not what is measured.
 
 Any answer other than the expected status is a failure (locust counts it), with the status and the start of the
 problem document as the message::
@@ -223,7 +225,7 @@ class _TenantBase(FastHttpUser):
         mine = info["tokens"][worker::processes] or info["tokens"]
         token = mine[next(_per_tenant.setdefault(self.tenant, itertools.count())) % len(mine)]
         self.auth = {"Authorization": f"Bearer {token}"}
-        self.rng = random.Random(index)
+        self.rng = random.Random(f"{_process['prefix']}-{index}")
         self.recent: deque[str] = deque(maxlen=50)
         self.pending: deque[str] = deque(maxlen=50)
         self.last: tuple[bytes, str, str] | None = None

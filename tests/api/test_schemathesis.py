@@ -51,7 +51,6 @@ from api.settings import Settings
 MAX_EXAMPLES = 15
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance, content_type_conformance]
 _example = itertools.count()
-_base_url = ""
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +112,6 @@ def _throwaway(stack: Stack, user: str) -> tuple[str, str]:
     suppress_health_check=list(HealthCheck),
 )
 def test_openapi_conformance(case: schemathesis.Case, fuzz_stack: Stack) -> None:
-    global _base_url
-    _base_url = fuzz_stack.url
     path = case.operation.path
     protected = set(fuzz_stack.tokens["ids"].split(","))
     if path.startswith("/v1/agent/"):
@@ -126,17 +123,17 @@ def test_openapi_conformance(case: schemathesis.Case, fuzz_stack: Stack) -> None
             secret, token_id = _throwaway(fuzz_stack, user)
             if own or generated in protected:
                 case.path_parameters = {**(case.path_parameters or {}), "token_id": token_id}
-            _call(case, secret)
+            _call(case, secret, fuzz_stack.url)
         return
     else:
         callers = [fuzz_stack.tokens["admin"], fuzz_stack.tokens["boss"]]
     for token in callers:
-        _call(case, token)
+        _call(case, token, fuzz_stack.url)
 
 
-def _call(case: schemathesis.Case, token: str) -> None:
+def _call(case: schemathesis.Case, token: str, base_url: str) -> None:
     headers = {**(case.headers or {}), "Authorization": f"Bearer {token}"}
-    case.call_and_validate(base_url=_base_url, headers=headers, checks=CHECKS, timeout=30)
+    case.call_and_validate(base_url=base_url, headers=headers, checks=CHECKS, timeout=30)
 
 
 def test_shared_tokens_survive(fuzz_stack: Stack) -> None:
