@@ -857,6 +857,21 @@ class RayExecutor:
                 out[(job_id, attempt)] = status_from_json(value)
         return out
 
+    def alive_nodes(self, node_ids: Iterable[str]) -> set[str] | None:
+        """Those of ``node_ids`` whose raylet is alive (the service's ``NodeLiveness``): a node whose agent still
+        heartbeats but whose raylet crashed must take no new work."""
+        self._reachable()
+        try:
+            nodes = ray.nodes()  # type: ignore[no-untyped-call]
+        except Exception as err:
+            raise ExecutorUnavailable(f"Ray cluster at {self.address} did not answer: {err}") from err
+        alive = {
+            str(node.get("Labels", {}).get(NODE_LABEL))
+            for node in nodes
+            if node.get("Alive") and NODE_LABEL in node.get("Labels", {})
+        }
+        return {node_id for node_id in node_ids if ray_label_value(node_id) in alive}
+
     def discover(self) -> set[tuple[str, int]]:
         """Attempts launched and not ended: each holds (or waits for) its placement group."""
         return self._index().live
