@@ -22,8 +22,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy scheduler agents api simulations
 
+# Ray keeps one driver connection per process, so the suites that start Ray clusters run in their own processes.
 unit: $(STAMP)
-	$(BIN)/pytest -q --doctest-modules scheduler agents api simulations tests
+	$(BIN)/pytest -q --doctest-modules scheduler agents api simulations tests --ignore=tests/integration --ignore=tests/e2e
+	$(BIN)/pytest -q tests/integration
+	$(BIN)/pytest -q tests/e2e
 
 test: lint typecheck unit
 
