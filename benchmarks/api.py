@@ -266,7 +266,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "WARNING",
         ]
         if args.processes > 1:
-            command += ["--processes", str(args.processes)]
+            # a private master port: another locust run with --processes on this machine (default port 5557)
+            # would otherwise take this run's workers, or give it its own
+            master = str(free_port())
+            command += ["--processes", str(args.processes), "--master-bind-port", master, "--master-port", master]
         command.append(PROFILES[args.profile])
         tokens_file = tmp / "tokens.json"
         subprocess.run(
@@ -359,8 +362,8 @@ def main(argv: list[str] | None = None) -> None:
         help="a PostgreSQL server; the benchmark creates (and drops) its own database there",
     )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="submit")
-    parser.add_argument("-u", "--users", type=int, default=64, help="simulated users (closed loop, no think time)")
-    parser.add_argument("-r", "--spawn-rate", type=float, default=64)
+    parser.add_argument("-u", "--users", type=int, default=48, help="simulated users (closed loop, no think time)")
+    parser.add_argument("-r", "--spawn-rate", type=float, default=48)
     parser.add_argument("-t", "--duration", type=int, default=60, help="seconds")
     parser.add_argument("--processes", type=int, default=2, help="locust processes (--processes of locust; 1: no fork)")
     parser.add_argument("--port", type=int, default=0)
