@@ -33,7 +33,7 @@ import orjson
 from sqlalchemy import Connection, CursorResult, Engine, create_engine, event, insert, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 from sqlmodel import Session
 
 from api.tables import JOB_EVENTS, JOBS, METADATA
@@ -93,16 +93,20 @@ def make_engine(
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
-        if database and database != ":memory:" and not database.startswith("file:"):
+        in_memory = database in ("", ":memory:")
+        if not in_memory and not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # An in-memory database lives in one connection: every session must share it (StaticPool).
+        pooling: dict[str, Any] = (
+            {"poolclass": StaticPool} if in_memory else {"pool_size": pool_size, "max_overflow": pool_size * 2}
+        )
         engine = create_engine(
             url,
             echo=echo,
             json_serializer=_json_dumps,
             json_deserializer=orjson.loads,
-            pool_size=pool_size,
-            max_overflow=pool_size * 2,
             connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
+            **pooling,
         )
         _sqlite_events(engine, busy_timeout_ms)
         return engine

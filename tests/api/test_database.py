@@ -309,3 +309,13 @@ def test_fastapi_route_matches_the_fast_path(tmp_path: Path) -> None:
             assert_problem(c.post("/v1/jobs", json=big), 413, "payload-too-large")
         with httpx.Client(base_url=server.url) as c:
             assert_problem(c.post("/v1/jobs", json=JOB), 401, "unauthenticated")
+
+
+def test_an_in_memory_sqlite_database_is_one_database_for_every_session() -> None:
+    engine = make_engine("sqlite:///:memory:")
+    migrate(engine)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO leader_lock (name, holder, expires_at, term) VALUES ('x', 'me', 1.0, 1)"))
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT holder FROM leader_lock")).scalar_one() == "me"
+    engine.dispose()
