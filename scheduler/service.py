@@ -38,6 +38,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from api.db import write_engine
 from api.routers.nodes import node_status
 from api.spec import JobSpec
+from api.store import node_of
 from api.tables import (
     DEVICES,
     HOLDING_STATES,
@@ -60,10 +61,9 @@ from scheduler.model import (
     DecisionKind,
     DeviceHealth,
     Job,
-    Node,
     Placement,
-    TopologyLevel,
     WorkerPlacement,
+    topology_by_name,
 )
 from scheduler.state import CapacityError, ClusterState
 from scheduler.tenancy import parse_policy
@@ -371,7 +371,7 @@ class SchedulerService:
                 if row.model not in self.core.catalog:
                     log.warning("node %s has unknown model %s; ignored", row.id, row.model)
                     continue
-                self.state.add_node(_node(row))
+                self.state.add_node(node_of(row._mapping))
                 self._dirty = True
                 if not schedulable:
                     self.state.set_schedulable(row.id, False)
@@ -845,22 +845,6 @@ class SchedulerService:
 # ---------------------------------------------------------------------------------------------- conversions
 
 
-def _node(row: Any) -> Node:
-    return Node(
-        id=row.id,
-        model=row.model,
-        devices=row.devices,
-        cpu_milli=row.cpu_milli,
-        memory_mib=row.memory_mib,
-        site=row.site,
-        region=row.region,
-        tier=row.tier,
-        island=row.island,
-        switch=row.switch,
-        labels=row.labels or {},
-    )
-
-
 def _placement_json(placement: Placement) -> dict[str, Any]:
     return {
         "model": placement.model,
@@ -889,7 +873,7 @@ def _placement(job_id: str, data: dict[str, Any]) -> Placement:
             WorkerPlacement(w["node"], tuple(w["devices"]), w["milli"], w.get("cpu_milli", 0), w.get("memory_mib", 0))
             for w in data["workers"]
         ),
-        topology=TopologyLevel[str(data["topology"]).upper()],
+        topology=topology_by_name(data["topology"]),
     )
 
 
