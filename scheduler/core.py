@@ -116,6 +116,8 @@ class SchedulerCore:
         self.reservations: dict[str, Reservation] = {}
         self._domestic_jobs: dict[tuple[str, str, DomesticPreference], Job] = {}
         self._share_cache: dict[str, float] = {}
+        #: The state the history's rates were last taken from (another state means a full resync).
+        self._history_state: ClusterState | None = None
 
     # ------------------------------------------------------------------------------------------ policy
 
@@ -406,8 +408,17 @@ class SchedulerCore:
         return decisions
 
     def _advance_history(self, state: ClusterState, now: float) -> None:
-        ncu = {account: usage.get(NCU, 0.0) for account, usage in state.usage.items() if ":" in account}
-        self.history.advance(ncu, now)
+        # Only accounts whose usage changed need a new rate, unless this is another state than last time
+        # (a fork for a forecast, a rebuilt state): then every account's rate is set from scratch.
+        if state is self._history_state:
+            accounts: Iterable[str] = state.usage_touched
+        else:
+            accounts = set(state.usage) | set(self.history.accruing())
+            self._history_state = state
+        usage = state.usage
+        rates = {a: usage[a].get(NCU, 0.0) if a in usage else 0.0 for a in accounts if ":" in a}
+        state.usage_touched.clear()
+        self.history.advance(rates, now)
 
     def _ncu_capacity(self, state: ClusterState) -> float:
         return sum(

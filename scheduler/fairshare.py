@@ -18,17 +18,20 @@ fair-share factor decay the same way: ``U = 0.5 ** (Δt / half_life) · A``). Or
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from scheduler.state import ClusterState
 from scheduler.tenancy import NCU
 
 
 class UsageHistory:
-    """Decayed NCU-seconds per account; advanced by the core at each step with the usage since the last one.
+    """Decayed NCU-seconds per account, accrued from each account's current NCU rate.
 
     Values are stored in the units of a fixed reference time, so decaying everything costs nothing: the value
-    at time ``t`` is ``stored × 2^-(t - ref)/half_life``. A step therefore touches only the accounts that used
-    something since the last one, and per-prefix totals are kept as they change.
+    at time ``t`` is ``stored × 2^-(t - ref)/half_life``. Accrual is lazy too: each account keeps its rate and
+    the mark of a running integral where it was last settled, so :meth:`advance` touches only the accounts
+    whose rate changed, and per-prefix totals are kept the same way. A step of the core therefore costs
+    O(accounts that started or stopped something), not O(accounts).
     """
 
     #: Re-base the stored values before the growth factor loses float precision.
@@ -38,19 +41,27 @@ class UsageHistory:
         if half_life_s <= 0:
             raise ValueError("half_life_s must be positive")
         self.half_life_s = half_life_s
-        self._stored: dict[str, float] = {}
-        self._totals: dict[str, float] = {}
+        # Per account and per prefix ("tenant", "user", ...): settled value, rate, integral mark at settlement.
+        self._accounts: dict[str, list[float]] = {}
+        self._prefixes: dict[str, list[float]] = {}
+        #: ∫ 2^((s - ref)/h) ds from the reference time to the last advance, in reference units.
+        self._integral = 0.0
         self._ref = 0.0
         self._at: float | None = None
 
     def _growth(self, t: float) -> float:
         return math.pow(2.0, (t - self._ref) / self.half_life_s)
 
-    def advance(self, ncu_by_account: dict[str, float], now: float) -> None:
-        """Accrue ``ncu × elapsed`` (decayed within the interval) for every account, up to ``now``."""
+    def advance(self, rates: Mapping[str, float], now: float) -> None:
+        """Move to ``now``; ``rates`` are the NCU in use of the accounts whose usage changed since the last call.
+
+        The new rates count for the whole interval since the last call (usage is observed at steps); accounts not
+        named keep accruing at their previous rate.
+        """
         if self._at is None:
             self._at = self._ref = now
-            return
+        for account, rate in rates.items():
+            self._set_rate(account, max(rate, 0.0))
         dt = now - self._at
         if dt <= 0:
             return
@@ -58,33 +69,59 @@ class UsageHistory:
         if growth_now > self._REBASE_AT:
             self._rebase(now)
             growth_now = 1.0
-        # ∫ ncu · 2^((s - ref)/h) ds over [at, now], in reference units.
-        span = self.half_life_s / math.log(2) * (growth_now - self._growth(self._at))
-        for account, ncu in ncu_by_account.items():
-            if ncu > 0:
-                added = ncu * span
-                self._stored[account] = self._stored.get(account, 0.0) + added
-                prefix = account.split(":", 1)[0]
-                self._totals[prefix] = self._totals.get(prefix, 0.0) + added
+        self._integral += self.half_life_s / math.log(2) * (growth_now - self._growth(self._at))
         self._at = now
+
+    def accruing(self) -> list[str]:
+        """Accounts with a non-zero rate."""
+        return [account for account, entry in self._accounts.items() if entry[1] > 0]
+
+    def _set_rate(self, account: str, rate: float) -> None:
+        entry = self._accounts.get(account)
+        if entry is None:
+            entry = self._accounts[account] = [0.0, 0.0, self._integral]
+        delta = rate - entry[1]
+        if delta == 0:
+            return
+        self._settle(entry)
+        entry[1] = rate
+        prefix = account.split(":", 1)[0]
+        total = self._prefixes.get(prefix)
+        if total is None:
+            total = self._prefixes[prefix] = [0.0, 0.0, self._integral]
+        self._settle(total)
+        total[1] += delta
+
+    def _settle(self, entry: list[float]) -> None:
+        entry[0] += entry[1] * (self._integral - entry[2])
+        entry[2] = self._integral
 
     def _rebase(self, now: float) -> None:
         factor = 1.0 / self._growth(now)
-        self._stored = {k: v * factor for k, v in self._stored.items()}
-        self._totals = {k: v * factor for k, v in self._totals.items()}
+        for entry in (*self._accounts.values(), *self._prefixes.values()):
+            self._settle(entry)
+            entry[0] *= factor
+            entry[2] = 0.0
+        self._integral = 0.0
         self._ref = now
+        # The last advance now lies before the reference time; its growth is below one.
+
+    def _stored(self, entry: list[float] | None) -> float:
+        if entry is None:
+            return 0.0
+        return entry[0] + entry[1] * (self._integral - entry[2])
 
     def value(self, account: str, now: float | None = None) -> float:
         at = now if now is not None else self._at
         if at is None:
             return 0.0
-        return self._stored.get(account, 0.0) / self._growth(at)
+        return self._stored(self._accounts.get(account)) / self._growth(at)
 
     def total(self, prefix: str) -> float:
         """Sum over accounts named ``prefix:...``, at the last advance."""
         if self._at is None:
             return 0.0
-        return self._totals.get(prefix.rstrip(":"), 0.0) / self._growth(self._at)
+        return self._stored(self._prefixes.get(prefix.rstrip(":"))) / self._growth(self._at)
 
 
 class FairShare:

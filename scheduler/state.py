@@ -168,6 +168,9 @@ class ClusterState:
         self.running: dict[str, RunningJob] = {}
         #: Usage per account (queue, tenant or user) per flavor, kept incrementally by start/release.
         self.usage: dict[str, dict[str, float]] = {}
+        #: Accounts whose usage changed since the core last looked (it drains this set at each step), so that
+        #: per-step work on usage is proportional to what changed.
+        self.usage_touched: set[str] = set()
         #: Running jobs per pool, in start order: where preemption looks for victims.
         self.running_by_pool: dict[str, dict[str, None]] = {}
         #: Running jobs by estimated end, for reservations (jobs without an estimate are not in it).
@@ -306,6 +309,7 @@ class ClusterState:
         return placement
 
     def _charge(self, running: RunningJob, sign: float) -> None:
+        self.usage_touched.update(running.accounts)
         for account in running.accounts:
             usage = self.usage.setdefault(account, {})
             for flavor, amount in running.demand.items():

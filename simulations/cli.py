@@ -77,7 +77,7 @@ def _headline(result: dict[str, Any]) -> str:
 
 
 def _fail(exc: Exception) -> None:
-    err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+    err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code=2)
 
 

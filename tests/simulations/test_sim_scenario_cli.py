@@ -140,7 +140,7 @@ def test_cli_bad_input_is_one_line_with_file_row_column(tmp_path: Path) -> None:
     result = runner.invoke(
         app, ["simulate", "--cluster", str(node_list), "--trace", str(tmp_path / "none.csv"), "--quiet"]
     )
-    assert result.exit_code == 2 and "no such file" in result.output
+    assert result.exit_code == 2 and "no such file" in result.output and len(result.output.splitlines()) == 1
 
 
 def test_cli_timeline_scenario_with_variants(tmp_path: Path) -> None:
