@@ -310,6 +310,9 @@ class Agent:
             self.interval_s = reply.interval_s
         if reply.reregister:
             self.registered_node_id = None
+        if reply.work is not None:
+            for shim in self.present_shims:
+                shim.follow(reply.work)
         self.heartbeats_ok += 1
         self.backoff.success()
         self.next_send_at = now

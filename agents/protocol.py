@@ -18,7 +18,8 @@ correctly (the API dates a sample as ``received_at - age_s``).
     because its bounded buffer overflowed while the API was unreachable.
     ``200`` :class:`HeartbeatResponse` with ``acked_seq``: every batch with ``seq <= acked_seq`` is delivered and
     removed from the agent's buffer. ``reregister: true`` asks the agent to register again (API restarted and
-    forgot the node); ``interval_s`` may change the heartbeat interval.
+    forgot the node); ``interval_s`` may change the heartbeat interval; ``work`` lists the device shares that
+    jobs hold on this node (the agent hands it to its shims: emulated devices follow it).
     ``404`` unknown node: the agent registers again, keeping its buffer.
     ``401``/``403``: the agent stops (token revoked).
     ``422``: the batches are dropped (counted in ``rejected_batches_total``): resending cannot fix them.
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.shims.base import DeviceInfo, DeviceSample, Health, ShimStatus
+from agents.shims.base import DeviceInfo, DeviceSample, DeviceWork, Health, ShimStatus
 
 PROTOCOL_VERSION = 1
 REGISTER_PATH = "/v1/agent/register"
@@ -106,3 +107,8 @@ class HeartbeatResponse(_Wire):
     acked_seq: int = Field(ge=-1, description="highest seq received; -1 when none")
     interval_s: float | None = Field(default=None, gt=0)
     reregister: bool = False
+    work: list[DeviceWork] | None = Field(
+        default=None,
+        description="every share of this node's devices that jobs hold, as of the API's last look (at most a "
+        "second old); None when the API does not say. Emulated devices make their telemetry follow it.",
+    )

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -32,11 +33,13 @@ from typing import Any, Literal
 import orjson
 from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
 
+from agents.shims.base import DeviceWork
 from api.db import is_sqlite, write_engine
-from api.tables import ACTIVE_STATES, JOB_EVENTS, JOBS, NODES, POLICY_VERSIONS
+from api.tables import ACTIVE_STATES, HOLDING_STATES, JOB_EVENTS, JOBS, NODES, POLICY_VERSIONS
 from scheduler.catalog import Catalog
-from scheduler.model import DomesticPreference, Job, Node, Reason
+from scheduler.model import MILLI, DomesticPreference, Job, Node, Reason
 from scheduler.placement import PlacementEngine
 from scheduler.state import ClusterState
 from scheduler.tenancy import QueuePolicy, empty_policy, parse_policy
@@ -83,6 +86,18 @@ def node_of(row: Mapping[Any, Any]) -> Node:
     )
 
 
+def device_work(conn: Connection | Session) -> dict[str, list[DeviceWork]]:
+    """Per node, the device shares that jobs in a holding state (starting, running, cancelling) have."""
+    work: dict[str, list[DeviceWork]] = {}
+    statement = select(JOBS.c.id, JOBS.c.placement).where(JOBS.c.state.in_([s.value for s in HOLDING_STATES]))
+    for job_id, placement in conn.execute(statement):
+        for worker in (placement or {}).get("workers", ()):
+            share = min(max(worker.get("milli", MILLI) / MILLI, 0.001), 1.0)
+            items = work.setdefault(worker.get("node", ""), [])
+            items.extend(DeviceWork(job_id=job_id, index=d, share=share) for d in worker.get("devices", ()))
+    return work
+
+
 def load_policy_version(conn: Connection, catalog: Catalog) -> PolicySnapshot:
     row = conn.execute(select(POLICY_VERSIONS).order_by(POLICY_VERSIONS.c.id.desc()).limit(1)).mappings().first()
     if row is None:
@@ -102,6 +117,22 @@ class Snapshots:
         self._lock = threading.Lock()
         self.policy = PolicySnapshot(0, empty_policy(catalog))
         self.inventory = InventorySnapshot((0, None, 0), [], ClusterState())
+        self._work: dict[str, list[DeviceWork]] = {}
+        self._work_at = -math.inf
+        self._work_lock = threading.Lock()
+
+    def device_work(self, node_id: str, max_age_s: float = 1.0) -> list[DeviceWork]:
+        """The device shares jobs hold on ``node_id``, from a table of all nodes at most ``max_age_s`` old.
+
+        Every heartbeat wants its node's work; one query of the holding jobs serves every node for a second,
+        and the lock makes the heartbeats that arrive meanwhile wait for that query instead of repeating it.
+        """
+        with self._work_lock:
+            if time.monotonic() - self._work_at > max_age_s:
+                with self.engine.connect() as conn:
+                    self._work = device_work(conn)
+                self._work_at = time.monotonic()
+            return self._work.get(node_id, [])
 
     # ------------------------------------------------------------------------------------------ refresh
 
@@ -405,4 +436,4 @@ def _resolve(pairs: list[tuple[asyncio.Future[Result], Result | BaseException]])
             future.set_result(answer)
 
 
-__all__ = ["PolicySnapshot", "Result", "Snapshots", "Submitter", "node_of", "request_hash"]
+__all__ = ["PolicySnapshot", "Result", "Snapshots", "Submitter", "device_work", "node_of", "request_hash"]

@@ -109,6 +109,14 @@ class DeviceInfo(_Record):
     notes: list[str] = Field(default_factory=list)
 
 
+class DeviceWork(_Record):
+    """A share of one device that the center has given a job (the API tells the agent in heartbeat replies)."""
+
+    job_id: str
+    index: int = Field(ge=0, description="device index on the node, as discovered")
+    share: float = Field(gt=0, le=1, description="share of the device's compute and memory (1 = the whole device)")
+
+
 class DeviceSample(_Record):
     """One device's telemetry at one instant, normalised across vendors.
 
@@ -174,6 +182,12 @@ class Shim(ABC):
     @abstractmethod
     def sample(self, fast: bool = True) -> list[DeviceSample]:
         """Read telemetry for every discovered device."""
+
+    def follow(self, work: Sequence[DeviceWork]) -> None:  # noqa: B027 - optional hook, see below
+        """Learn which work the center placed on this node's devices (all of it, replacing what was known).
+
+        Real devices need nothing: their telemetry *is* the work. Emulated devices make their telemetry follow it.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook: most CLI shims hold nothing to release
         """Release vendor handles (NVML shutdown, event sets). Idempotent."""

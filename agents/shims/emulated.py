@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from agents.shims.base import METRIC_FIELDS, DeviceInfo, DeviceSample, Health, ModelResolver, Shim
+from agents.shims.base import METRIC_FIELDS, DeviceInfo, DeviceSample, DeviceWork, Health, ModelResolver, Shim
 from scheduler.catalog import AcceleratorModel, Catalog
 
 #: Idle power as a share of TDP. An emulation parameter, not a data-sheet value (datacentre GPUs idle at
@@ -95,6 +95,23 @@ class EmulatedShim(Shim):
 
     def remove(self, index: int, work_id: str) -> None:
         self._state[index].work.pop(work_id, None)
+
+    def follow(self, work: Sequence[DeviceWork]) -> None:
+        """Make every device carry exactly the center's work: compute and memory in proportion to each share.
+
+        >>> shim = EmulatedShim("H100", devices=2)
+        >>> _ = shim.discover()
+        >>> shim.follow([DeviceWork(job_id="j1", index=1, share=0.5)])
+        >>> [(s.utilization_pct, s.memory_used_mib) for s in shim.sample()]
+        [(0.0, 0.0), (50.0, 40960.0)]
+        """
+        memory = self.spec.memory_gib * 1024 if self.spec and self.spec.memory_gib else 0.0
+        by_device: list[dict[str, tuple[float, float]]] = [{} for _ in self._state]
+        for item in work:
+            if item.index < len(by_device):  # work on a device this node does not have is the API's mistake
+                by_device[item.index][item.job_id] = (item.share, item.share * memory)
+        for state, placed in zip(self._state, by_device, strict=True):
+            state.work = placed
 
     def set_load(self, index: int, utilization_pct: float, memory_used_mib: float) -> None:
         """Pin a device's load directly (benchmarks, dashboards); overrides placed work until cleared."""
@@ -207,6 +224,6 @@ class EmulatedShim(Shim):
     def _load(self, state: _Device) -> tuple[float, float]:
         if state.load_override is not None:
             return state.load_override
-        share = sum(c for c, _ in state.work.values())
-        memory = sum(m for _, m in state.work.values())
+        share = sum((c for c, _ in state.work.values()), 0.0)
+        memory = sum((m for _, m in state.work.values()), 0.0)
         return min(100.0, share * 100.0), memory

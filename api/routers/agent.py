@@ -179,5 +179,9 @@ def heartbeat(body: HeartbeatRequest, request: Request, principal: CurrentPrinci
         node_values["state"] = NodeStatus.READY.value
     session.execute(update(NODES).where(NODES.c.id == body.node_id).values(node_values))
     session.commit()
-    reply = HeartbeatResponse(acked_seq=acked, interval_s=ctx.settings.heartbeat_interval_s)
+    reply = HeartbeatResponse(
+        acked_seq=acked,
+        interval_s=ctx.settings.heartbeat_interval_s,
+        work=ctx.snapshots.device_work(body.node_id, max_age_s=min(1.0, ctx.settings.heartbeat_interval_s / 2)),
+    )
     return respond(reply.model_dump(mode="json"))

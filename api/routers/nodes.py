@@ -18,7 +18,8 @@ from sqlmodel import Session
 from api.deps import AppContext, CurrentPrincipal, ReadSession, context, respond
 from api.models import V1_PROBLEMS, Items, NodeOut, PoolOut
 from api.problems import not_found
-from api.tables import DEVICES, HOLDING_STATES, JOBS, NODES, NodeSource, NodeStatus
+from api.store import device_work
+from api.tables import DEVICES, NODES, NodeSource, NodeStatus
 
 router = APIRouter(prefix="/v1", tags=["inventory"], responses=V1_PROBLEMS)
 NodeId = Annotated[str, Path(min_length=1, max_length=200)]
@@ -36,12 +37,7 @@ def node_status(row: Mapping[Any, Any], now: float, interval_s: float) -> str:
 
 def allocated_devices(session: Session) -> dict[str, set[int]]:
     """Devices (per node) that running jobs hold, wholly or in part."""
-    used: dict[str, set[int]] = {}
-    statement = select(JOBS.c.placement).where(JOBS.c.state.in_([s.value for s in HOLDING_STATES]))
-    for (placement,) in session.execute(statement):
-        for worker in (placement or {}).get("workers", ()):
-            used.setdefault(worker.get("node", ""), set()).update(worker.get("devices", ()))
-    return used
+    return {node: {w.index for w in work} for node, work in device_work(session).items()}
 
 
 def _devices_by_node(session: Session, node_ids: Iterable[str] | None = None) -> dict[str, list[Mapping[Any, Any]]]:

@@ -170,3 +170,41 @@ def test_unknown_model_and_wrong_node_are_refused(stack: Stack) -> None:
         agent.close()
     with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.tokens['alice']}"}) as c:
         assert_problem(c.post("/v1/agent/register", json=request), 403, "forbidden", "node-agent")
+
+
+def test_emulated_telemetry_follows_the_jobs_placed_on_the_node(stack: Stack) -> None:
+    agent = make_agent(stack, "agent-h100-work", devices=4)
+    try:
+        agent.register()
+        with stack.client("alice") as c:
+            job = c.post("/v1/jobs", json={**JOB, "devices_per_worker": 2}).json()
+        placement = {
+            "model": "H100",
+            "pool": "local/H100",
+            "topology": "node",
+            "workers": [{"rank": 0, "node": "agent-h100-work", "devices": [1, 2], "milli": 1000}],
+        }
+        with stack.engine.begin() as conn:
+            conn.execute(update(JOBS).where(JOBS.c.id == job["id"]).values(state="running", placement=placement))
+        shim = agent.shims[0]
+        assert isinstance(shim, EmulatedShim)
+
+        def busy_after_heartbeat() -> list[float | None]:
+            time.sleep(0.6)  # the API's table of work is refreshed at most every half interval (≤ 1 s)
+            agent.tick()
+            assert agent.flush()
+            return [s.utilization_pct for s in shim.sample()]
+
+        utilization = busy_after_heartbeat()
+        assert utilization == [0.0, 100.0, 100.0, 0.0]
+        sample = shim.sample()[1]
+        assert sample.memory_used_mib == sample.memory_total_mib and sample.power_w == shim.spec.tdp_w  # type: ignore[union-attr]
+        agent.tick()
+        assert agent.flush()
+        [row] = stack.rows(DEVICES, DEVICES.c.node_id == "agent-h100-work", DEVICES.c.index == 1)
+        assert row["telemetry"]["utilization_pct"] == 100.0  # the API sees what the job does
+        with stack.engine.begin() as conn:
+            conn.execute(update(JOBS).where(JOBS.c.id == job["id"]).values(state="succeeded"))
+        assert busy_after_heartbeat() == [0.0, 0.0, 0.0, 0.0]
+    finally:
+        agent.close()
