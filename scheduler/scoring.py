@@ -16,6 +16,7 @@ the recent workload distribution) could not use, and a task goes where that expe
 
 from __future__ import annotations
 
+from bisect import bisect_right
 import random
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -210,6 +211,8 @@ class FGDScorer:
         # identical and drift through few distinct shapes, so most evaluations are dictionary hits.
         self._cache: dict[tuple[tuple[int, ...], int, int], float] = {}
         self._cache_classes: list[tuple[TaskShape, float]] | None = None
+        self._cpu_steps: list[int] = []
+        self._mem_steps: list[int] = []
 
     def observe(self, job: Job) -> None:
         self.profile.observe(job)
@@ -220,7 +223,11 @@ class FGDScorer:
         if self._cache_classes is not classes:
             self._cache.clear()
             self._cache_classes = classes
-        key = (free, cpu, mem)
+            # CPU and memory matter only through "at least this class's request": the cache keys them by rank
+            # among the profile's requests, so nodes whose CPU differs between two requests share an entry.
+            self._cpu_steps = sorted({shape.cpu_milli for shape, _ in classes})
+            self._mem_steps = sorted({shape.memory_mib for shape, _ in classes})
+        key = (free, bisect_right(self._cpu_steps, cpu), bisect_right(self._mem_steps, mem))
         value = self._cache.get(key)
         if value is not None:
             return value
