@@ -14,12 +14,15 @@ Only what is free now and needed later is hidden, so a reservation never blocks 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import groupby
 
 from scheduler.model import MILLI, Job, Placement, TopologyLevel, WorkerPlacement
 from scheduler.placement import PlacementEngine
 from scheduler.state import ClusterState, RunningJob
 
 PHANTOM_PREFIX = "\x00reservation:"
+#: Placement-engine checks per plan once the projection says the job fits.
+MAX_VERIFICATIONS = 4
 
 
 @dataclass
@@ -105,17 +108,13 @@ def plan_reservation(engine: PlacementEngine, state: ClusterState, job: Job, now
     released: list[RunningJob] = []
     verifications = 0
     found: tuple[float, Placement] | None = None
-    ending = [state.running[job_id] for _, job_id in state.ends]
+    running_jobs = state.running
     try:
-        i = 0
-        while i < len(ending) and found is None:
-            at = ending[i].expected_end
-            assert at is not None
+        # Jobs ending at the same moment free their room together.
+        for at, ending in groupby(state.ends, key=_end_time):
             touched = False
-            # Jobs ending at the same moment free their room together.
-            while i < len(ending) and ending[i].expected_end == at:
-                running = ending[i]
-                i += 1
+            for _, job_id in ending:
+                running = running_jobs[job_id]
                 pid = running.placement.pool
                 if pid not in pools:
                     continue
@@ -137,15 +136,18 @@ def plan_reservation(engine: PlacementEngine, state: ClusterState, job: Job, now
                             old = whole.get(worker.node, ns.free_whole)
                             whole[worker.node] = old + 1
                             slots[pid] += (old + 1) // k - old // k
-            if not touched or not any(fits(pid) for pid in pools) or verifications >= 4:
+            if not touched or not any(fits(pid) for pid in pools):
                 continue
+            if verifications == MAX_VERIFICATIONS:
+                break  # the projection keeps saying yes and the engine no (CPU, memory, topology): give up
             verifications += 1
             for running in relevant[len(released) :]:
-                state.release(running.job.id)
+                state.vacate(running.placement)
                 released.append(running)
             result = engine.place(state, job)
             if result.placement is not None:
                 found = (max(at, now), result.placement)
+                break
         if found is None:
             return None
         start, placement = found
@@ -168,5 +170,9 @@ def plan_reservation(engine: PlacementEngine, state: ClusterState, job: Job, now
             memory_slack={node: max(0, v) for node, v in memory_slack.items()},
         )
     finally:
-        for running in reversed(released):
-            state.start(running)
+        for running in released:
+            state.occupy(running.placement)
+
+
+def _end_time(entry: tuple[float, str]) -> float:
+    return entry[0]

@@ -250,11 +250,12 @@ class ClusterState:
         """Move ``ns`` from its old index keys to ``(whole, best)`` and update slot counters by the delta."""
         pool = ns.pool
         old_whole, old_best = ns.free_whole, ns.max_free
-        pool.by_whole.remove((old_whole, ns.index))
-        pool.by_partial.remove((old_best, ns.index))
-        pool.by_whole.add((whole, ns.index))
-        pool.by_partial.add((best, ns.index))
+        if best != old_best:
+            pool.by_partial.remove((old_best, ns.index))
+            pool.by_partial.add((best, ns.index))
         if whole != old_whole:
+            pool.by_whole.remove((old_whole, ns.index))
+            pool.by_whole.add((whole, ns.index))
             pool_slots, island_slots, switch_slots = pool.slots, ns.island.slots, ns.switch.slots
             for k in range(1, pool.max_devices + 1):
                 delta = whole // k - old_whole // k
@@ -307,6 +308,19 @@ class ClusterState:
             self._charge(running, -1.0)
         self.capacity_epoch = next(_EPOCHS)
         return placement
+
+    def vacate(self, placement: Placement) -> None:
+        """Free a placement's capacity as if its job had ended, without forgetting the job (what-if projections).
+
+        Only capacity and its indexes move: accounts, end estimates and allocations stay. Undo with
+        :meth:`occupy`, before anything else allocates.
+        """
+        self._apply(self._demand(placement), +1)
+        self.capacity_epoch = next(_EPOCHS)
+
+    def occupy(self, placement: Placement) -> None:
+        """Take back what :meth:`vacate` freed."""
+        self._apply(self._demand(placement), -1)
 
     def _charge(self, running: RunningJob, sign: float) -> None:
         self.usage_touched.update(running.accounts)
