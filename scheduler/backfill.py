@@ -38,6 +38,8 @@ class Reservation:
     memory_slack: dict[str, int]
     #: Milli-devices the phantom hides right now (0 when everything reserved is still busy).
     hidden_milli: int = 0
+    #: The pools the job could use: capacity coming back in any of them may move the start earlier.
+    pools: tuple[str, ...] = ()
 
     @property
     def phantom_id(self) -> str:
@@ -63,18 +65,19 @@ class Reservation:
                 workers.append(WorkerPlacement(node=node, devices=(), milli=0, cpu_milli=cpu, memory_mib=memory))
         if workers:
             state.allocate(
-                Placement(
+                mark=False,
+                placement=Placement(
                     job_id=self.phantom_id,
                     model=self.placement.model,
                     pool=self.placement.pool,
                     workers=tuple(workers),
                     topology=TopologyLevel.POOL,
-                )
+                ),
             )
 
     def lift(self, state: ClusterState) -> None:
         if self.phantom_id in state.allocations:
-            state.release(self.phantom_id)
+            state.release(self.phantom_id, mark=False)
 
 
 def plan_reservation(engine: PlacementEngine, state: ClusterState, job: Job, now: float) -> Reservation | None:
@@ -168,6 +171,7 @@ def plan_reservation(engine: PlacementEngine, state: ClusterState, job: Job, now
             device_slack={key: max(0, v) for key, v in device_slack.items()},
             cpu_slack={node: max(0, v) for node, v in cpu_slack.items()},
             memory_slack={node: max(0, v) for node, v in memory_slack.items()},
+            pools=tuple(pools),
         )
     finally:
         for running in released:

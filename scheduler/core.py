@@ -114,6 +114,9 @@ class SchedulerCore:
         self.preemptor = Preemptor(self.placement, self.quota, queueing.min_runtime_s, queueing.max_victim_candidates)
         #: Reservations made by the last step (reported as why-pending; rebuilt every step).
         self.reservations: dict[str, Reservation] = {}
+        #: The last step's reservations with the pool and node epochs they hold for (see ``_reservation``).
+        self._kept: dict[str, tuple[Reservation, dict[str, int], dict[str, int]]] = {}
+        self._kept_state: ClusterState | None = None
         self._domestic_jobs: dict[tuple[str, str, DomesticPreference], Job] = {}
         self._share_cache: dict[str, float] = {}
         #: The state the history's rates were last taken from (another state means a full resync).
@@ -163,6 +166,11 @@ class SchedulerCore:
         order = self._make_order(jobs, share)
         decisions: list[Decision] = []
         self.reservations = {}
+        if state is not self._kept_state:
+            self._kept, self._kept_state = {}, state
+        # Where capacity last grew, as the step begins: the step's own lifts and projections do not count.
+        grown = {pool_id: pool.grown for pool_id, pool in state.pools.items()}
+        kept: dict[str, tuple[Reservation, dict[str, int], dict[str, int]]] = {}
         # Shapes that failed to backfill this step. Within a step free capacity only shrinks (until a
         # preemption frees some), so a shape that could not backfill still cannot.
         self._backfill_misses: set[tuple[object, ...]] = set()
@@ -211,10 +219,11 @@ class SchedulerCore:
                     and self.runtimes.estimate(job) is not None
                 ):
                     heads.add(queue)
-                    reservation = plan_reservation(self.placement, state, job, now)
+                    reservation = self._reservation(state, job, now, grown)
                     if reservation is not None:
                         reservation.hide(state)
                         self.reservations[job.id] = reservation
+                        kept[job.id] = self._kept_entry(state, reservation, grown)
                         reasons.insert(0, _reservation_reason(reservation, own=True))
                 elif self.reservations:
                     first = min(self.reservations.values(), key=lambda r: r.start)
@@ -223,7 +232,36 @@ class SchedulerCore:
         finally:
             for reservation in self.reservations.values():
                 reservation.lift(state)
+            self._kept = kept
         return decisions
+
+    def _reservation(self, state: ClusterState, job: Job, now: float, grown: dict[str, int]) -> Reservation | None:
+        """The reservation kept from the last step if nothing it depends on changed since, else a new plan.
+
+        A kept plan is still the earliest start while no capacity came back in the job's pools (starts elsewhere
+        only push starts later) and nothing started or stopped on its nodes since it was hidden (their slack
+        is what it was); it is never reused once its start has come.
+        """
+        kept = self._kept.get(job.id)
+        if kept is not None:
+            reservation, pools, nodes = kept
+            if (
+                reservation.job is job
+                and reservation.start > now
+                and all(grown.get(pool_id) == epoch for pool_id, epoch in pools.items())
+                and all(state.nodes[node_id].epoch == epoch for node_id, epoch in nodes.items())
+            ):
+                return reservation
+        return plan_reservation(self.placement, state, job, now)
+
+    @staticmethod
+    def _kept_entry(
+        state: ClusterState, reservation: Reservation, grown: dict[str, int]
+    ) -> tuple[Reservation, dict[str, int], dict[str, int]]:
+        """A reservation with the epochs it is valid for. Taken as it is hidden: any later start on its nodes
+        (which may eat into the room it counted on) or capacity back in its pools makes the next step re-plan."""
+        pools = {pool_id: grown[pool_id] for pool_id in reservation.pools}
+        return reservation, pools, {node_id: state.nodes[node_id].epoch for node_id in reservation.placement.nodes}
 
     def decide(self, state: ClusterState, job: Job, now: float) -> Decision:
         """One job through :meth:`step` (a convenience for callers that place jobs one at a time)."""

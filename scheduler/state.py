@@ -58,6 +58,7 @@ class NodeState:
 
     __slots__ = (
         "cpu_free",
+        "epoch",
         "free",
         "free_whole",
         "healthy",
@@ -82,6 +83,8 @@ class NodeState:
         self.schedulable = True
         self.free_whole = node.devices
         self.max_free = MILLI if node.devices else 0
+        #: Changes whenever this node's capacity or health changes (not for what-if projections).
+        self.epoch = next(_EPOCHS)
         self.island: DomainState
         self.switch: DomainState
 
@@ -128,6 +131,8 @@ class PoolState:
         self.slots = [0] * (max_devices + 1)
         self.capacity_milli = 0
         self.free_milli = 0
+        #: The state's ``capacity_epoch`` when capacity last grew in this pool (a release, a node added or back).
+        self.grown = next(_EPOCHS)
         # Islands that span several nodes matter for gangs; single-node islands are covered by the node level.
         self.multi_node_islands = False
 
@@ -196,6 +201,7 @@ class ClusterState:
             pool = self.pools[node.pool] = PoolState(node.pool, node.model, node.site, node.devices)
             self.pools_by_model.setdefault(node.model, []).append(pool)
         pool.grow(node.devices)
+        pool.grown = self.capacity_epoch
         ns = NodeState(node, len(pool.nodes), pool)
         pool.nodes.append(ns)
         ns.island = pool._domain(pool.islands, node.island)
@@ -231,8 +237,9 @@ class ClusterState:
         if ns.schedulable == schedulable:
             return
         ns.schedulable = schedulable
+        ns.epoch = next(_EPOCHS)
         if schedulable:
-            self.capacity_epoch = next(_EPOCHS)
+            self.capacity_epoch = ns.pool.grown = next(_EPOCHS)
         self._reindex(ns)
         ns.pool.by_cpu.remove((ns.cpu_free if not schedulable else -1, ns.index))
         ns.pool.by_cpu.add((ns.cpu_free if schedulable else -1, ns.index))
@@ -240,8 +247,9 @@ class ClusterState:
     def set_device_health(self, node_id: str, device: int, health: DeviceHealth) -> None:
         ns = self.nodes[node_id]
         ns.healthy[device] = health is DeviceHealth.HEALTHY
+        ns.epoch = next(_EPOCHS)
         if ns.healthy[device]:
-            self.capacity_epoch = next(_EPOCHS)
+            self.capacity_epoch = ns.pool.grown = next(_EPOCHS)
         self._reindex(ns)
 
     # ------------------------------------------------------------------------------------------ indexes
@@ -272,8 +280,11 @@ class ClusterState:
 
     # ------------------------------------------------------------------------------------------ allocation
 
-    def allocate(self, placement: Placement) -> None:
-        """Take the capacity of every worker, all or nothing; raises :class:`CapacityError` if any would overflow."""
+    def allocate(self, placement: Placement, mark: bool = True) -> None:
+        """Take the capacity of every worker, all or nothing; raises :class:`CapacityError` if any would overflow.
+
+        ``mark=False`` is for phantom allocations (reservations held within a step): the nodes' ``epoch`` stays.
+        """
         if placement.job_id in self.allocations:
             raise CapacityError(f"job {placement.job_id!r} is already allocated")
         demand = self._demand(placement)
@@ -287,7 +298,7 @@ class ClusterState:
                     raise CapacityError(f"job {placement.job_id!r}: device {node_id}[{d}] lacks {milli} milli")
             if ns.cpu_free < cpu or ns.mem_free < mem:
                 raise CapacityError(f"job {placement.job_id!r}: node {node_id!r} lacks CPU or memory")
-        self._apply(demand, -1)
+        self._apply(demand, -1, mark)
         self.allocations[placement.job_id] = placement
 
     def start(self, running: RunningJob) -> None:
@@ -298,15 +309,20 @@ class ClusterState:
         self.running_by_pool.setdefault(running.placement.pool, {})[job_id] = None
         self._charge(running, +1.0)
 
-    def release(self, job_id: str) -> Placement:
-        """Give back exactly what :meth:`allocate` (or :meth:`start`) took for ``job_id``."""
+    def release(self, job_id: str, mark: bool = True) -> Placement:
+        """Give back exactly what :meth:`allocate` (or :meth:`start`) took for ``job_id``.
+
+        ``mark=False`` (phantoms) leaves the nodes' ``epoch`` and the pool's ``grown`` as they were.
+        """
         placement = self.allocations.pop(job_id)
-        self._apply(self._demand(placement), +1)
+        self._apply(self._demand(placement), +1, mark)
         running = self.running.pop(job_id, None)
         if running is not None:
             self.running_by_pool[placement.pool].pop(job_id, None)
             self._charge(running, -1.0)
         self.capacity_epoch = next(_EPOCHS)
+        if mark:
+            self.pools[placement.pool].grown = self.capacity_epoch
         return placement
 
     def vacate(self, placement: Placement) -> None:
@@ -315,12 +331,12 @@ class ClusterState:
         Only capacity and its indexes move: accounts, end estimates and allocations stay. Undo with
         :meth:`occupy`, before anything else allocates.
         """
-        self._apply(self._demand(placement), +1)
+        self._apply(self._demand(placement), +1, mark=False)
         self.capacity_epoch = next(_EPOCHS)
 
     def occupy(self, placement: Placement) -> None:
         """Take back what :meth:`vacate` freed."""
-        self._apply(self._demand(placement), -1)
+        self._apply(self._demand(placement), -1, mark=False)
 
     def _charge(self, running: RunningJob, sign: float) -> None:
         self.usage_touched.update(running.accounts)
@@ -372,9 +388,11 @@ class ClusterState:
             demand[w.node] = (devices, cpu + w.cpu_milli, mem + w.memory_mib)
         return demand
 
-    def _apply(self, demand: dict[str, tuple[dict[int, int], int, int]], sign: int) -> None:
+    def _apply(self, demand: dict[str, tuple[dict[int, int], int, int]], sign: int, mark: bool = True) -> None:
         for node_id, (devices, cpu, mem) in demand.items():
             ns = self.nodes[node_id]
+            if mark:
+                ns.epoch = next(_EPOCHS)
             pool = ns.pool
             for d, milli in devices.items():
                 ns.free[d] += sign * milli

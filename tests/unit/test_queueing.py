@@ -250,6 +250,46 @@ def test_backfill_never_delays_the_reserved_head_job() -> None:
     assert started(core.step(state, pending, now=1000))[0] == "head"
 
 
+def test_reservation_is_kept_across_steps_until_capacity_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    import scheduler.core as core_module
+
+    plans: list[str] = []
+    original = core_module.plan_reservation
+
+    def counting(*args: object, **kwargs: object) -> object:
+        plans.append(args[2].id)  # type: ignore[attr-defined]
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(core_module, "plan_reservation", counting)
+    core = core_with(preemption=False)
+    state = ClusterState(nodes(count=3) + nodes(model="H100", count=1, prefix="h"))  # 24 A100s, 8 H100s
+    core.step(state, [Job(id="long", devices_per_worker=8, runtime_s=1000, models=("A100",))], now=0)
+    core.step(state, [Job(id="other", devices_per_worker=8, runtime_s=300, models=("A100",))], now=0)
+    head = Job(id="head", workers=2, devices_per_worker=8, runtime_s=500, submit_time=1, models=("A100",))
+    core.step(state, [head], now=10)
+    first = core.reservations["head"]
+    assert plans == ["head"] and first.start == pytest.approx(300)
+    # A job that starts in another pool changes nothing the plan depends on: the plan is kept.
+    elsewhere = Job(id="elsewhere", devices_per_worker=1, runtime_s=5000, submit_time=2, models=("H100",))
+    assert started(core.step(state, [head, elsewhere], now=20)) == ["elsewhere"]
+    core.step(state, [head], now=30)
+    assert core.reservations["head"] is first and plans == ["head"]
+    # A job that backfills onto the reserved room changes its nodes: planned again (same start).
+    tiny = Job(id="tiny", devices_per_worker=1, runtime_s=20, submit_time=3, models=("A100",))
+    assert started(core.step(state, [head, tiny], now=30)) == ["tiny"]
+    core.step(state, [head], now=35)
+    assert plans == ["head", "head"] and core.reservations["head"].start == pytest.approx(300)
+    state.check_invariants()
+    # Capacity coming back in the pool (a job ends early) may move the start: planned again, and it starts.
+    core.finish(state, "tiny", 40)
+    core.finish(state, "other", 40)
+    assert started(core.step(state, [head], now=40)) == ["head"]
+    late = Job(id="late", workers=2, devices_per_worker=8, runtime_s=10, submit_time=50, models=("A100",))
+    core.step(state, [late], now=50)
+    assert plans[-1] == "late" and "tiny" not in plans
+    state.check_invariants()
+
+
 # ---------------------------------------------------------------------------------------------- policy files
 
 
