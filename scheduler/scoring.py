@@ -16,8 +16,8 @@ the recent workload distribution) could not use, and a task goes where that expe
 
 from __future__ import annotations
 
-from bisect import bisect_right
 import random
+from bisect import bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Protocol
