@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from agents.shims.base import DeviceWork
 from api.db import is_sqlite, write_engine
-from api.tables import ACTIVE_STATES, HOLDING_STATES, JOB_EVENTS, JOBS, NODES, POLICY_VERSIONS
+from api.tables import ACTIVE_STATES, HOLDING_STATES, JOB_EVENTS, JOBS, NODES, POLICY_VERSIONS, NodeSource, NodeStatus
 from scheduler.catalog import Catalog
 from scheduler.model import MILLI, DomesticPreference, Job, Node, Reason
 from scheduler.placement import PlacementEngine
@@ -84,6 +84,19 @@ def node_of(row: Mapping[Any, Any]) -> Node:
         switch=get("switch"),
         labels=dict(get("labels") or {}),
     )
+
+
+#: Missed heartbeats after which an agent's node is shown down.
+MISSED_HEARTBEATS = 3
+
+
+def node_status(row: Mapping[Any, Any], now: float, interval_s: float) -> str:
+    """A node's state as users and the scheduler see it: an agent's node silent too long is ``down``."""
+    if row["source"] == NodeSource.AGENT.value:
+        last = row["last_heartbeat"] or row["registered_at"]
+        if now - last > MISSED_HEARTBEATS * interval_s:
+            return NodeStatus.DOWN.value
+    return str(row["state"])
 
 
 def device_work(conn: Connection | Session) -> dict[str, list[DeviceWork]]:
@@ -436,4 +449,14 @@ def _resolve(pairs: list[tuple[asyncio.Future[Result], Result | BaseException]])
             future.set_result(answer)
 
 
-__all__ = ["PolicySnapshot", "Result", "Snapshots", "Submitter", "device_work", "node_of", "request_hash"]
+__all__ = [
+    "MISSED_HEARTBEATS",
+    "PolicySnapshot",
+    "Result",
+    "Snapshots",
+    "Submitter",
+    "device_work",
+    "node_of",
+    "node_status",
+    "request_hash",
+]

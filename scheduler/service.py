@@ -36,9 +36,8 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from api.db import write_engine
-from api.routers.nodes import node_status
 from api.spec import JobSpec
-from api.store import node_of
+from api.store import node_of, node_status
 from api.tables import (
     DEVICES,
     HOLDING_STATES,

@@ -18,21 +18,11 @@ from sqlmodel import Session
 from api.deps import AppContext, CurrentPrincipal, ReadSession, context, respond
 from api.models import V1_PROBLEMS, Items, NodeOut, PoolOut
 from api.problems import not_found
-from api.store import device_work
-from api.tables import DEVICES, NODES, NodeSource, NodeStatus
+from api.store import device_work, node_status
+from api.tables import DEVICES, NODES, NodeStatus
 
 router = APIRouter(prefix="/v1", tags=["inventory"], responses=V1_PROBLEMS)
 NodeId = Annotated[str, Path(min_length=1, max_length=200)]
-#: Missed heartbeats after which an agent's node is shown down.
-MISSED_HEARTBEATS = 3
-
-
-def node_status(row: Mapping[Any, Any], now: float, interval_s: float) -> str:
-    if row["source"] == NodeSource.AGENT.value:
-        last = row["last_heartbeat"] or row["registered_at"]
-        if now - last > MISSED_HEARTBEATS * interval_s:
-            return NodeStatus.DOWN.value
-    return str(row["state"])
 
 
 def allocated_devices(session: Session) -> dict[str, set[int]]:
