@@ -314,6 +314,19 @@ class SchedulerCore:
             self._share_cache.pop(account, None)
         return running
 
+    def remember_usage(self, tenant: str, user: str, ncu: float, start: float, end: float, now: float) -> None:
+        """Feed fair share a past run (``ncu`` from ``start`` to ``end <= now``), e.g. from the ledger after a
+        restart, so that a tenant who used much yesterday still waits behind one who did not::
+
+            >>> core = SchedulerCore()
+            >>> core.remember_usage("heavy", "u", ncu=64.0, start=0.0, end=3600.0, now=7200.0)
+            >>> core.history.value("tenant:heavy") > 0 == core.history.value("tenant:light")
+            True
+        """
+        self.history.advance({}, now)
+        for account in (tenant_account(tenant), user_account(tenant, user)):
+            self.history.record(account, ncu, start, min(end, now))
+
     def checkpointed(self, state: ClusterState, job_id: str, now: float) -> None:
         """Note a job's checkpoint: preemption then prefers it (less work lost)."""
         running = state.running.get(job_id)

@@ -72,6 +72,32 @@ class UsageHistory:
         self._integral += self.half_life_s / math.log(2) * (growth_now - self._growth(self._at))
         self._at = now
 
+    def record(self, account: str, ncu: float, start: float, end: float) -> None:
+        """Add usage that happened in ``[start, end]`` (e.g. read back from the ledger after a restart).
+
+        Call it after the first :meth:`advance` and with ``end`` no later than the last one.
+
+            >>> history = UsageHistory(half_life_s=3600)
+            >>> history.advance({}, now=7200)
+            >>> history.record("tenant:a", 10.0, start=0, end=3600)   # the same hour as in the module example
+            >>> round(history.value("tenant:a"))
+            12984
+        """
+        if self._at is None:
+            raise ValueError("record() needs a reference time: call advance() first")
+        if ncu <= 0 or end <= start:
+            return
+        added = ncu * self.half_life_s / math.log(2) * (self._growth(end) - self._growth(start))
+        entry = self._accounts.get(account)
+        if entry is None:
+            entry = self._accounts[account] = [0.0, 0.0, self._integral]
+        entry[0] += added
+        prefix = account.split(":", 1)[0]
+        total = self._prefixes.get(prefix)
+        if total is None:
+            total = self._prefixes[prefix] = [0.0, 0.0, self._integral]
+        total[0] += added
+
     def accruing(self) -> list[str]:
         """Accounts with a non-zero rate."""
         return [account for account, entry in self._accounts.items() if entry[1] > 0]

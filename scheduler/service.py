@@ -54,7 +54,7 @@ from api.tables import (
 from scheduler.core import SchedulerCore
 from scheduler.eta import forecast
 from scheduler.executors.base import ExecutionStatus, Executor, ExecutorError, LaunchRequest, Phase
-from scheduler.metering import LedgerEntry, StopCause
+from scheduler.metering import LedgerEntry, LedgerKind, StopCause
 from scheduler.model import (
     Decision,
     DecisionKind,
@@ -65,11 +65,13 @@ from scheduler.model import (
     topology_by_name,
 )
 from scheduler.state import CapacityError, ClusterState
-from scheduler.tenancy import parse_policy
+from scheduler.tenancy import NCU, parse_policy
 
 log = logging.getLogger("zhisuan.scheduler")
 
 LOCK_NAME = "scheduler"
+#: Finished runs read back into fair-share history after a restart (the newest first).
+HISTORY_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -423,6 +425,7 @@ class SchedulerService:
                 .order_by(JOBS.c.finished_at.desc())
                 .limit(2000)
             ).all()
+        self._remember_usage(now)
         for f in reversed(finished):
             spec = JobSpec.model_validate(f.spec)
             if f.placement and f.finished_at is not None:
@@ -436,15 +439,35 @@ class SchedulerService:
                 self._requeue(row.id, now, StopCause.NODE_LOST, "no placement recorded", report)
                 continue
             try:
-                self.core.adopt(
+                running = self.core.adopt(
                     self.state,
                     self._job(row.id, row.version, row),
                     _placement(row.id, row.placement),
                     active.started_at,
                     row.last_checkpoint_at,
                 )
+                # Its run so far has no ledger stop yet: fair share learns it here.
+                self.core.remember_usage(
+                    row.tenant, row.user, running.demand.get(NCU, 0.0), running.started_at, now, now
+                )
             except (CapacityError, KeyError) as exc:
                 self._requeue(row.id, now, StopCause.NODE_LOST, f"its placement is no longer available: {exc}", report)
+
+    def _remember_usage(self, now: float) -> None:
+        """Rebuild fair-share history from the ledger's finished runs (the newest ``HISTORY_ROWS`` within five
+        half-lives, beyond which a run weighs under 3 %), so that a restart does not forgive yesterday's use."""
+        since = now - 5 * self.core.history.half_life_s
+        with self.engine.connect() as conn:
+            stops = conn.execute(
+                select(LEDGER.c.tenant, LEDGER.c.user, LEDGER.c.at, LEDGER.c.seconds, LEDGER.c.ncu_hours)
+                .where(LEDGER.c.kind == LedgerKind.STOP.value, LEDGER.c.at >= since)
+                .order_by(LEDGER.c.at.desc())
+                .limit(HISTORY_ROWS)
+            ).all()
+        for stop in stops:
+            if stop.seconds > 0:
+                rate = stop.ncu_hours * 3600 / stop.seconds
+                self.core.remember_usage(stop.tenant, stop.user, rate, stop.at - stop.seconds, stop.at, now)
 
     # ------------------------------------------------------------------------------------------ reconcile
 

@@ -420,3 +420,27 @@ def test_eta_is_none_behind_jobs_without_estimates() -> None:
     state = ClusterState(nodes(count=1))
     core.step(state, [Job(id="forever", devices_per_worker=8)], now=0)
     assert forecast(core, state, [Job(id="stuck", devices_per_worker=8)], now=1).starts == {"stuck": None}
+
+
+def test_usage_remembered_after_a_restart_orders_tenants_as_if_seen_live() -> None:
+    live = core_with(preemption=False)
+    state = ClusterState(nodes(count=2))
+    heavy = Job(id="heavy-run", tenant="heavy", user="h", devices_per_worker=8, runtime_s=3600)
+    live.step(state, [heavy], now=0)
+    live.step(state, [], now=3600)  # usage is observed at steps
+    live.finish(state, "heavy-run", 3600)
+    live.step(state, [], now=7200)
+    # A new process knows only the ledger: the run's NCU rate, start and end.
+    restarted = core_with(preemption=False)
+    rate = 8 * live.throughput.relative("A100", heavy.job_class)
+    restarted.remember_usage("heavy", "h", rate, 0, 3600, now=7200)
+    for account in ("tenant:heavy", "user:heavy/h"):
+        assert restarted.history.value(account) == pytest.approx(live.history.value(account), rel=1e-9)
+    assert restarted.history.total("tenant:") == pytest.approx(live.history.total("tenant:"), rel=1e-9)
+    # ... so the light tenant goes first, though its job was submitted later.
+    fresh = ClusterState(nodes(count=1))
+    jobs = [
+        Job(id="heavy-next", tenant="heavy", user="h", devices_per_worker=8, submit_time=1),
+        Job(id="light-next", tenant="light", user="l", devices_per_worker=8, submit_time=2),
+    ]
+    assert started(restarted.step(fresh, jobs, now=7300)) == ["light-next"]
