@@ -534,7 +534,7 @@ class SchedulerService:
         elif status.phase is Phase.LOST:
             self._lost_on(status, now)
             self._requeue(active.job_id, now, StopCause.NODE_LOST, status.message or "a worker was lost", report)
-        elif status.phase is Phase.FAILED and active.attempt < self.config.max_retries:
+        elif status.phase is Phase.FAILED and status.retryable and active.attempt < self.config.max_retries:
             self._requeue(active.job_id, now, StopCause.FAILED, message, report, retry=True)
         else:
             self._end(active, now, JobState.FAILED, StopCause.FAILED, message, exit_code, report)

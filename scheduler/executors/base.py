@@ -87,6 +87,8 @@ class WorkerStatus:
     phase: Phase
     exit_code: int | None = None
     message: str = ""
+    #: False when the worker failed in its own setup (see :class:`ExecutionStatus`).
+    retryable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,9 @@ class ExecutionStatus:
     workers: tuple[WorkerStatus, ...] = ()
     message: str = ""
     last_log_lines: tuple[str, ...] = ()
+    #: False when a retry would fail the same way (a missing runtime-env package or working directory, an
+    #: entrypoint that is not there): the service then fails the job at once instead of retrying.
+    retryable: bool = True
 
     @property
     def terminal(self) -> bool:

@@ -227,6 +227,8 @@ def fold(job_id: str, attempt: int, workers: Sequence[dict[str, Any]]) -> Execut
     <Phase.STOPPED: 'stopped'>
     >>> fold("j", 0, [w(0, "succeeded"), w(1, "running")]).phase
     <Phase.RUNNING: 'running'>
+    >>> fold("j", 0, [w(0, "failed", "runtime_env pip on node n: torch missing", 1.0) | {"retryable": False}]).retryable
+    False
     """
     statuses = tuple(
         WorkerStatus(
@@ -235,6 +237,7 @@ def fold(job_id: str, attempt: int, workers: Sequence[dict[str, Any]]) -> Execut
             phase=Phase(w["phase"]),
             exit_code=w.get("exit_code"),
             message=str(w.get("message", "")),
+            retryable=bool(w.get("retryable", True)),
         )
         for w in sorted(workers, key=lambda w: int(w["rank"]))
     )
@@ -246,7 +249,8 @@ def fold(job_id: str, attempt: int, workers: Sequence[dict[str, Any]]) -> Execut
 
     def result(phase: Phase, message: str, decider: WorkerStatus | None) -> ExecutionStatus:
         tail = by_rank[decider.rank].get("tail", []) if decider is not None else []
-        return ExecutionStatus(job_id, attempt, phase, statuses, message, tuple(tail))
+        retryable = decider.retryable if decider is not None else True
+        return ExecutionStatus(job_id, attempt, phase, statuses, message, tuple(tail), retryable)
 
     if not statuses:
         return ExecutionStatus(job_id, attempt, Phase.LOST, (), "no workers found")

@@ -178,6 +178,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+#: Shell exit codes that mean the entrypoint could not run at all (not executable, not found): retrying the same
+#: command on the same image cannot help.
+NOT_RUNNABLE_EXIT_CODES = frozenset({126, 127})
+
+
 def _describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -240,6 +245,9 @@ class RankProcess:
         self._stop_reason: str | None = None
         self._spawned_at: float | None = None
         self._ended_at: float | None = None
+        #: False when the failure is the job's own setup (missing packages, directory, command): a retry on the
+        #: same cluster would fail the same way, so the service fails the job at once.
+        self._retryable = True
         if node.label != spec.node_label:
             self._end(
                 "failed",
@@ -335,6 +343,7 @@ class RankProcess:
                 "phase": self._phase,
                 "exit_code": self._exit_code,
                 "message": self._message,
+                "retryable": self._retryable,
                 "pid": self._proc.pid if self._proc is not None else None,
                 "ray_node_id": self.node.ray_node_id,
                 "labels": dict(self.node.labels),
@@ -370,7 +379,7 @@ class RankProcess:
         elif code == 0:
             self._end("succeeded", "exited with code 0", code)
         else:
-            self._end("failed", _describe_exit(code), code)
+            self._end("failed", _describe_exit(code), code, retryable=code not in NOT_RUNNABLE_EXIT_CODES)
 
     def _spawn(self, master: Master, ready: ReadyCheck | None) -> subprocess.Popen[bytes] | None:
         spec = self.spec
@@ -383,7 +392,7 @@ class RankProcess:
             return None
         problem = self._setup_problem()
         if problem:
-            self._end("failed", problem)
+            self._end("failed", problem, retryable=False)
             return None
         try:
             address = master(self) if callable(master) else master
@@ -414,7 +423,7 @@ class RankProcess:
                 self._spawned_at = time.time()
                 return proc
         except OSError as err:
-            self._end("failed", f"cannot start the entrypoint on node {spec.node}: {err}")
+            self._end("failed", f"cannot start the entrypoint on node {spec.node}: {err}", retryable=False)
             return None
 
     def _setup_problem(self) -> str | None:
@@ -471,10 +480,11 @@ class RankProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
 
-    def _end(self, phase: str, message: str, code: int | None = None) -> None:
+    def _end(self, phase: str, message: str, code: int | None = None, retryable: bool = True) -> None:
         with self._lock:
             if self._phase in ("starting", "running"):
                 self._phase, self._message, self._exit_code = phase, message, code
+                self._retryable = retryable
                 self._ended_at = time.time()
         self._done.set()
 

@@ -171,12 +171,13 @@ def test_bad_jobs_end_with_a_clear_reason_and_the_service_keeps_running(deployme
     assert walltime.attempt == 0, "a job stopped for its walltime is not retried"
 
     instant = wait_state(acme, instant.id, "failed", timeout_s=60)
-    assert instant.exit_code == 7
+    assert instant.exit_code == 7 and instant.attempt == 1, "an ordinary failure is retried (max_retries=1)"
     assert instant.message is not None
     assert "exited with code 7" in instant.message and "cannot open config.yaml" in instant.message
 
     missing = wait_state(acme, missing.id, "failed", timeout_s=60)
     assert missing.message is not None and "surely-not-installed-zz is not installed" in missing.message
+    assert missing.attempt == 0, "a missing package is not retried: it would fail the same way"
 
     # The service survived all of it: it still schedules.
     assert deployment.run.service is not None

@@ -259,11 +259,12 @@ def test_entrypoint_that_fails_at_once_and_missing_package(executor: RayExecutor
     missing = place(Job(id="nopkg", devices_per_worker=1, models=("H100",)))["nopkg"]
     executor.launch(LaunchRequest("nopkg", 0, missing, "true", pip=("pytest", "surely-not-installed-zz>=1")))
     status = until(executor, "typo", TERMINAL)
-    assert status.phase is Phase.FAILED and "exited with code 127" in status.message
+    assert status.phase is Phase.FAILED and "exited with code 127" in status.message and not status.retryable
     assert any("not found" in line for line in status.last_log_lines), status.last_log_lines
     status = until(executor, "nopkg", TERMINAL)
     assert status.phase is Phase.FAILED
     assert "surely-not-installed-zz is not installed" in status.message and "pytest" not in status.message
+    assert not status.retryable, "a missing package fails the same way on every retry"
 
 
 def test_launch_is_idempotent(executor: RayExecutor, probe: str, tmp_path: Path) -> None:
