@@ -4,6 +4,7 @@ and logs back through the API. The workers themselves say where they ran (``prob
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,17 @@ def test_cancel_stops_a_running_gang_and_frees_its_devices(deployment: Deploymen
     waiter = acme.submit(spec("waiter", probe_cmd(record, sleep=0.5), devices_per_worker=4))
     why = wait_for(acme, waiter.id, lambda j: j.state == "pending" and bool(j.reasons), "pending with reasons")
     assert why.reasons, "a waiting job says why"
+    # The emulated agents' telemetry follows the work: the gang's devices report busy, the others idle.
+    assert hog.placement is not None
+    worker = hog.placement.workers[0]
+    deadline = time.monotonic() + 15
+    while True:
+        devices = {d.index: d.telemetry or {} for d in acme.node(worker.node).devices}
+        busy = {i for i, t in devices.items() if t.get("utilization_pct") == 100.0}
+        if busy == set(worker.devices) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert busy == set(worker.devices), devices
 
     answered = acme.cancel(hog.id)
     assert answered.state in ("cancelling", "cancelled")
