@@ -119,6 +119,9 @@ class SchedulerCore:
         self._kept_state: ClusterState | None = None
         self._domestic_jobs: dict[tuple[str, str, DomesticPreference], Job] = {}
         self._share_cache: dict[str, float] = {}
+        self._ncu_state: ClusterState | None = None
+        self._ncu_nodes = 0
+        self._ncu_value = 0.0
         #: The state the history's rates were last taken from (another state means a full resync).
         self._history_state: ClusterState | None = None
 
@@ -472,10 +475,15 @@ class SchedulerCore:
         self.history.advance(rates, now)
 
     def _ncu_capacity(self, state: ClusterState) -> float:
-        return sum(
-            pool.capacity_milli / 1000 * self.throughput.relative(pool.model, JobClass.GENERIC)
-            for pool in state.pools.values()
-        )
+        # Installed capacity changes only when nodes are added: kept per state (held, so its id cannot be reused)
+        # and node count.
+        if self._ncu_state is not state or self._ncu_nodes != len(state.nodes):
+            self._ncu_state, self._ncu_nodes = state, len(state.nodes)
+            self._ncu_value = sum(
+                pool.capacity_milli / 1000 * self.throughput.relative(pool.model, JobClass.GENERIC)
+                for pool in state.pools.values()
+            )
+        return self._ncu_value
 
 
 def _fastest(core: SchedulerCore, job: Job) -> float:

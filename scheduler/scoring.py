@@ -213,6 +213,7 @@ class FGDScorer:
         self._cache_classes: list[tuple[TaskShape, float]] | None = None
         self._cpu_steps: list[int] = []
         self._mem_steps: list[int] = []
+        self._results: dict[tuple[object, ...], tuple[float, tuple[int, ...]] | None] = {}
 
     def observe(self, job: Job) -> None:
         self.profile.observe(job)
@@ -271,6 +272,27 @@ class FGDScorer:
             if all(ns.healthy)
             else tuple(f if ok else 0 for f, ok in zip(ns.free, ns.healthy, strict=True))
         )
+        if self._cache_classes is not self.profile.classes:
+            self._results.clear()
+        # Nodes in the same state score the same for the same worker shape (empty nodes of a pool, above all).
+        key = (
+            free,
+            ns.cpu_free,
+            ns.mem_free,
+            job.device_milli,
+            job.whole_devices,
+            job.cpu_milli_per_worker,
+            job.memory_mib_per_worker,
+        )
+        if key in self._results:
+            return self._results[key]
+        result = self._evaluate(free, ns, job)
+        if len(self._results) > 200_000:
+            self._results.clear()
+        self._results[key] = result
+        return result
+
+    def _evaluate(self, free: tuple[int, ...], ns: NodeState, job: Job) -> tuple[float, tuple[int, ...]] | None:
         cpu_after = ns.cpu_free - job.cpu_milli_per_worker
         mem_after = ns.mem_free - job.memory_mib_per_worker
         before = self.fragmentation(free, ns.cpu_free, ns.mem_free)
