@@ -33,6 +33,18 @@ def make_agent(stack: Stack, node_id: str, token: str | None = None, model: str 
     return agent
 
 
+def run_on(stack: Stack, job_id: str, model: str, node: str, devices: list[int]) -> None:
+    """Mark a job running on ``devices`` of ``node`` (as the scheduler service would)."""
+    placement = {
+        "model": model,
+        "pool": f"local/{model}",
+        "topology": "node",
+        "workers": [{"rank": 0, "node": node, "devices": devices, "milli": 1000}],
+    }
+    with stack.engine.begin() as conn:
+        conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(state="running", placement=placement))
+
+
 def test_register_heartbeat_and_read_back(stack: Stack) -> None:
     agent = make_agent(stack, "agent-h100-1")
     try:
@@ -108,14 +120,7 @@ def test_devices_held_by_running_jobs_are_not_free(stack: Stack) -> None:
     with stack.client("alice") as c:
         free_before = {p["pool"]: p["devices_free"] for p in c.get("/v1/pools").json()["items"]}
         job = c.post("/v1/jobs", json={**JOB, "devices_per_worker": 2, "models": ["Ascend910B"]}).json()
-    placement = {
-        "model": "Ascend910B",
-        "pool": "local/Ascend910B",
-        "topology": "node",
-        "workers": [{"rank": 0, "node": "local-ascend910b-00000", "devices": [0, 1], "milli": 1000}],
-    }
-    with stack.engine.begin() as conn:
-        conn.execute(update(JOBS).where(JOBS.c.id == job["id"]).values(state="running", placement=placement))
+    run_on(stack, job["id"], "Ascend910B", "local-ascend910b-00000", [0, 1])
     with stack.client("bob") as c:
         pools = {p["pool"]: p for p in c.get("/v1/pools").json()["items"]}
         assert pools["local/Ascend910B"]["devices_free"] == free_before["local/Ascend910B"] - 2
@@ -178,14 +183,7 @@ def test_emulated_telemetry_follows_the_jobs_placed_on_the_node(stack: Stack) ->
         agent.register()
         with stack.client("alice") as c:
             job = c.post("/v1/jobs", json={**JOB, "devices_per_worker": 2}).json()
-        placement = {
-            "model": "H100",
-            "pool": "local/H100",
-            "topology": "node",
-            "workers": [{"rank": 0, "node": "agent-h100-work", "devices": [1, 2], "milli": 1000}],
-        }
-        with stack.engine.begin() as conn:
-            conn.execute(update(JOBS).where(JOBS.c.id == job["id"]).values(state="running", placement=placement))
+        run_on(stack, job["id"], "H100", "agent-h100-work", [1, 2])
         shim = agent.shims[0]
         assert isinstance(shim, EmulatedShim)
 
