@@ -91,7 +91,25 @@ class Preemptor:
         # Cheapest first; among equals the most recently started, i.e. the job that borrowed last.
         candidates.sort(key=lambda r: (r.job.priority, lost_work(r, now), -r.started_at, -r.job.submit_time, r.job.id))
         candidates = candidates[: self.max_candidates]
+        # Trying victims out: a reclaim needs their accounts released too (whether the next one still borrows
+        # depends on it); a priority preemption needs only their capacity, which is much cheaper to move.
+        if reclaim:
+
+            def take_out(victim: RunningJob) -> None:
+                state.release(victim.job.id)
+
+            def put_back(victim: RunningJob) -> None:
+                state.start(victim)
+        else:
+
+            def take_out(victim: RunningJob) -> None:
+                state.vacate(victim.placement)
+
+            def put_back(victim: RunningJob) -> None:
+                state.occupy(victim.placement)
+
         released: list[RunningJob] = []
+        out: set[str] = set()
         placement = None
         try:
             for victim in candidates:
@@ -100,7 +118,8 @@ class Preemptor:
                     state, victim.accounts, victim.demand
                 ):
                     continue
-                state.release(victim.job.id)
+                take_out(victim)
+                out.add(victim.job.id)
                 released.append(victim)
                 placement = self.engine.place_in(state, job, pool)
                 if placement is not None:
@@ -110,10 +129,12 @@ class Preemptor:
             needed: list[RunningJob] = []
             # Give back, most expensive first, every victim the preemptor can do without.
             for victim in sorted(released, key=lambda r: -lost_work(r, now)):
-                state.start(victim)
+                put_back(victim)
+                out.discard(victim.job.id)
                 retry = self.engine.place_in(state, job, pool)
                 if retry is None:
-                    state.release(victim.job.id)
+                    take_out(victim)
+                    out.add(victim.job.id)
                     needed.append(victim)
                 else:
                     placement = retry
@@ -124,5 +145,5 @@ class Preemptor:
             return PreemptionPlan(pool, rel, final, tuple(needed), cost)
         finally:
             for victim in released:
-                if victim.job.id not in state.running:
-                    state.start(victim)
+                if victim.job.id in out:
+                    put_back(victim)
