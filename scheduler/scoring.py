@@ -73,6 +73,8 @@ def _default_choice(ns: NodeState, job: Job, tightest: bool) -> tuple[int, ...] 
 
 
 def _node_free(ns: NodeState) -> int:
+    if all(ns.healthy):  # the common case, summed in C
+        return sum(ns.free)
     return sum(f for f, ok in zip(ns.free, ns.healthy, strict=True) if ok)
 
 
