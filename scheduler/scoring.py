@@ -17,7 +17,7 @@ the recent workload distribution) could not use, and a task goes where that expe
 from __future__ import annotations
 
 import random
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Protocol
@@ -216,6 +216,8 @@ class FGDScorer:
         self._cpu_steps: list[int] = []
         self._mem_steps: list[int] = []
         self._results: dict[tuple[object, ...], tuple[float, tuple[int, ...]] | None] = {}
+        self._share_total = 0.0
+        self._groups: dict[tuple[int, int], tuple[list[float], list[tuple[int, float]]]] = {}
 
     def observe(self, job: Job) -> None:
         self.profile.observe(job)
@@ -230,41 +232,54 @@ class FGDScorer:
             # among the profile's requests, so nodes whose CPU differs between two requests share an entry.
             self._cpu_steps = sorted({shape.cpu_milli for shape, _ in classes})
             self._mem_steps = sorted({shape.memory_mib for shape, _ in classes})
+            self._share_total = sum(share for _, share in classes)
+            self._groups.clear()
         key = (free, bisect_right(self._cpu_steps, cpu), bisect_right(self._mem_steps, mem))
         value = self._cache.get(key)
         if value is not None:
             return value
+        # Every class counts the whole free capacity as fragment, except those that fit, which count only what
+        # they cannot use: total - (what a whole-device class uses: MILLI per free device) or total - (the free
+        # milli on devices with at least the class's fraction). So per node only the distinct fractions that fit
+        # cost a pass over the devices.
+        whole_share, fractions = self._eligible(key[1], key[2])
         total = sum(free)
+        value = total * self._share_total
         whole = free.count(MILLI)
+        if whole:
+            value -= MILLI * whole * whole_share[min(whole, len(whole_share) - 1)]
         best = max(free, default=0)
-        # Free milli on devices below a threshold, per threshold: many classes share one (every whole-device
-        # class uses MILLI), so a long profile costs one pass over the devices per distinct threshold.
-        below: dict[int, int] = {}
-        value = 0.0
-        for shape, share in classes:
-            if shape.whole:
-                fits = whole >= shape.whole
-                threshold = MILLI
-            elif shape.milli:
-                fits = best >= shape.milli
-                threshold = shape.milli
-            else:
-                # A task without devices can use none of them: every free device is a fragment for it.
-                fits = False
-                threshold = 0
-            if fits and (cpu < shape.cpu_milli or mem < shape.memory_mib):
-                fits = False
-            if fits:
-                fragment = below.get(threshold)
-                if fragment is None:
-                    fragment = below[threshold] = sum(f for f in free if f < threshold)
-                value += share * fragment
-            else:
-                value += share * total
+        for milli, share in fractions:
+            if milli > best:
+                break
+            value -= share * sum(f for f in free if f >= milli)
         if len(self._cache) > 200_000:
             self._cache.clear()
         self._cache[key] = value
         return value
+
+    def _eligible(self, cpu_rank: int, mem_rank: int) -> tuple[list[float], list[tuple[int, float]]]:
+        """For nodes with this CPU and memory rank: the share of whole-device classes needing at most k free
+        devices (indexed by k), and the fractional classes' shares per fraction, smallest fraction first."""
+        groups = self._groups.get((cpu_rank, mem_rank))
+        if groups is not None:
+            return groups
+        whole_needed: dict[int, float] = {}
+        fractions: dict[int, float] = {}
+        for shape, share in self.profile.classes:
+            if bisect_left(self._cpu_steps, shape.cpu_milli) >= cpu_rank:
+                continue  # needs more CPU than the node has
+            if bisect_left(self._mem_steps, shape.memory_mib) >= mem_rank:
+                continue
+            if shape.whole:
+                whole_needed[shape.whole] = whole_needed.get(shape.whole, 0.0) + share
+            elif shape.milli:
+                fractions[shape.milli] = fractions.get(shape.milli, 0.0) + share
+        cumulative = [0.0] * (max(whole_needed, default=0) + 1)
+        for k in range(1, len(cumulative)):
+            cumulative[k] = cumulative[k - 1] + whole_needed.get(k, 0.0)
+        groups = self._groups[(cpu_rank, mem_rank)] = (cumulative, sorted(fractions.items()))
+        return groups
 
     def evaluate(self, ns: NodeState, job: Job) -> tuple[float, tuple[int, ...]] | None:
         if not self.profile.classes:
