@@ -12,6 +12,7 @@
     .venv/bin/python benchmarks/simulator.py --part a --seeds 1,2,3,4,5,6,7,8,9,10
     .venv/bin/python benchmarks/simulator.py --part b --timeline-jobs 20000
     .venv/bin/python benchmarks/simulator.py --part b --timeline-jobs 20000 --arrival-pass changed
+    .venv/bin/python benchmarks/simulator.py --part b --timeline-jobs 10000 --scale 0.1 --load 0.9   # congested
     .venv/bin/python benchmarks/simulator.py --part b --timeline-jobs 5000 --profile   # top functions to stderr
 
 The traces are read from ``../shared/traces/`` (next to the repository); part (a) is skipped when absent.
@@ -149,7 +150,9 @@ def part_a(
     return out
 
 
-def part_b(jobs: int, seed: int, profile: bool, arrival_pass: str) -> dict[str, Any]:
+def part_b(
+    jobs: int, seed: int, profile: bool, arrival_pass: str, scale: float = 1.0, load: float = 0.65
+) -> dict[str, Any]:
     catalog = load_catalog()
     throughput = load_throughput()
     nodes = [
@@ -162,14 +165,14 @@ def part_b(jobs: int, seed: int, profile: bool, arrival_pass: str) -> dict[str, 
             switch=f"{model.lower()}-sw{i // 32:03d}",
         )
         for model, count, devices, cores, mem_gib in PAI_POOLS
-        for i in range(count)
+        for i in range(max(1, int(count * scale)))
     ]
     device_count = sum(n.devices for n in nodes)
     models = [p[0] for p in PAI_POOLS]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "pai-like.csv"
         began = time.perf_counter()
-        write_native(pai_like(jobs, device_count, seed=seed, models=models), path)
+        write_native(pai_like(jobs, device_count, seed=seed, load=load, models=models), path)
         generate_s = time.perf_counter() - began
         gc.collect()
         core = SchedulerCore(CoreConfig(placement=PlacementConfig(scorer="fgd", seed=seed)), catalog, throughput)
@@ -191,6 +194,8 @@ def part_b(jobs: int, seed: int, profile: bool, arrival_pass: str) -> dict[str, 
     s = result.summary
     out: dict[str, Any] = {
         "jobs": jobs,
+        "scale": scale,
+        "load": load,
         "devices": device_count,
         "nodes": len(nodes),
         "arrival_pass": arrival_pass,
@@ -287,6 +292,8 @@ def main() -> None:
         "--arrival-pass", choices=["all", "changed", "new"], default="all", help="SimConfig.arrival_pass"
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--scale", type=float, default=1.0, help="timeline: fraction of the PAI-like cluster's nodes")
+    parser.add_argument("--load", type=float, default=0.65, help="timeline: offered load (1 = every device busy)")
     parser.add_argument("--profile", action="store_true", help="cProfile part (b); top functions to stderr")
     args = parser.parse_args()
     out: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
@@ -295,7 +302,7 @@ def main() -> None:
         weight = cast(FgdWeight, args.fgd_weight)
         out["packing"] = part_a(seeds, args.inflation, not args.gpu_pods_only, args.candidates, weight)
     if args.part in ("b", "both"):
-        out["timeline"] = part_b(args.jobs, args.seed, args.profile, args.arrival_pass)
+        out["timeline"] = part_b(args.jobs, args.seed, args.profile, args.arrival_pass, args.scale, args.load)
     print(json.dumps(out, indent=1))
 
 
