@@ -116,14 +116,14 @@ class SchedulerCore:
         self.reservations: dict[str, Reservation] = {}
         #: The last step's reservations with the pool and node epochs they hold for (see ``_reservation``).
         self._kept: dict[str, tuple[Reservation, dict[str, int], dict[str, int]]] = {}
-        self._kept_state: ClusterState | None = None
+        #: The state the last step ran on: kept reservations and the history's rates describe it. Another state
+        #: (a fork for a forecast, a rebuilt state) starts both over.
+        self._stepped: ClusterState | None = None
         self._domestic_jobs: dict[tuple[str, str, DomesticPreference], Job] = {}
         self._share_cache: dict[str, float] = {}
         self._ncu_state: ClusterState | None = None
         self._ncu_nodes = 0
         self._ncu_value = 0.0
-        #: The state the history's rates were last taken from (another state means a full resync).
-        self._history_state: ClusterState | None = None
 
     # ------------------------------------------------------------------------------------------ policy
 
@@ -145,7 +145,10 @@ class SchedulerCore:
 
     def step(self, state: ClusterState, pending: Iterable[Job], now: float) -> list[Decision]:
         """Decide for every pending job: ``start`` (applied), ``preempt`` (victims released) or ``reject``."""
-        self._advance_history(state, now)
+        same_state = state is self._stepped
+        if not same_state:
+            self._stepped, self._kept = state, {}
+        self._advance_history(state, now, same_state)
         jobs = [self._effective(job) for job in pending]
         ordering = self.config.queueing
         ncu_capacity = self._ncu_capacity(state)
@@ -169,8 +172,6 @@ class SchedulerCore:
         order = self._make_order(jobs, share)
         decisions: list[Decision] = []
         self.reservations = {}
-        if state is not self._kept_state:
-            self._kept, self._kept_state = {}, state
         # Where capacity last grew, as the step begins: the step's own lifts and projections do not count.
         grown = {pool_id: pool.grown for pool_id, pool in state.pools.items()}
         kept: dict[str, tuple[Reservation, dict[str, int], dict[str, int]]] = {}
@@ -323,8 +324,8 @@ class SchedulerCore:
 
             >>> core = SchedulerCore()
             >>> core.remember_usage("heavy", "u", ncu=64.0, start=0.0, end=3600.0, now=7200.0)
-            >>> core.history.value("tenant:heavy") > 0 == core.history.value("tenant:light")
-            True
+            >>> core.history.value("tenant:heavy") > 0, core.history.value("tenant:light")
+            (True, 0.0)
         """
         self.history.advance({}, now)
         for account in (tenant_account(tenant), user_account(tenant, user)):
@@ -461,14 +462,13 @@ class SchedulerCore:
         decisions.append(self._start(state, job, queue, result, now))
         return decisions
 
-    def _advance_history(self, state: ClusterState, now: float) -> None:
-        # Only accounts whose usage changed need a new rate, unless this is another state than last time
-        # (a fork for a forecast, a rebuilt state): then every account's rate is set from scratch.
-        if state is self._history_state:
+    def _advance_history(self, state: ClusterState, now: float, same_state: bool) -> None:
+        # Only accounts whose usage changed need a new rate, unless the state is not the last step's: then every
+        # account's rate is set from scratch.
+        if same_state:
             accounts: Iterable[str] = state.usage_touched
         else:
             accounts = set(state.usage) | set(self.history.accruing())
-            self._history_state = state
         usage = state.usage
         rates = {a: usage[a].get(NCU, 0.0) if a in usage else 0.0 for a in accounts if ":" in a}
         state.usage_touched.clear()
