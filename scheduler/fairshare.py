@@ -88,34 +88,32 @@ class UsageHistory:
         if ncu <= 0 or end <= start:
             return
         added = ncu * self.half_life_s / math.log(2) * (self._growth(end) - self._growth(start))
-        entry = self._accounts.get(account)
-        if entry is None:
-            entry = self._accounts[account] = [0.0, 0.0, self._integral]
-        entry[0] += added
-        prefix = account.split(":", 1)[0]
-        total = self._prefixes.get(prefix)
-        if total is None:
-            total = self._prefixes[prefix] = [0.0, 0.0, self._integral]
-        total[0] += added
+        for entry in self._entries(account):
+            entry[0] += added
 
     def accruing(self) -> list[str]:
         """Accounts with a non-zero rate."""
         return [account for account, entry in self._accounts.items() if entry[1] > 0]
 
-    def _set_rate(self, account: str, rate: float) -> None:
+    def _entries(self, account: str) -> tuple[list[float], list[float]]:
+        """The account's entry and its prefix's total, created empty (settled now) when new."""
+        prefix = account.split(":", 1)[0]
         entry = self._accounts.get(account)
         if entry is None:
             entry = self._accounts[account] = [0.0, 0.0, self._integral]
+        total = self._prefixes.get(prefix)
+        if total is None:
+            total = self._prefixes[prefix] = [0.0, 0.0, self._integral]
+        return entry, total
+
+    def _set_rate(self, account: str, rate: float) -> None:
+        entry, total = self._entries(account)
         delta = rate - entry[1]
         if delta == 0:
             return
         self._settle(entry)
-        entry[1] = rate
-        prefix = account.split(":", 1)[0]
-        total = self._prefixes.get(prefix)
-        if total is None:
-            total = self._prefixes[prefix] = [0.0, 0.0, self._integral]
         self._settle(total)
+        entry[1] = rate
         total[1] += delta
 
     def _settle(self, entry: list[float]) -> None:

@@ -224,16 +224,8 @@ class FGDScorer:
 
     def fragmentation(self, free: tuple[int, ...], cpu: int, mem: int) -> float:
         """Expected free GPU milli on a node that a task drawn from the profile could not use."""
-        classes = self.profile.classes
-        if self._cache_classes is not classes:
-            self._cache.clear()
-            self._cache_classes = classes
-            # CPU and memory matter only through "at least this class's request": the cache keys them by rank
-            # among the profile's requests, so nodes whose CPU differs between two requests share an entry.
-            self._cpu_steps = sorted({shape.cpu_milli for shape, _ in classes})
-            self._mem_steps = sorted({shape.memory_mib for shape, _ in classes})
-            self._share_total = sum(share for _, share in classes)
-            self._groups.clear()
+        if self._cache_classes is not self.profile.classes:
+            self._sync()
         key = (free, bisect_right(self._cpu_steps, cpu), bisect_right(self._mem_steps, mem))
         value = self._cache.get(key)
         if value is not None:
@@ -257,6 +249,18 @@ class FGDScorer:
             self._cache.clear()
         self._cache[key] = value
         return value
+
+    def _sync(self) -> None:
+        """Start the caches over when the profile's classes changed (it rebuilds them as a new list)."""
+        classes = self._cache_classes = self.profile.classes
+        self._cache.clear()
+        self._results.clear()
+        self._groups.clear()
+        # CPU and memory matter only through "at least this class's request": the cache keys them by rank
+        # among the profile's requests, so nodes whose CPU differs between two requests share an entry.
+        self._cpu_steps = sorted({shape.cpu_milli for shape, _ in classes})
+        self._mem_steps = sorted({shape.memory_mib for shape, _ in classes})
+        self._share_total = sum(share for _, share in classes)
 
     def _eligible(self, cpu_rank: int, mem_rank: int) -> tuple[list[float], list[tuple[int, float]]]:
         """For nodes with this CPU and memory rank: the share of whole-device classes needing at most k free
@@ -290,7 +294,7 @@ class FGDScorer:
             else tuple(f if ok else 0 for f, ok in zip(ns.free, ns.healthy, strict=True))
         )
         if self._cache_classes is not self.profile.classes:
-            self._results.clear()
+            self._sync()
         # Nodes in the same state score the same for the same worker shape (empty nodes of a pool, above all).
         key = (
             free,
