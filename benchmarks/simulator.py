@@ -14,6 +14,7 @@
     .venv/bin/python benchmarks/simulator.py --part b --timeline-jobs 20000 --arrival-pass changed
     .venv/bin/python benchmarks/simulator.py --part b --timeline-jobs 10000 --scale 0.1 --load 0.9   # congested
     .venv/bin/python benchmarks/simulator.py --part b --timeline-jobs 5000 --profile   # top functions to stderr
+    .venv/bin/python benchmarks/simulator.py --part b --timeline-jobs 50000 --profile-out b.pstats  # for pstats
 
 The traces are read from ``../shared/traces/`` (next to the repository); part (a) is skipped when absent.
 """
@@ -151,7 +152,13 @@ def part_a(
 
 
 def part_b(
-    jobs: int, seed: int, profile: bool, arrival_pass: str, scale: float = 1.0, load: float = 0.65
+    jobs: int,
+    seed: int,
+    profile: bool,
+    arrival_pass: str,
+    scale: float = 1.0,
+    load: float = 0.65,
+    profile_out: str | None = None,
 ) -> dict[str, Any]:
     catalog = load_catalog()
     throughput = load_throughput()
@@ -180,7 +187,7 @@ def part_b(
         config = SimConfig(seed=seed, arrival_pass=arrival_pass)  # type: ignore[arg-type]
         sim = TimelineSimulation(nodes, core, config, catalog, throughput, trace_path=path)
         source = open_trace(path, "native", LoadOptions(catalog=catalog, throughput=throughput))
-        profiler = cProfile.Profile() if profile else None
+        profiler = cProfile.Profile() if profile or profile_out else None
         cpu = time.process_time()
         began = time.perf_counter()
         if profiler is not None:
@@ -227,7 +234,9 @@ def part_b(
             "rss_gib_max": {"target": 4.0, "measured": round(rss_mib() / 1024, 3)},
         },
     }
-    if profiler is not None:
+    if profiler is not None and profile_out:
+        profiler.dump_stats(profile_out)
+    if profiler is not None and profile:
         buffer = io.StringIO()
         pstats.Stats(profiler, stream=buffer).sort_stats("tottime").print_stats(30)
         sys.stderr.write(buffer.getvalue())
@@ -295,6 +304,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="timeline: fraction of the PAI-like cluster's nodes")
     parser.add_argument("--load", type=float, default=0.65, help="timeline: offered load (1 = every device busy)")
     parser.add_argument("--profile", action="store_true", help="cProfile part (b); top functions to stderr")
+    parser.add_argument("--profile-out", metavar="FILE", help="cProfile part (b) into FILE (pstats format)")
     args = parser.parse_args()
     out: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
     if args.part in ("a", "both"):
@@ -302,7 +312,9 @@ def main() -> None:
         weight = cast(FgdWeight, args.fgd_weight)
         out["packing"] = part_a(seeds, args.inflation, not args.gpu_pods_only, args.candidates, weight)
     if args.part in ("b", "both"):
-        out["timeline"] = part_b(args.jobs, args.seed, args.profile, args.arrival_pass, args.scale, args.load)
+        out["timeline"] = part_b(
+            args.jobs, args.seed, args.profile, args.arrival_pass, args.scale, args.load, args.profile_out
+        )
     print(json.dumps(out, indent=1))
 
 

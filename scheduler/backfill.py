@@ -144,9 +144,9 @@ def plan_reservation(engine: PlacementEngine, state: ClusterState, job: Job, now
             if verifications == MAX_VERIFICATIONS:
                 break  # the projection keeps saying yes and the engine no (CPU, memory, topology): give up
             verifications += 1
-            for running in relevant[len(released) :]:
-                state.vacate(running.placement)
-                released.append(running)
+            batch = relevant[len(released) :]
+            state.vacate(running.placement for running in batch)
+            released.extend(batch)
             result = engine.place(state, job)
             if result.placement is not None:
                 found = (max(at, now), result.placement)
@@ -174,8 +174,7 @@ def plan_reservation(engine: PlacementEngine, state: ClusterState, job: Job, now
             pools=tuple(pools),
         )
     finally:
-        for running in released:
-            state.occupy(running.placement)
+        state.occupy(running.placement for running in released)
 
 
 def _end_time(entry: tuple[float, str]) -> float:

@@ -103,10 +103,10 @@ class Preemptor:
         else:
 
             def take_out(victim: RunningJob) -> None:
-                state.vacate(victim.placement)
+                state.vacate((victim.placement,))
 
             def put_back(victim: RunningJob) -> None:
-                state.occupy(victim.placement)
+                state.occupy((victim.placement,))
 
         released: list[RunningJob] = []
         out: set[str] = set()

@@ -169,6 +169,8 @@ class ClusterState:
         self.pools: dict[str, PoolState] = {}
         self.pools_by_model: dict[str, list[PoolState]] = {}
         self.allocations: dict[str, Placement] = {}
+        #: Per allocated job, the per-node demand :meth:`allocate` took (what release, vacate and occupy give back).
+        self._demands: dict[str, dict[str, tuple[dict[int, int], int, int]]] = {}
         #: Jobs started through :meth:`start` (a subset of ``allocations``, which also holds raw allocations).
         self.running: dict[str, RunningJob] = {}
         #: Usage per account (queue, tenant or user) per flavor, kept incrementally by start/release.
@@ -300,6 +302,7 @@ class ClusterState:
                 raise CapacityError(f"job {placement.job_id!r}: node {node_id!r} lacks CPU or memory")
         self._apply(demand, -1, mark)
         self.allocations[placement.job_id] = placement
+        self._demands[placement.job_id] = demand
 
     def start(self, running: RunningJob) -> None:
         """Allocate a job's placement and charge its accounts; all or nothing like :meth:`allocate`."""
@@ -315,7 +318,7 @@ class ClusterState:
         ``mark=False`` (phantoms) leaves the nodes' ``epoch`` and the pool's ``grown`` as they were.
         """
         placement = self.allocations.pop(job_id)
-        self._apply(self._demand(placement), +1, mark)
+        self._apply(self._demands.pop(job_id), +1, mark)
         running = self.running.pop(job_id, None)
         if running is not None:
             self.running_by_pool[placement.pool].pop(job_id, None)
@@ -325,18 +328,44 @@ class ClusterState:
             self.pools[placement.pool].grown = self.capacity_epoch
         return placement
 
-    def vacate(self, placement: Placement) -> None:
-        """Free a placement's capacity as if its job had ended, without forgetting the job (what-if projections).
+    def vacate(self, placements: Iterable[Placement]) -> None:
+        """Free allocated placements' capacity as if their jobs had ended, without forgetting the jobs (what-if
+        projections).
 
-        Only capacity and its indexes move: accounts, end estimates and allocations stay. Undo with
-        :meth:`occupy`, before anything else allocates.
+        Only capacity and its indexes move: accounts, end estimates and allocations stay. Every node is
+        re-indexed once however many of the placements share it. Undo with :meth:`occupy`, before anything else
+        allocates.
         """
-        self._apply(self._demand(placement), +1, mark=False)
+        self._apply(self._combined(placements), +1, mark=False)
         self.capacity_epoch = next(_EPOCHS)
 
-    def occupy(self, placement: Placement) -> None:
+    def occupy(self, placements: Iterable[Placement]) -> None:
         """Take back what :meth:`vacate` freed."""
-        self._apply(self._demand(placement), -1, mark=False)
+        self._apply(self._combined(placements), -1, mark=False)
+
+    def _combined(self, placements: Iterable[Placement]) -> dict[str, tuple[dict[int, int], int, int]]:
+        """The summed per-node demand of allocated placements (the cached demand itself when there is one)."""
+        demands = self._demands
+        combined: dict[str, tuple[dict[int, int], int, int]] = {}
+        owned = False  # whether ``combined`` is a copy that may be summed into
+        for placement in placements:
+            demand = demands[placement.job_id]
+            if not combined:
+                combined = demand
+                continue
+            if not owned:
+                combined = {node_id: (dict(devices), cpu, mem) for node_id, (devices, cpu, mem) in combined.items()}
+                owned = True
+            for node_id, (devices, cpu, mem) in demand.items():
+                entry = combined.get(node_id)
+                if entry is None:
+                    combined[node_id] = (dict(devices), cpu, mem)
+                    continue
+                summed, summed_cpu, summed_mem = entry
+                for d, milli in devices.items():
+                    summed[d] = summed.get(d, 0) + milli
+                combined[node_id] = (summed, summed_cpu + cpu, summed_mem + mem)
+        return combined
 
     def _charge(self, running: RunningJob, sign: float) -> None:
         self.usage_touched.update(running.accounts)
