@@ -91,6 +91,15 @@ class Preemptor:
         # Cheapest first; among equals the most recently started, i.e. the job that borrowed last.
         candidates.sort(key=lambda r: (r.job.priority, lost_work(r, now), -r.started_at, -r.job.submit_time, r.job.id))
         candidates = candidates[: self.max_candidates]
+        # A job that does not fit with every candidate gone fits with no subset of them either: one projection
+        # settles what would otherwise be a walk through all the candidates, one placement attempt each.
+        state.vacate(victim.placement for victim in candidates)
+        try:
+            hopeless = self.engine.place_in(state, job, pool) is None
+        finally:
+            state.occupy(victim.placement for victim in candidates)
+        if hopeless:
+            return None
         # Trying victims out: a reclaim needs their accounts released too (whether the next one still borrows
         # depends on it); a priority preemption needs only their capacity, which is much cheaper to move.
         if reclaim:
