@@ -80,7 +80,9 @@ class Reservation:
             state.release(self.phantom_id, mark=False)
 
 
-def plan_reservation(engine: PlacementEngine, state: ClusterState, job: Job, now: float) -> Reservation | None:
+def plan_reservation(
+    engine: PlacementEngine, state: ClusterState, job: Job, now: float, known: Reservation | None = None
+) -> Reservation | None:
     """Earliest start for ``job`` as running jobs end (by their estimates), and where; state is unchanged.
 
     Running jobs without an end estimate are assumed to run forever. ``None`` if the job never fits that way.
@@ -88,6 +90,10 @@ def plan_reservation(engine: PlacementEngine, state: ClusterState, job: Job, now
     The walk over ending jobs touches no index: it projects per-device free capacity in scratch dictionaries
     and keeps the job's worker-slot count per candidate pool up to date. Only when that projection says the job
     fits are the ended jobs really released and the placement engine asked (and everything put back).
+
+    ``known`` is a reservation for the same job that the caller knows still holds (its nodes are as they were
+    when it was planned): the walk then only looks for an earlier start, and returns ``known`` when there is
+    none, without asking the engine again where the job would go at that time.
     """
     pools = {pool.id: pool for pool, _ in engine.candidate_pools(state, job)}
     if not pools:
@@ -115,6 +121,8 @@ def plan_reservation(engine: PlacementEngine, state: ClusterState, job: Job, now
     try:
         # Jobs ending at the same moment free their room together.
         for at, ending in groupby(state.ends, key=_end_time):
+            if known is not None and at >= known.start:
+                return known
             touched = False
             for _, job_id in ending:
                 running = running_jobs[job_id]
@@ -152,7 +160,7 @@ def plan_reservation(engine: PlacementEngine, state: ClusterState, job: Job, now
                 found = (max(at, now), result.placement)
                 break
         if found is None:
-            return None
+            return known
         start, placement = found
         device_slack: dict[tuple[str, int], int] = {}
         cpu_slack: dict[str, int] = {}

@@ -242,9 +242,10 @@ class SchedulerCore:
     def _reservation(self, state: ClusterState, job: Job, now: float, grown: dict[str, int]) -> Reservation | None:
         """The reservation kept from the last step if nothing it depends on changed since, else a new plan.
 
-        A kept plan is still the earliest start while no capacity came back in the job's pools (starts elsewhere
-        only push starts later) and nothing started or stopped on its nodes since it was hidden (their slack
-        is what it was); it is never reused once its start has come.
+        A kept plan still holds while nothing started or stopped on its nodes since it was hidden (their slack
+        is what it was), and is still the earliest start while no capacity came back in the job's pools (starts
+        elsewhere only push starts later); when capacity did come back, a new plan looks for an earlier start
+        and keeps the old one otherwise. It is never reused once its start has come.
         """
         kept = self._kept.get(job.id)
         if kept is not None:
@@ -252,10 +253,12 @@ class SchedulerCore:
             if (
                 reservation.job is job
                 and reservation.start > now
-                and all(grown.get(pool_id) == epoch for pool_id, epoch in pools.items())
                 and all(state.nodes[node_id].epoch == epoch for node_id, epoch in nodes.items())
             ):
-                return reservation
+                if all(grown.get(pool_id) == epoch for pool_id, epoch in pools.items()):
+                    return reservation
+                # Capacity came back elsewhere in its pools: only an earlier start can replace it.
+                return plan_reservation(self.placement, state, job, now, known=reservation)
         return plan_reservation(self.placement, state, job, now)
 
     @staticmethod

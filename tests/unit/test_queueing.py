@@ -290,6 +290,27 @@ def test_reservation_is_kept_across_steps_until_capacity_comes_back(monkeypatch:
     state.check_invariants()
 
 
+def test_capacity_back_elsewhere_keeps_the_reservation_unless_the_job_can_start_earlier() -> None:
+    core = core_with(preemption=False)
+    state = ClusterState(nodes(count=4))
+    for job_id, devices, runtime in (("a", 8, 300), ("b", 8, 1000), ("c", 8, 2000), ("s2", 7, 4000), ("s1", 1, 5000)):
+        assert started(core.step(state, [Job(id=job_id, devices_per_worker=devices, runtime_s=runtime)], now=0))
+    head = Job(id="head", workers=2, devices_per_worker=8, runtime_s=500, submit_time=1)
+    core.step(state, [head], now=10)
+    first = core.reservations["head"]
+    assert first.start == pytest.approx(1000)
+    assert set(first.placement.nodes) == {state.running["a"].placement.nodes[0], state.running["b"].placement.nodes[0]}
+    # Seven devices come back on the fourth node: no earlier start, so the plan (and its nodes) stays.
+    core.finish(state, "s2", 50)
+    core.step(state, [head], now=50)
+    assert core.reservations["head"] is first
+    # A whole node comes back: the job can start at t=300 now, on the nodes of "a" and "c".
+    core.finish(state, "c", 60)
+    core.step(state, [head], now=60)
+    assert core.reservations["head"].start == pytest.approx(300)
+    state.check_invariants()
+
+
 # ---------------------------------------------------------------------------------------------- policy files
 
 
