@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scheduler.model import Job, Placement
+from scheduler.model import MILLI, Job, Placement
 from scheduler.placement import PlacementEngine
 from scheduler.quota import QuotaCheck, demand_for
-from scheduler.state import ClusterState, PoolState, RunningJob
+from scheduler.state import ClusterState, NodeState, PoolState, RunningJob
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,35 @@ class Preemptor:
             and self.quota.borrowing(state, victim.accounts, victim.demand)
         )
 
+    @staticmethod
+    def _one_node_victims(state: ClusterState, job: Job, candidates: list[RunningJob]) -> list[RunningJob]:
+        """The victims on the first node that taking ``candidates`` in order would clear for one worker of
+        ``job`` (by free devices, CPU and memory; the placement engine has the last word), in that order;
+        empty when no node gets there. The caller then gives back every victim the job turns out not to need.
+
+        >>> from scheduler.core import SchedulerCore
+        >>> from scheduler.model import Node
+        >>> hosts = [Node(id=f"n{i}", model="A100", devices=2, cpu_milli=64000, memory_mib=262144) for i in range(2)]
+        >>> state, core = ClusterState(hosts), SchedulerCore()
+        >>> for i in range(4):
+        ...     _ = core.step(state, [Job(id=f"v{i}", devices_per_worker=1)], now=0.0)
+        >>> victims = [state.running[f"v{i}"] for i in (0, 2, 1, 3)]  # v0 and v1 share a node
+        >>> [v.job.id for v in Preemptor._one_node_victims(state, Job(id="big", devices_per_worker=2), victims)]
+        ['v0', 'v1']
+        """
+        freed: dict[str, tuple[dict[int, int], int, int]] = {}
+        taken: dict[str, list[RunningJob]] = {}
+        for victim in candidates:
+            for node_id, (devices, cpu, mem) in state.held(victim.job.id).items():
+                freed_devices, freed_cpu, freed_mem = freed.get(node_id) or ({}, 0, 0)
+                for d, milli in devices.items():
+                    freed_devices[d] = freed_devices.get(d, 0) + milli
+                freed[node_id] = (freed_devices, freed_cpu + cpu, freed_mem + mem)
+                taken.setdefault(node_id, []).append(victim)
+                if _room_for_one(state.nodes[node_id], job, freed[node_id]):
+                    return taken[node_id]
+        return []
+
     def _plan_in_pool(
         self, state: ClusterState, job: Job, pool: PoolState, rel: float, reclaim: bool, now: float
     ) -> PreemptionPlan | None:
@@ -90,7 +119,12 @@ class Preemptor:
             return None
         # Cheapest first; among equals the most recently started, i.e. the job that borrowed last.
         candidates.sort(key=lambda r: (r.job.priority, lost_work(r, now), -r.started_at, -r.job.submit_time, r.job.id))
-        candidates = candidates[: self.max_candidates]
+        if job.workers == 1:
+            # One worker needs room on one node: the cheapest victims overall are usually spread over many nodes
+            # and free none of them, so victims are taken from the node that the cheapest ones can clear.
+            candidates = self._one_node_victims(state, job, candidates)
+        else:
+            candidates = candidates[: self.max_candidates]
         # A job that does not fit with every candidate gone fits with no subset of them either: one projection
         # settles what would otherwise be a walk through all the candidates, one placement attempt each.
         state.vacate(victim.placement for victim in candidates)
@@ -156,3 +190,18 @@ class Preemptor:
             for victim in released:
                 if victim.job.id in out:
                     put_back(victim)
+
+
+def _room_for_one(ns: NodeState, job: Job, freed: tuple[dict[int, int], int, int]) -> bool:
+    """Whether one worker of ``job`` would fit on ``ns`` once ``freed`` (milli per device, CPU, memory) is back."""
+    devices, cpu, mem = freed
+    if (
+        not ns.schedulable
+        or ns.cpu_free + cpu < job.cpu_milli_per_worker
+        or ns.mem_free + mem < job.memory_mib_per_worker
+    ):
+        return False
+    free = [f + devices.get(d, 0) if ok else 0 for d, (f, ok) in enumerate(zip(ns.free, ns.healthy, strict=True))]
+    if job.whole_devices:
+        return sum(1 for f in free if f == MILLI) >= job.whole_devices
+    return not job.device_milli or max(free, default=0) >= job.device_milli

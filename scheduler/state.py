@@ -343,6 +343,10 @@ class ClusterState:
         """Take back what :meth:`vacate` freed."""
         self._apply(self._combined(placements), -1, mark=False)
 
+    def held(self, job_id: str) -> dict[str, tuple[dict[int, int], int, int]]:
+        """What an allocated job holds per node: (milli per device, CPU milli, memory MiB). Do not modify."""
+        return self._demands[job_id]
+
     def _combined(self, placements: Iterable[Placement]) -> dict[str, tuple[dict[int, int], int, int]]:
         """The summed per-node demand of allocated placements (the cached demand itself when there is one)."""
         demands = self._demands
