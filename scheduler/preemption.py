@@ -77,10 +77,14 @@ class Preemptor:
         )
 
     @staticmethod
-    def _one_node_victims(state: ClusterState, job: Job, candidates: list[RunningJob]) -> list[RunningJob]:
-        """The victims on the first node that taking ``candidates`` in order would clear for one worker of
-        ``job`` (by free devices, CPU and memory; the placement engine has the last word), in that order;
-        empty when no node gets there. The caller then gives back every victim the job turns out not to need.
+    def _node_by_node(state: ClusterState, job: Job, candidates: list[RunningJob]) -> tuple[list[RunningJob], bool]:
+        """``candidates`` (cheapest first) reordered so that victims come node by node: taking them in order,
+        as soon as the victims on some node so far would make room there for one worker of ``job`` (by free
+        devices, CPU and memory; the placement engine has the last word), those victims come next; the rest
+        follow in their order. Also says whether any node got there.
+
+        The cheapest victims overall are usually spread over many nodes and clear none of them; this order makes
+        the victim walk clear one node at a time instead, and its give-back pass drops whoever is not needed.
 
         >>> from scheduler.core import SchedulerCore
         >>> from scheduler.model import Node
@@ -89,21 +93,32 @@ class Preemptor:
         >>> for i in range(4):
         ...     _ = core.step(state, [Job(id=f"v{i}", devices_per_worker=1)], now=0.0)
         >>> victims = [state.running[f"v{i}"] for i in (0, 2, 1, 3)]  # v0 and v1 share a node
-        >>> [v.job.id for v in Preemptor._one_node_victims(state, Job(id="big", devices_per_worker=2), victims)]
-        ['v0', 'v1']
+        >>> order, cleared = Preemptor._node_by_node(state, Job(id="big", devices_per_worker=2), victims)
+        >>> [v.job.id for v in order], cleared
+        (['v0', 'v1', 'v2', 'v3'], True)
         """
         freed: dict[str, tuple[dict[int, int], int, int]] = {}
-        taken: dict[str, list[RunningJob]] = {}
+        waiting: dict[str, list[RunningJob]] = {}
+        cleared: set[str] = set()
+        order: list[RunningJob] = []
+        placed: set[str] = set()
         for victim in candidates:
             for node_id, (devices, cpu, mem) in state.held(victim.job.id).items():
+                if node_id in cleared:
+                    continue
                 freed_devices, freed_cpu, freed_mem = freed.get(node_id) or ({}, 0, 0)
                 for d, milli in devices.items():
                     freed_devices[d] = freed_devices.get(d, 0) + milli
                 freed[node_id] = (freed_devices, freed_cpu + cpu, freed_mem + mem)
-                taken.setdefault(node_id, []).append(victim)
+                waiting.setdefault(node_id, []).append(victim)
                 if _room_for_one(state.nodes[node_id], job, freed[node_id]):
-                    return taken[node_id]
-        return []
+                    cleared.add(node_id)
+                    for ready in waiting.pop(node_id):
+                        if ready.job.id not in placed:
+                            placed.add(ready.job.id)
+                            order.append(ready)
+        order.extend(victim for victim in candidates if victim.job.id not in placed)
+        return order, bool(cleared)
 
     def _plan_in_pool(
         self, state: ClusterState, job: Job, pool: PoolState, rel: float, reclaim: bool, now: float
@@ -119,12 +134,10 @@ class Preemptor:
             return None
         # Cheapest first; among equals the most recently started, i.e. the job that borrowed last.
         candidates.sort(key=lambda r: (r.job.priority, lost_work(r, now), -r.started_at, -r.job.submit_time, r.job.id))
-        if job.workers == 1:
-            # One worker needs room on one node: the cheapest victims overall are usually spread over many nodes
-            # and free none of them, so victims are taken from the node that the cheapest ones can clear.
-            candidates = self._one_node_victims(state, job, candidates)
-        else:
-            candidates = candidates[: self.max_candidates]
+        candidates, cleared = self._node_by_node(state, job, candidates)
+        if not cleared and job.workers == 1:
+            return None  # not even every candidate gone makes room on any one node
+        candidates = candidates[: self.max_candidates]
         # A job that does not fit with every candidate gone fits with no subset of them either: one projection
         # settles what would otherwise be a walk through all the candidates, one placement attempt each.
         state.vacate(victim.placement for victim in candidates)

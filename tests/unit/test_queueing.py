@@ -115,10 +115,11 @@ def test_preemption_by_priority_prefers_recent_checkpoints_and_respects_min_runt
     assert preempt.ledger[0].cause is StopCause.PREEMPTED
 
 
-def test_a_whole_node_job_preempts_the_node_its_cheapest_victims_clear() -> None:
-    # 4 nodes full of 1-device jobs; by cost the cheapest victims come one per node, so the cheapest few
-    # (more than max_victim_candidates would allow the old global walk) never clear a node between them.
-    core = core_with(min_runtime_s=0, max_victim_candidates=4)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_whole_node_workers_preempt_node_by_node(workers: int) -> None:
+    # 4 nodes full of 1-device jobs; by cost the victims come one per node in turn, so the 16 cheapest (the
+    # walk's limit here) hold 4 devices on every node and clear none: victims must be taken node by node.
+    core = core_with(min_runtime_s=0, max_victim_candidates=16)
     state = ClusterState(nodes(count=4))
     fillers = [
         Job(id=f"f{i:02d}", devices_per_worker=1, priority="best-effort", submit_time=100 - (i % 8) * 4 - i // 8)
@@ -128,12 +129,13 @@ def test_a_whole_node_job_preempts_the_node_its_cheapest_victims_clear() -> None
         assert started(core.step(state, [job], now=0)) == [job.id]
     node_of = {j.id: state.allocations[j.id].nodes[0] for j in fillers}
     assert len({node_of[f"f{i:02d}"] for i in range(4)}) == 1, "fillers fill nodes in order"
-    urgent = Job(id="urgent", devices_per_worker=8, priority="production-inference")
+    urgent = Job(id="urgent", workers=workers, devices_per_worker=8, priority="production-inference")
     decisions = core.step(state, [urgent], now=10)
     victims = started(decisions, DecisionKind.PREEMPT)
     assert started(decisions) == ["urgent"]
-    assert len(victims) == 8 and len({node_of[v] for v in victims}) == 1, "one node cleared, no other touched"
-    assert state.allocations["urgent"].nodes == (node_of[victims[0]],)
+    cleared = {node_of[v] for v in victims}
+    assert len(victims) == 8 * workers and len(cleared) == workers, "whole nodes cleared, no other touched"
+    assert set(state.allocations["urgent"].nodes) == cleared
     state.check_invariants()
 
 
