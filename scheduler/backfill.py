@@ -13,6 +13,8 @@ Only what is free now and needed later is hidden, so a reservation never blocks 
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -117,37 +119,38 @@ def plan_reservation(
     released: list[RunningJob] = []
     verifications = 0
     found: tuple[float, Placement] | None = None
-    running_jobs = state.running
+    running_jobs, nodes = state.running, state.nodes
+    pool_ends = [pool.ends for pool in pools.values() if pool.ends]
+    ends: Iterable[tuple[float, str]] = pool_ends[0] if len(pool_ends) == 1 else heapq.merge(*pool_ends)
     try:
         # Jobs ending at the same moment free their room together.
-        for at, ending in groupby(state.ends, key=_end_time):
+        for at, ending in groupby(ends, key=_end_time):
             if known is not None and at >= known.start:
                 return known
-            touched = False
             for _, job_id in ending:
                 running = running_jobs[job_id]
-                pid = running.placement.pool
-                if pid not in pools:
-                    continue
                 relevant.append(running)
-                touched = True
-                for worker in running.placement.workers:
-                    ns = state.nodes[worker.node]
+                pid = running.placement.pool
+                pool_best, pool_slots = best[pid], slots[pid]
+                for node_id, (devices, _, _) in state.held(job_id).items():
+                    ns = nodes[node_id]
                     if not ns.schedulable:
                         continue
-                    for d in worker.devices:
-                        if not ns.healthy[d]:
+                    free, healthy = ns.free, ns.healthy
+                    for d, milli in devices.items():
+                        if not healthy[d]:
                             continue
-                        key = (worker.node, d)
-                        before = projected.get(key, ns.free[d])
-                        after = before + worker.milli
-                        projected[key] = after
-                        best[pid] = max(best[pid], after)
+                        key = (node_id, d)
+                        before = projected.get(key, free[d])
+                        after = projected[key] = before + milli
+                        if after > pool_best:
+                            pool_best = after
                         if k and after == MILLI and before < MILLI:
-                            old = whole.get(worker.node, ns.free_whole)
-                            whole[worker.node] = old + 1
-                            slots[pid] += (old + 1) // k - old // k
-            if not touched or not any(fits(pid) for pid in pools):
+                            old = whole.get(node_id, ns.free_whole)
+                            whole[node_id] = old + 1
+                            pool_slots += (old + 1) // k - old // k
+                best[pid], slots[pid] = pool_best, pool_slots
+            if not any(fits(pid) for pid in pools):
                 continue
             if verifications == MAX_VERIFICATIONS:
                 break  # the projection keeps saying yes and the engine no (CPU, memory, topology): give up

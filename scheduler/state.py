@@ -126,6 +126,8 @@ class PoolState:
         self.by_whole = SortedList()
         self.by_partial = SortedList()
         self.by_cpu = SortedList()
+        #: ``(estimated end, job id)`` of the running jobs placed here that have an estimate (``ClusterState.ends``).
+        self.ends = SortedList()
         self.islands: dict[str, DomainState] = {}
         self.switches: dict[str, DomainState] = {}
         self.slots = [0] * (max_devices + 1)
@@ -385,13 +387,15 @@ class ClusterState:
                     usage.pop(flavor, None)
             if not usage:
                 del self.usage[account]
-        ends = self.ends
         if running.expected_end is not None:
             key = (running.expected_end, running.placement.job_id)
+            pool_ends = self.pools[running.placement.pool].ends
             if sign > 0:
-                ends.add(key)
+                self.ends.add(key)
+                pool_ends.add(key)
             else:
-                ends.discard(key)
+                self.ends.discard(key)
+                pool_ends.discard(key)
         priorities = self.running_priorities.setdefault(running.placement.pool, {})
         count = priorities.get(running.job.priority, 0) + (1 if sign > 0 else -1)
         if count:
@@ -475,6 +479,12 @@ class ClusterState:
                 for flavor, amount in running.demand.items():
                     bucket = expected_usage.setdefault(account, {})
                     bucket[flavor] = bucket.get(flavor, 0.0) + amount
+        for pool in self.pools.values():
+            assert set(pool.ends) == {
+                (r.expected_end, j)
+                for j, r in self.running.items()
+                if r.expected_end is not None and r.placement.pool == pool.id
+            }, f"{pool.id} end-time index drift"
         assert set(self.ends) == {(r.expected_end, j) for j, r in self.running.items() if r.expected_end is not None}, (
             "end-time index drift"
         )
