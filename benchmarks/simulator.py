@@ -226,7 +226,12 @@ def part_b(
         "finished": s["jobs"].get("finished", 0),
         "skipped": result.trace_report.as_dict()["skipped"],
         "loader_skipped": source.report.as_dict()["skipped"],
+        "starts": s["jobs"].get("starts", 0),
         "wait_s": {k: round(v, 1) for k, v in s["wait_s"].items()},
+        "wait_s_mean_p99_by_class": {
+            job_class: [round(w["mean"], 1), round(w["p99"], 1)] for job_class, w in s["wait_s_by_class"].items()
+        },
+        "inference_slo_attainment": round(s["slo_attainment"], 4),
         "utilisation_arrival_window": s["utilisation_arrival_window"],
         "span_days": round(s["span_s"] / 86400, 1),
         "targets": {
