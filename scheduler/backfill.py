@@ -17,6 +17,7 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import groupby
+from operator import itemgetter
 
 from scheduler.model import MILLI, Job, Placement, TopologyLevel, WorkerPlacement
 from scheduler.placement import PlacementEngine
@@ -124,7 +125,9 @@ def plan_reservation(
     ends: Iterable[tuple[float, str]] = pool_ends[0] if len(pool_ends) == 1 else heapq.merge(*pool_ends)
     try:
         # Jobs ending at the same moment free their room together.
-        for at, ending in groupby(ends, key=_end_time):
+        # The projection only grows: once it says the job fits, it keeps saying so.
+        fitting = any(fits(pid) for pid in pools)
+        for at, ending in groupby(ends, key=itemgetter(0)):
             if known is not None and at >= known.start:
                 return known
             for _, job_id in ending:
@@ -150,7 +153,8 @@ def plan_reservation(
                             whole[node_id] = old + 1
                             pool_slots += (old + 1) // k - old // k
                 best[pid], slots[pid] = pool_best, pool_slots
-            if not any(fits(pid) for pid in pools):
+                fitting = fitting or fits(pid)
+            if not fitting:
                 continue
             if verifications == MAX_VERIFICATIONS:
                 break  # the projection keeps saying yes and the engine no (CPU, memory, topology): give up
@@ -186,7 +190,3 @@ def plan_reservation(
         )
     finally:
         state.occupy(running.placement for running in released)
-
-
-def _end_time(entry: tuple[float, str]) -> float:
-    return entry[0]
