@@ -9,8 +9,9 @@ A job that cannot start for lack of capacity may stop running jobs when either
 
 Victims are whole jobs (gang-aware), taken from one pool at a time so that the freed devices sit where the
 preemptor can use them (topology-aware: the placement engine packs the preemptor into what is freed), cheapest
-first by work lost since their last checkpoint (checkpoint-aware), and never before a minimum guaranteed runtime.
-A final pass gives back every victim the preemptor turns out not to need.
+first by work lost since their last checkpoint (checkpoint-aware) but node by node (the victims on the node that
+the cheapest ones clear first come first, since victims spread thinly over many nodes clear none), and never
+before a minimum guaranteed runtime. A final pass gives back every victim the preemptor turns out not to need.
 
 Why this cannot loop: a priority victim never preempts its preemptor (strictly lower class). A reclaim victim's
 queue was above its deserved share with the victim, so restarting the victim would put it above again, which
