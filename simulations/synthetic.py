@@ -85,12 +85,46 @@ def _cumulative(weights: Sequence[float]) -> list[float]:
     return out
 
 
+def _mean_workers(per_worker: float, inference: bool) -> float:
+    """Expected gang size as :func:`pai_like` draws it for a worker of ``per_worker`` devices."""
+    total = 0.0
+    for lo, hi, weight in WORKER_MIX:
+        low, high = (lo, hi) if per_worker <= 1 else (1, max(1, hi // 4))
+        sizes = [min(n, 8) if inference else n for n in range(low, high + 1)]
+        total += weight * sum(sizes) / len(sizes)
+    return total / sum(w for *_, w in WORKER_MIX)
+
+
+def _mean_runtime() -> float:
+    """Mean of ``min(lognormal(ln MEDIAN_RUNTIME_S, RUNTIME_SIGMA), MAX_RUNTIME_S)``, the runtime draw."""
+    mu, sigma = math.log(MEDIAN_RUNTIME_S), RUNTIME_SIGMA
+    z = (math.log(MAX_RUNTIME_S) - mu) / sigma
+
+    def phi(x: float) -> float:
+        return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+    return math.exp(mu + sigma**2 / 2) * phi(z - sigma) + MAX_RUNTIME_S * (1 - phi(z))
+
+
 def mean_device_demand() -> float:
-    """Expected device-seconds per job of the mix (used to set the arrival rate)."""
-    devices = sum(d * w for d, w in DEVICE_MIX) / sum(w for _, w in DEVICE_MIX)
-    workers = sum((lo + hi) / 2 * w for lo, hi, w in WORKER_MIX) / sum(w for *_, w in WORKER_MIX)
-    runtime = MEDIAN_RUNTIME_S * math.exp(RUNTIME_SIGMA**2 / 2)
-    return devices * workers * runtime
+    """Expected device-seconds per job, exactly as :func:`pai_like` draws jobs (it sets the arrival rate).
+
+    Gang sizes depend on the worker size (multi-device workers come in smaller gangs) and inference gangs are
+    capped at 8, so the mean of the product is not the product of the means::
+
+        >>> round(mean_device_demand())
+        6200
+    """
+    inference = sum(w for _, kind, w in CLASS_MIX if kind is JobKind.INFERENCE) / sum(w for *_, w in CLASS_MIX)
+    device_total = sum(w for _, w in DEVICE_MIX)
+    per_job = sum(
+        weight
+        / device_total
+        * per_worker
+        * (inference * _mean_workers(per_worker, True) + (1 - inference) * _mean_workers(per_worker, False))
+        for per_worker, weight in DEVICE_MIX
+    )
+    return per_job * _mean_runtime()
 
 
 def pai_like(

@@ -71,6 +71,14 @@ def test_out_of_order_stream_and_unhostable_jobs_are_reported(tmp_path: Path) ->
     assert result.summary["jobs"]["finished"] == 1
 
 
+def test_synthetic_trace_offers_the_load_asked_for() -> None:
+    # Runtimes are heavy-tailed (lognormal, sigma 1.8): it takes ~100,000 jobs for the sample to settle within
+    # a few percent. (The arrival rate once assumed the mean gang size regardless of worker size: 0.64 here.)
+    jobs = list(pai_like(100_000, devices=2_000, seed=3, load=0.9))
+    device_seconds = sum(j.workers * j.devices_per_worker * j.duration_s for j in jobs)
+    assert device_seconds / (2_000 * jobs[-1].submit_time) == pytest.approx(0.9, rel=0.05)
+
+
 def test_incremental_passes_match_full_passes_for_a_placement_only_core() -> None:
     # Without preemption and reservations a job rejected once stays infeasible until capacity returns.
     jobs = list(pai_like(600, devices=32, seed=5, load=1.2))
