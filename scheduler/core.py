@@ -120,6 +120,8 @@ class SchedulerCore:
         #: (a fork for a forecast, a rebuilt state) starts both over.
         self._stepped: ClusterState | None = None
         self._domestic_jobs: dict[tuple[str, str, DomesticPreference], Job] = {}
+        #: The policy's domestic preference per (queue, tenant) a job names (cleared with a new policy).
+        self._domestic_policy: dict[tuple[str, str], DomesticPreference] = {}
         self._share_cache: dict[str, float] = {}
         self._ncu_state: ClusterState | None = None
         self._ncu_nodes = 0
@@ -130,6 +132,7 @@ class SchedulerCore:
     def set_policy(self, policy: QueuePolicy) -> None:
         """Swap in a validated policy; usage already charged keeps its accounts until those jobs stop."""
         self.policy = policy
+        self._domestic_policy.clear()
         self.quota = QuotaCheck(policy)
         self.meter = Meter(self.catalog, policy)
         self.preemptor = Preemptor(
@@ -344,10 +347,11 @@ class SchedulerCore:
 
     def _effective(self, job: Job) -> Job:
         """The job with its queue's and tenant's domestic policy applied (the stricter wins)."""
-        queue = self.policy.resolve(job.queue, job.tenant)
-        policy = self.policy.domestic(queue, job.tenant)
-        order = [DomesticPreference.ANY, DomesticPreference.PREFERRED, DomesticPreference.REQUIRED]
-        if order.index(policy) <= order.index(job.domestic):
+        where = (job.queue, job.tenant)
+        policy = self._domestic_policy.get(where)
+        if policy is None:
+            policy = self._domestic_policy[where] = self.policy.domestic(self.policy.resolve(*where), job.tenant)
+        if _DOMESTIC_RANK[policy] <= _DOMESTIC_RANK[job.domestic]:
             return job
         key = (job.id, job.queue, policy)
         cached = self._domestic_jobs.get(key)
@@ -487,6 +491,9 @@ class SchedulerCore:
                 for pool in state.pools.values()
             )
         return self._ncu_value
+
+
+_DOMESTIC_RANK = {DomesticPreference.ANY: 0, DomesticPreference.PREFERRED: 1, DomesticPreference.REQUIRED: 2}
 
 
 def _fastest(core: SchedulerCore, job: Job) -> float:

@@ -39,7 +39,7 @@ from scheduler.model import (
 )
 from scheduler.scoring import Scorer, make_scorer, whole_devices_on
 from scheduler.state import ClusterState, DomainState, NodeState, PoolState
-from scheduler.throughput import ThroughputMatrix, load_throughput
+from scheduler.throughput import JobClass, ThroughputMatrix, load_throughput
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class PlacementEngine:
         self.catalog = catalog or load_catalog()
         self.throughput = throughput or (load_throughput(catalog=catalog) if catalog else load_throughput())
         self.scorer = scorer or make_scorer(self.config.scorer, self.config.seed)
-        self._model_order: dict[tuple[tuple[str, ...], str, str], list[tuple[str, float]]] = {}
+        self._model_order: dict[tuple[tuple[str, ...], JobClass, DomesticPreference], list[tuple[str, float]]] = {}
         self._infeasible: dict[tuple[object, ...], tuple[int, Reason]] = {}
         self._infeasible_shapes: dict[tuple[object, ...], tuple[int, tuple[Reason, ...]]] = {}
 
@@ -93,7 +93,7 @@ class PlacementEngine:
 
     def acceptable_models(self, job: Job) -> list[tuple[str, float]]:
         """``(model, relative throughput)`` the job may use, fastest first; cached per job shape."""
-        key = (job.models, job.job_class.value, job.domestic.value)
+        key = (job.models, job.job_class, job.domestic)
         order = self._model_order.get(key)
         if order is None:
             names = job.models or tuple(self.throughput.models_for(job.job_class))
