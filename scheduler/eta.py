@@ -116,7 +116,8 @@ def forecast(
     decisions (each event is a step over the jobs still pending; running jobs' ends and the starts are events)."""
     jobs = list(pending)
     if method == "auto":
-        method = "exact" if len(jobs) * (len(state.ends) + len(jobs)) <= exact_budget else "aggregate"
+        ends = sum(len(pool.ends) for pool in state.pools.values())
+        method = "exact" if len(jobs) * (ends + len(jobs)) <= exact_budget else "aggregate"
     if method == "aggregate":
         return aggregate_forecast(core, state, jobs, now)
     return exact_forecast(core, state, jobs, now, max_events)
@@ -443,14 +444,10 @@ class _Planner:
 
     def prepare(self, jobs: Sequence[Job]) -> None:
         self.ks = sorted({1} | {job.whole_devices for job in jobs if job.whole_devices})
-        running = self.state.running
         releases = self._releases
-        for _, job_id in self.state.ends:
-            pool = running[job_id].placement.pool
-            if pool in releases:
-                releases[pool].append(job_id)
-            else:
-                releases[pool] = [job_id]
+        for pool_id, pool in self.state.pools.items():
+            if pool.ends:
+                releases.setdefault(pool_id, []).extend(job_id for _, job_id in pool.ends)
         if self._drf:
             tenants: set[str] = set()
             for tenant, _ in {(job.tenant, job.user) for job in jobs}:

@@ -126,7 +126,8 @@ class PoolState:
         self.by_whole = SortedList()
         self.by_partial = SortedList()
         self.by_cpu = SortedList()
-        #: ``(estimated end, job id)`` of the running jobs placed here that have an estimate (``ClusterState.ends``).
+        #: ``(estimated end, job id)`` of the running jobs placed here, for reservations (jobs without an end
+        #: estimate are not in it).
         self.ends = SortedList()
         self.islands: dict[str, DomainState] = {}
         self.switches: dict[str, DomainState] = {}
@@ -182,8 +183,6 @@ class ClusterState:
         self.usage_touched: set[str] = set()
         #: Running jobs per pool, in start order: where preemption looks for victims.
         self.running_by_pool: dict[str, dict[str, None]] = {}
-        #: Running jobs by estimated end, for reservations (jobs without an estimate are not in it).
-        self.ends = SortedList()
         #: Per pool, how many running jobs of each priority class: a quick "is anyone preemptible by me?".
         self.running_priorities: dict[str, dict[int, int]] = {}
         #: Installed devices per model (nodes taken out of service still count: they come back).
@@ -391,10 +390,8 @@ class ClusterState:
             key = (running.expected_end, running.placement.job_id)
             pool_ends = self.pools[running.placement.pool].ends
             if sign > 0:
-                self.ends.add(key)
                 pool_ends.add(key)
             else:
-                self.ends.discard(key)
                 pool_ends.discard(key)
         priorities = self.running_priorities.setdefault(running.placement.pool, {})
         count = priorities.get(running.job.priority, 0) + (1 if sign > 0 else -1)
@@ -485,9 +482,6 @@ class ClusterState:
                 for j, r in self.running.items()
                 if r.expected_end is not None and r.placement.pool == pool.id
             }, f"{pool.id} end-time index drift"
-        assert set(self.ends) == {(r.expected_end, j) for j, r in self.running.items() if r.expected_end is not None}, (
-            "end-time index drift"
-        )
         for pool_id, counts in self.running_priorities.items():
             recount: dict[int, int] = {}
             for r in self.running.values():
