@@ -45,7 +45,7 @@ from scheduler.model import Node  # noqa: E402
 from scheduler.placement import PlacementConfig  # noqa: E402
 from scheduler.throughput import load_throughput  # noqa: E402
 from simulations.loaders import LoadOptions, load_nodes, open_trace  # noqa: E402
-from simulations.replay import SimConfig, TimelineSimulation, packing_core, run_packing  # noqa: E402
+from simulations.replay import ARRIVALS, Arrivals, SimConfig, TimelineSimulation, packing_core, run_packing  # noqa: E402
 from simulations.report import FGD_PUBLISHED  # noqa: E402
 from simulations.schema import write_native  # noqa: E402
 from simulations.synthetic import pai_like  # noqa: E402
@@ -95,7 +95,12 @@ def _mean_breakdown(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def part_a(
-    seeds: list[int], inflation: float, include_cpu_only: bool, candidates: int, weight: FgdWeight = "pods"
+    seeds: list[int],
+    inflation: float,
+    include_cpu_only: bool,
+    candidates: int,
+    weight: FgdWeight = "pods",
+    arrivals: Arrivals = "shuffled-trace",
 ) -> dict[str, Any]:
     folder = TRACES / "alibaba-openb"
     if not folder.exists():
@@ -109,6 +114,7 @@ def part_a(
         "gpus": sum(n.devices for n in nodes),
         "pods": len(pods),
         "cpu_only_pods_drawn": include_cpu_only,
+        "arrivals": arrivals,
         "candidates": candidates,
         "fgd_weight": weight,
         "inflation": inflation,
@@ -124,7 +130,14 @@ def part_a(
             core = packing_core(policy, seed, catalog, throughput, candidates=candidates)
             cpu = time.process_time()
             result = run_packing(
-                nodes, pods, core, inflation=inflation, seed=seed, include_cpu_only=include_cpu_only, fgd_weight=weight
+                nodes,
+                pods,
+                core,
+                inflation=inflation,
+                seed=seed,
+                include_cpu_only=include_cpu_only,
+                fgd_weight=weight,
+                arrivals=arrivals,
             )
             cpu = time.process_time() - cpu
             run = {"seed": seed, "wall_s": round(result.wall_s, 3), "cpu_s": round(cpu, 3)}
@@ -301,6 +314,9 @@ def main() -> None:
     parser.add_argument(
         "--fgd-weight", choices=["pods", "gpus"], default="pods", help="packing: FGD shape weights (paper: pods)"
     )
+    parser.add_argument(
+        "--arrivals", choices=ARRIVALS, default="shuffled-trace", help="packing: pod order (paper: shuffled-trace)"
+    )
     parser.add_argument("--timeline-jobs", "--jobs", dest="jobs", type=int, default=1_000_000)
     parser.add_argument(
         "--arrival-pass", choices=["all", "changed", "new"], default="all", help="SimConfig.arrival_pass"
@@ -315,7 +331,8 @@ def main() -> None:
     if args.part in ("a", "both"):
         seeds = [int(s) for s in args.seeds.split(",")]
         weight = cast(FgdWeight, args.fgd_weight)
-        out["packing"] = part_a(seeds, args.inflation, not args.gpu_pods_only, args.candidates, weight)
+        arrivals = cast(Arrivals, args.arrivals)
+        out["packing"] = part_a(seeds, args.inflation, not args.gpu_pods_only, args.candidates, weight, arrivals)
     if args.part in ("b", "both"):
         out["timeline"] = part_b(
             args.jobs, args.seed, args.profile, args.arrival_pass, args.scale, args.load, args.profile_out

@@ -200,15 +200,30 @@ class FGDScorer:
 
     For a task shape t, a node's fragment is all of its free GPU capacity if t cannot run there (too few
     devices, CPU or memory), else the free capacity on devices too small for t (partially used devices for a
-    whole-device task, devices with less than t's fraction for a fractional one). Per-node sums are cached by
+    whole-device task, devices with less than t's fraction for a fractional one, none for a CPU-only task).
+    CPU-only tasks therefore count too: a node whose CPU is used up strands its free GPUs for them as well,
+    as in the paper's simulator, which classes a node that lacks CPU for a task as fragmented whatever the
+    task's GPU request. Per-node sums are cached by
     the node's free-device vector, so identical nodes cost one computation.
+
+    The growth of expected fragmentation looks one task ahead only, so the score adds ``pack_weight`` × the
+    GPU milli the node keeps free: a light best-fit pull that fills partly used nodes before opening empty ones
+    (which large gangs need later) whenever FGD sees little difference, and breaks its exact ties (empty nodes).
+    On the openb packing experiment (``benchmarks/simulator.py --part a``, 10 seeds) 0.01 raised the GPU
+    allocation at 100 % arrived from 94.95 % to 95.25 % (95.20 % on 10 other seeds); 0.1 gave 95.0 %, 0.3 94.6 %.
+
+        >>> FGDScorer().pack_weight
+        0.01
     """
 
     name = "fgd"
     tight_first = True
 
-    def __init__(self, profile: WorkloadProfile | None = None) -> None:
+    def __init__(self, profile: WorkloadProfile | None = None, pack_weight: float = 0.01) -> None:
+        if pack_weight <= 0:
+            raise ValueError(f"pack_weight must be positive (it also breaks FGD's ties), got {pack_weight}")
         self.profile = profile or WorkloadProfile()
+        self.pack_weight = pack_weight
         # Expected fragmentation by (free milli per device, free CPU, free memory). Nodes of one pool start
         # identical and drift through few distinct shapes, so most evaluations are dictionary hits.
         self._cache: dict[tuple[tuple[int, ...], int, int], float] = {}
@@ -217,7 +232,7 @@ class FGDScorer:
         self._mem_steps: list[int] = []
         self._results: dict[tuple[object, ...], tuple[float, tuple[int, ...]] | None] = {}
         self._share_total = 0.0
-        self._groups: dict[tuple[int, int], tuple[list[float], list[tuple[int, float]]]] = {}
+        self._groups: dict[tuple[int, int], tuple[list[float], list[tuple[int, float]], float]] = {}
 
     def observe(self, job: Job) -> None:
         self.profile.observe(job)
@@ -234,9 +249,9 @@ class FGDScorer:
         # they cannot use: total - (what a whole-device class uses: MILLI per free device) or total - (the free
         # milli on devices with at least the class's fraction). So per node only the distinct fractions that fit
         # cost a pass over the devices.
-        whole_share, fractions = self._eligible(key[1], key[2])
+        whole_share, fractions, cpu_only_share = self._eligible(key[1], key[2])
         total = sum(free)
-        value = total * self._share_total
+        value = total * (self._share_total - cpu_only_share)
         whole = free.count(MILLI)
         if whole:
             value -= MILLI * whole * whole_share[min(whole, len(whole_share) - 1)]
@@ -262,14 +277,16 @@ class FGDScorer:
         self._mem_steps = sorted({shape.memory_mib for shape, _ in classes})
         self._share_total = sum(share for _, share in classes)
 
-    def _eligible(self, cpu_rank: int, mem_rank: int) -> tuple[list[float], list[tuple[int, float]]]:
+    def _eligible(self, cpu_rank: int, mem_rank: int) -> tuple[list[float], list[tuple[int, float]], float]:
         """For nodes with this CPU and memory rank: the share of whole-device classes needing at most k free
-        devices (indexed by k), and the fractional classes' shares per fraction, smallest fraction first."""
+        devices (indexed by k), the fractional classes' shares per fraction, smallest fraction first, and the
+        share of CPU-only classes that fit."""
         groups = self._groups.get((cpu_rank, mem_rank))
         if groups is not None:
             return groups
         whole_needed: dict[int, float] = {}
         fractions: dict[int, float] = {}
+        cpu_only = 0.0
         for shape, share in self.profile.classes:
             if bisect_left(self._cpu_steps, shape.cpu_milli) >= cpu_rank:
                 continue  # needs more CPU than the node has
@@ -279,10 +296,12 @@ class FGDScorer:
                 whole_needed[shape.whole] = whole_needed.get(shape.whole, 0.0) + share
             elif shape.milli:
                 fractions[shape.milli] = fractions.get(shape.milli, 0.0) + share
+            else:
+                cpu_only += share
         cumulative = [0.0] * (max(whole_needed, default=0) + 1)
         for k in range(1, len(cumulative)):
             cumulative[k] = cumulative[k - 1] + whole_needed.get(k, 0.0)
-        groups = self._groups[(cpu_rank, mem_rank)] = (cumulative, sorted(fractions.items()))
+        groups = self._groups[(cpu_rank, mem_rank)] = (cumulative, sorted(fractions.items()), cpu_only)
         return groups
 
     def evaluate(self, ns: NodeState, job: Job) -> tuple[float, tuple[int, ...]] | None:
@@ -342,8 +361,7 @@ class FGDScorer:
         best_choice: tuple[float, tuple[int, ...]] | None = None
         for devices, after_free in choices:
             delta = self.fragmentation(after_free, cpu_after, mem_after) - before
-            # Ties (common on empty nodes) go to the tighter node, as best fit would choose.
-            score = delta + sum(after_free) * 1e-9
+            score = delta + self.pack_weight * sum(after_free)
             if best_choice is None or score < best_choice[0]:
                 best_choice = (score, devices)
         return best_choice

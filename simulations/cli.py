@@ -39,6 +39,11 @@ class Mode(StrEnum):
     packing = "packing"
 
 
+class PackingArrivals(StrEnum):
+    shuffled_trace = "shuffled-trace"
+    with_replacement = "with-replacement"
+
+
 TraceFormat = StrEnum("TraceFormat", {name: name for name in sorted(FORMATS)})  # type: ignore[misc]
 
 
@@ -98,6 +103,10 @@ def simulate(
         bool,
         typer.Option("--include-cpu-only/--gpu-pods-only", help="packing: also draw CPU-only pods (as the paper)"),
     ] = True,
+    arrivals: Annotated[
+        PackingArrivals,
+        typer.Option(help="packing: the whole trace once in random order, then draws (as the paper), or draws only"),
+    ] = PackingArrivals.shuffled_trace,
     workers: Annotated[int, typer.Option(help="parallel runs for several policies/variants")] = 1,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
     catalog: Annotated[Path | None, typer.Option(help="accelerator catalog (default seeds/)", hidden=True)] = None,
@@ -117,6 +126,7 @@ def simulate(
         scenario=str(scenario) if scenario else None,
         strict=strict,
         include_cpu_only=include_cpu_only,
+        arrivals=arrivals.value,
         catalog_path=str(catalog) if catalog else None,
         throughput_path=str(throughput) if throughput else None,
     )

@@ -30,9 +30,11 @@ instead hand over less, since every job rejected before saw more free capacity t
 * ``"new"`` (or ``incremental=True``): the new arrivals alone; exact only for a core without reservations and
   preemption, as in :func:`packing_core`.
 
-**Packing** (FGD, ATC '23): pods drawn with replacement in seeded random order are submitted one at a time and
-never deleted, until the arrived GPU request reaches ``inflation`` × cluster GPUs; the GPU allocation ratio and
-the fragmentation are recorded against the arrived request (:func:`run_packing`).
+**Packing** (FGD, ATC '23): pods are submitted one at a time and never deleted, until the arrived GPU request
+reaches ``inflation`` × cluster GPUs; the GPU allocation ratio and the fragmentation are recorded against the
+arrived request (:func:`run_packing`). As in the authors' simulator, the whole trace comes first in seeded
+random order and further pods are then drawn from it with replacement (``arrivals="shuffled-trace"``); with
+``arrivals="with-replacement"`` every pod is a draw.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ from simulations.metrics import Economics, FragmentationMeter, GpuShape, Metrics
 from simulations.schema import TraceJob
 
 Progress = Callable[[int], None]
+#: How the packing experiment orders its pods (see the module docstring).
+Arrivals = Literal["shuffled-trace", "with-replacement"]
+ARRIVALS: tuple[Arrivals, ...] = ("shuffled-trace", "with-replacement")
 
 _CAUSES = {
     "finished": StopCause.FINISHED,
@@ -544,6 +549,7 @@ class PackingResult:
     seed: int
     inflation: float
     cluster_gpus: int
+    arrivals: str = "shuffled-trace"
     pods_drawn: int = 0
     pods_placed: int = 0
     pods_failed: int = 0
@@ -570,6 +576,7 @@ class PackingResult:
             "seed": self.seed,
             "inflation": self.inflation,
             "cluster_gpus": self.cluster_gpus,
+            "arrivals": self.arrivals,
             "pods_drawn": self.pods_drawn,
             "pods_placed": self.pods_placed,
             "pods_failed": self.pods_failed,
@@ -660,8 +667,13 @@ def run_packing(
     resolution: float = 0.01,
     progress: Progress | None = None,
     fgd_weight: Literal["pods", "gpus"] = "pods",
+    arrivals: Arrivals = "shuffled-trace",
 ) -> PackingResult:
     """The FGD packing experiment on ``nodes`` with pods drawn from ``pods`` (see the module docstring).
+
+    ``arrivals="shuffled-trace"`` submits every pod of the list once, in seeded random order, before drawing more
+    with replacement, as the FGD authors' simulator does (their openb default list asks for 98 % of the cluster's
+    GPUs, so the 100 % mark sees the trace's exact mix); ``"with-replacement"`` draws every pod.
 
     Pods without GPUs are drawn too, as in the paper's simulator (they take CPU that GPU pods need, and count 0
     towards the arrived GPU request); ``include_cpu_only=False`` leaves them out. If the core uses the FGD scorer,
@@ -670,16 +682,22 @@ def run_packing(
     """
     if core.config.queueing.preemption:
         raise ValueError("the packing experiment never deletes pods: use a core without preemption (packing_core)")
+    if arrivals not in ARRIVALS:
+        raise ValueError(f"unknown arrivals {arrivals!r} (allowed: {', '.join(ARRIVALS)})")
     began = time.perf_counter()
     state = ClusterState(nodes)
     capacity = sum(n.devices for n in nodes) * MILLI
     policy = core.placement.scorer.name
-    result = PackingResult(policy=policy, seed=seed, inflation=inflation, cluster_gpus=capacity // MILLI)
+    result = PackingResult(
+        policy=policy, seed=seed, inflation=inflation, cluster_gpus=capacity // MILLI, arrivals=arrivals
+    )
     draw = [p for p in pods if include_cpu_only or p.gpu_request_milli > 0]
     result.skipped_cpu_only = len(pods) - len(draw)
     if not draw or not capacity:
         return result
     rng = random.Random(seed)
+    first = list(range(len(draw))) if arrivals == "shuffled-trace" else []
+    rng.shuffle(first)
     jobs = [p.to_job() for p in draw]
     scorer = core.placement.scorer
     if isinstance(scorer, FGDScorer):
@@ -694,7 +712,7 @@ def run_packing(
     i = 0
     while arrived < target:
         i += 1
-        index = rng.randrange(len(draw))
+        index = first[i - 1] if i <= len(first) else rng.randrange(len(draw))
         template = jobs[index]
         job = template.model_copy(update={"id": f"{template.id}#{i}"})
         request = draw[index].gpu_request_milli

@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from scheduler.catalog import Catalog, load_catalog
 from scheduler.core import CoreConfig, SchedulerCore
@@ -23,7 +23,7 @@ from scheduler.placement import PlacementConfig
 from scheduler.throughput import ThroughputMatrix, load_throughput
 from simulations.loaders import LoadOptions, SkipReport, TraceError, TraceSource, load_nodes, open_trace
 from simulations.metrics import workload_shapes
-from simulations.replay import Progress, SimConfig, TimelineSimulation, packing_core, run_packing
+from simulations.replay import Arrivals, Progress, SimConfig, TimelineSimulation, packing_core, run_packing
 from simulations.scenario import Scenario, apply_changes, grow_demand, load_scenario
 from simulations.schema import TraceJob
 from simulations.synthetic import SyntheticSpec, pai_like
@@ -45,6 +45,8 @@ class RunSpec:
     variant: str | None = None
     strict: bool = False
     include_cpu_only: bool = True
+    #: Packing: ``shuffled-trace`` (the whole list once, then draws, as the FGD authors) or ``with-replacement``.
+    arrivals: str = "shuffled-trace"
     catalog_path: str | None = None
     throughput_path: str | None = None
     candidates: int = 8
@@ -131,6 +133,7 @@ def run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]:
             seed=seed,
             include_cpu_only=spec.include_cpu_only,
             progress=progress,
+            arrivals=cast(Arrivals, spec.arrivals),
         )
         out = packing.as_dict()
     elif spec.mode == "timeline":

@@ -218,3 +218,28 @@ def test_fgd_profile_of_the_packing_experiment_is_the_draw_itself() -> None:
     assert breakdown["free_gpus"] == pytest.approx(
         breakdown["partial_gpus"]["total"] + sum(breakdown["whole_gpus"].values()), abs=0.02
     )
+
+
+def test_shuffled_trace_submits_every_pod_once_before_drawing_more() -> None:
+    # Eight distinct 1-GPU pods on 8 GPUs: the first 100 % arrived is exactly the list, so every pod of it starts;
+    # drawn with replacement, repeats crowd out others (seed 3 draws some pod twice among the first eight).
+    pods = [TraceJob(id=f"p{i}", submit_time=0, duration_s=0, devices_per_worker=1) for i in range(8)]
+    cluster = nodes(count=1)
+    placed: dict[str, list[str]] = {}
+    for arrivals in ("shuffled-trace", "with-replacement"):
+        core = packing_core("binpack", 3)
+        step = core.step
+        seen: list[str] = []
+
+        def recording(state: ClusterState, pending: list[Job], now: float, step=step, seen=seen) -> list[Decision]:  # type: ignore[no-untyped-def]
+            seen.append(pending[0].id.split("#")[0])
+            return step(state, pending, now)
+
+        core.step = recording  # type: ignore[method-assign]
+        result = run_packing(cluster, pods, core, inflation=1.25, seed=3, arrivals=arrivals)  # type: ignore[arg-type]
+        assert result.arrivals == arrivals and result.pods_drawn == 10
+        placed[arrivals] = seen
+    assert sorted(placed["shuffled-trace"][:8]) == [f"p{i}" for i in range(8)]
+    assert len(set(placed["with-replacement"][:8])) < 8
+    with pytest.raises(ValueError, match="unknown arrivals 'sorted'"):
+        run_packing(cluster, pods, packing_core("binpack", 3), arrivals="sorted")  # type: ignore[arg-type]
