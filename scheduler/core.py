@@ -123,6 +123,10 @@ class SchedulerCore:
         #: The policy's domestic preference per (queue, tenant) a job names (cleared with a new policy).
         self._domestic_policy: dict[tuple[str, str], DomesticPreference] = {}
         self._share_cache: dict[str, float] = {}
+        #: Each account's dominant share of current usage, kept across steps until its usage changes (the
+        #: state's ``usage_touched``, a start or preemption in a step) or installed capacity does.
+        self._dominant: dict[str, float] = {}
+        self._dominant_capacity: dict[str, float] = {}
         self._ncu_state: ClusterState | None = None
         self._ncu_nodes = 0
         self._ncu_value = 0.0
@@ -151,11 +155,19 @@ class SchedulerCore:
         same_state = state is self._stepped
         if not same_state:
             self._stepped, self._kept = state, {}
+            self._dominant.clear()
+        else:
+            for account in state.usage_touched:
+                self._dominant.pop(account, None)
         self._advance_history(state, now, same_state)
         jobs = [self._effective(job) for job in pending]
         ordering = self.config.queueing
         ncu_capacity = self._ncu_capacity(state)
         capacity = self.fairshare.capacities(state, ncu_capacity)
+        if capacity != self._dominant_capacity:
+            self._dominant.clear()
+            self._dominant_capacity = capacity
+        dominant = self._dominant
         totals = {"tenant": self.history.total("tenant:"), "user": self.history.total("user:")}
 
         # Shares change only when an account's usage does: _start and _preempt drop the entries they touch.
@@ -169,7 +181,10 @@ class SchedulerCore:
                     weight, total = self.policy.weight(job.tenant), totals["tenant"]
                 else:
                     weight, total = 1.0, totals["user"]
-                value = cache[account] = self.fairshare.key(state, account, weight, capacity, total)
+                current = dominant.get(account)
+                if current is None:
+                    current = dominant[account] = self.fairshare.current(state, account, capacity)
+                value = cache[account] = self.fairshare.key(state, account, weight, capacity, total, current)
             return value
 
         order = self._make_order(jobs, share)
@@ -182,6 +197,8 @@ class SchedulerCore:
         # preemption frees some), so a shape that could not backfill still cannot.
         self._backfill_misses: set[tuple[object, ...]] = set()
         heads: set[str | None] = set()
+        # "Room is held for ..." names the earliest reservation; rebuilt only when one is added.
+        held_reason: Reason | None = None
         # Job shapes that found no victims this step: victims only get scarcer as the step goes on.
         preemption_misses: set[tuple[object, ...]] = set()
         preemption_attempts = 0
@@ -230,11 +247,14 @@ class SchedulerCore:
                     if reservation is not None:
                         reservation.hide(state)
                         self.reservations[job.id] = reservation
+                        held_reason = None
                         kept[job.id] = self._kept_entry(state, reservation, grown)
                         reasons.insert(0, _reservation_reason(reservation, own=True))
                 elif self.reservations:
-                    first = min(self.reservations.values(), key=lambda r: r.start)
-                    reasons.append(_reservation_reason(first, own=False))
+                    if held_reason is None:
+                        first = min(self.reservations.values(), key=lambda r: r.start)
+                        held_reason = _reservation_reason(first, own=False)
+                    reasons.append(held_reason)
                 decisions.append(Decision(DecisionKind.REJECT, job.id, reasons=tuple(reasons)))
         finally:
             for reservation in self.reservations.values():
@@ -322,6 +342,7 @@ class SchedulerCore:
         state.start(running)
         for account in running.accounts:
             self._share_cache.pop(account, None)
+            self._dominant.pop(account, None)
         return running
 
     def remember_usage(self, tenant: str, user: str, ncu: float, start: float, end: float, now: float) -> None:
@@ -391,6 +412,7 @@ class SchedulerCore:
         state.start(running)
         for account in running.accounts:
             self._share_cache.pop(account, None)
+            self._dominant.pop(account, None)
         self.placement.observe(job)
         return Decision(
             DecisionKind.START,
@@ -449,6 +471,7 @@ class SchedulerCore:
             return []
         decisions: list[Decision] = []
         self._share_cache.clear()
+        self._dominant.clear()
         for victim in plan.victims:
             state.release(victim.job.id)
             reason = Reason(

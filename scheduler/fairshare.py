@@ -177,7 +177,10 @@ class FairShare:
         weight: float,
         capacity: dict[str, float],
         history_total: float,
+        current: float | None = None,
     ) -> float:
-        current = self.current(state, account, capacity)
+        """Weighted mix of current dominant share (``current`` if the caller already knows it) and history."""
+        if current is None:
+            current = self.current(state, account, capacity)
         historical = self.history.value(account) / history_total if history_total > 0 else 0.0
         return ((1 - self.history_weight) * current + self.history_weight * historical) / weight
