@@ -80,6 +80,10 @@ def run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]:
         raise TraceError(spec.scenario or "<command line>", "no cluster given (--cluster or the scenario's cluster:)")
     node_report = SkipReport()
     nodes: list[Node] = load_nodes(cluster_path, catalog, node_report)
+    # A synthetic workload is sized for the base cluster, before the scenario's changes: every variant then
+    # faces the same demand, and only the capacity or the policy differs.
+    base_devices = sum(n.devices for n in nodes)
+    base_models = tuple(sorted({n.model for n in nodes}))
     policy, seed, candidates = spec.policy, spec.seed, spec.candidates
     if scenario is not None:
         nodes = apply_changes(nodes, scenario.changes, catalog, spec.scenario or "<scenario>")
@@ -101,6 +105,7 @@ def run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]:
     if trace_path is None and scenario is not None and scenario.workload.trace is not None:
         trace_path, fmt = str(scenario.path(scenario.workload.trace.path)), scenario.workload.trace.format
     source: TraceSource | None = None
+    sized_for: dict[str, float] = {}
     jobs: Iterable[TraceJob]
     if trace_path is not None:
         source = open_trace(trace_path, fmt, options)
@@ -109,17 +114,18 @@ def run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]:
         syn = scenario.workload.synthetic
         jobs = pai_like(
             syn.jobs,
-            devices,
+            base_devices,
             spec=SyntheticSpec(
                 jobs=syn.jobs,
                 load=syn.load,
                 seed=syn.seed,
                 tenants=syn.tenants,
                 constrained_share=syn.constrained_share,
-                models=tuple(sorted({n.model for n in nodes})),
+                models=base_models,
             ),
         )
         trace_path = f"<synthetic {syn.jobs} jobs>"
+        sized_for = {"load": syn.load, "sized_for_devices": base_devices}
     else:
         raise TraceError(spec.scenario or "<command line>", "no trace given (--trace or the scenario's workload:)")
 
@@ -168,7 +174,7 @@ def run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]:
             out["targets"] = scenario.targets.check(replay.summary)
     else:
         raise TraceError(spec.trace or "<command line>", f"unknown mode {spec.mode!r} (allowed: timeline, packing)")
-    out["trace"] = source.report.as_dict() if source is not None else {"synthetic": trace_path}
+    out["trace"] = source.report.as_dict() if source is not None else {"synthetic": trace_path, **sized_for}
     out.update(
         {
             "cluster": {

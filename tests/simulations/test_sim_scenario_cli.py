@@ -161,6 +161,10 @@ def test_cli_timeline_scenario_with_variants(tmp_path: Path) -> None:
     runs = json.loads(out_json.read_text())["runs"]
     assert [r["scenario"] for r in runs] == ["base", "more"]
     assert runs[1]["cluster"]["devices"] == runs[0]["cluster"]["devices"] + 16
+    # The synthetic demand is sized for the base cluster: both variants face the same jobs.
+    assert runs[0]["trace"] == runs[1]["trace"]
+    assert runs[0]["trace"]["sized_for_devices"] == runs[0]["cluster"]["devices"]
+    assert runs[1]["summary"]["wait_s"]["mean"] <= runs[0]["summary"]["wait_s"]["mean"]
     for run in runs:
         s = run["summary"]
         assert s["jobs"]["finished"] > 100 and s["energy_kwh"] > 0 and run["targets"]["wait_p95_s"]["met"]
