@@ -145,14 +145,18 @@ def exact_forecast(
         running_jobs = {job_id: r.job for job_id, r in sim_state.running.items()}
         for decision in sim.step(sim_state, list(remaining.values()), t):
             if decision.kind is DecisionKind.START:
+                started = sim_state.running.get(decision.job_id)
+                if started is None:
+                    # Started and then preempted within the same step (possible with min_runtime_s=0): the
+                    # job waits again, and its start is still to come.
+                    continue
                 remaining.pop(decision.job_id, None)
                 if decision.job_id in result.starts:
                     result.starts[decision.job_id] = t
                     if decision.placement is not None:
                         result.pools[decision.job_id] = decision.placement.pool
-                end = sim_state.running[decision.job_id].expected_end
-                if end is not None:
-                    heapq.heappush(ends, (end, decision.job_id))
+                if started.expected_end is not None:
+                    heapq.heappush(ends, (started.expected_end, decision.job_id))
             elif decision.kind is DecisionKind.PREEMPT and decision.job_id in running_jobs:
                 # A preempted job waits again; if it was one we forecast for, its estimate is its restart.
                 remaining[decision.job_id] = running_jobs[decision.job_id]

@@ -549,7 +549,7 @@ class PackingResult:
     seed: int
     inflation: float
     cluster_gpus: int
-    arrivals: str = "shuffled-trace"
+    arrivals: Arrivals = "shuffled-trace"
     pods_drawn: int = 0
     pods_placed: int = 0
     pods_failed: int = 0

@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from scheduler.catalog import Catalog, load_catalog
 from scheduler.core import CoreConfig, SchedulerCore
@@ -46,7 +46,7 @@ class RunSpec:
     strict: bool = False
     include_cpu_only: bool = True
     #: Packing: ``shuffled-trace`` (the whole list once, then draws, as the FGD authors) or ``with-replacement``.
-    arrivals: str = "shuffled-trace"
+    arrivals: Arrivals = "shuffled-trace"
     catalog_path: str | None = None
     throughput_path: str | None = None
     candidates: int = 8
@@ -139,7 +139,7 @@ def run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]:
             seed=seed,
             include_cpu_only=spec.include_cpu_only,
             progress=progress,
-            arrivals=cast(Arrivals, spec.arrivals),
+            arrivals=spec.arrivals,
         )
         out = packing.as_dict()
     elif spec.mode == "timeline":

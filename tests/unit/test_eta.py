@@ -285,3 +285,29 @@ def test_the_plan_never_books_more_than_a_pool_holds(
             # Workers as large as a node each need a node of their own.
             assert sum(whole for _, whole in active) <= len(pool.nodes), (pool_id, t, active)
     assert set(result.starts) == {job.id for job in pending}
+
+
+def test_exact_forecast_survives_a_job_started_and_reclaimed_in_one_step() -> None:
+    # With no minimum runtime, "a" starts borrowing the whole node and "b" (within its deserved share) reclaims
+    # it in the same step; "a" waits again and its start is the one after "b" ends.
+    policy = parse_policy(
+        {
+            "tenants": {"a": {"type": "university"}, "b": {"type": "university"}},
+            "queues": {
+                "a": {"tenant": "a", "quota": {"A100": {"deserved": 4, "limit": 8}}},
+                "b": {"tenant": "b", "quota": {"A100": {"deserved": 4, "limit": 8}}},
+            },
+        }
+    )
+    jobs = [
+        Job(id="a1", tenant="a", queue="a", devices_per_worker=8, runtime_s=100),
+        Job(id="b1", tenant="b", queue="b", devices_per_worker=4, runtime_s=100),
+    ]
+    node = Node(id="n0", model="A100", devices=8, cpu_milli=256000, memory_mib=2_000_000)
+    probe = SchedulerCore(CoreConfig(queueing=QueueingConfig(min_runtime_s=0)), policy=policy)
+    kinds = [(d.kind.value, d.job_id) for d in probe.step(ClusterState([node]), jobs, 0.0)]
+    assert kinds == [("start", "a1"), ("preempt", "a1"), ("start", "b1")]
+    core = SchedulerCore(CoreConfig(queueing=QueueingConfig(min_runtime_s=0)), policy=policy)
+    result = exact_forecast(core, ClusterState([node]), jobs, 0.0)
+    assert result.complete and result.starts["b1"] == 0.0
+    assert result.starts["a1"] == 100.0  # when b1 ends
