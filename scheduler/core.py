@@ -437,13 +437,14 @@ class SchedulerCore:
         if shape in self._backfill_misses:
             return None
         earliest_end = now + estimate / _fastest(self, job)
-        pools = {pool.id for pool, _ in self.placement.candidate_pools(state, job)}
-        # Lifting helps only where a reservation hides at least one worker's worth of devices.
+        # Lifting helps only where a reservation the job would end before hides at least one worker's worth of
+        # devices, in a pool the job may use.
         lifted = [
-            r
-            for r in self.reservations.values()
-            if r.start >= earliest_end and r.placement.pool in pools and r.hidden_milli >= job.device_milli
+            r for r in self.reservations.values() if r.start >= earliest_end and r.hidden_milli >= job.device_milli
         ]
+        if lifted:
+            pools = {pool.id for pool, _ in self.placement.candidate_pools(state, job)}
+            lifted = [r for r in lifted if r.placement.pool in pools]
         if not lifted:
             self._backfill_misses.add(shape)
             return None

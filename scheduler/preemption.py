@@ -55,6 +55,13 @@ class Preemptor:
         """The cheapest set of victims that lets ``job`` start, over its acceptable pools; state is unchanged."""
         best: PreemptionPlan | None = None
         for pool, rel in self.engine.candidate_pools(state, job):
+            # No victim here without a running job of lower priority or a queue to reclaim from: skip the quota
+            # checks (most attempts in a long queue end here).
+            if not state.running_by_pool.get(pool.id) or (
+                not any(p < job.priority for p in state.running_priorities.get(pool.id, {}))
+                and not self.quota.anyone_borrowing(state, pool.model)
+            ):
+                continue
             demand = demand_for(pool.model, job.total_devices, rel)
             if self.quota.admit(state, queue, demand, pool.id) is not None:
                 continue
