@@ -55,17 +55,19 @@ class Preemptor:
         """The cheapest set of victims that lets ``job`` start, over its acceptable pools; state is unchanged."""
         best: PreemptionPlan | None = None
         for pool, rel in self.engine.candidate_pools(state, job):
-            # No victim here without a running job of lower priority or a queue to reclaim from: skip the quota
-            # checks (most attempts in a long queue end here).
-            if not state.running_by_pool.get(pool.id) or (
-                not any(p < job.priority for p in state.running_priorities.get(pool.id, {}))
-                and not self.quota.anyone_borrowing(state, pool.model)
-            ):
+            # No victim here without a running job of lower priority or a borrower to reclaim from; the cheap
+            # checks come before the quota's (most attempts in a long queue end here).
+            if not state.running_by_pool.get(pool.id):
+                continue
+            lower = any(priority < job.priority for priority in state.running_priorities.get(pool.id, {}))
+            if not lower and not self.quota.anyone_borrowing(state, pool.model):
                 continue
             demand = demand_for(pool.model, job.total_devices, rel)
             if self.quota.admit(state, queue, demand, pool.id) is not None:
                 continue
             reclaim = self.quota.within_deserved(state, queue, demand)
+            if not lower and not reclaim:
+                continue
             plan = self._plan_in_pool(state, job, pool, rel, reclaim, now)
             if plan is not None and (best is None or plan.cost < best.cost):
                 best = plan
@@ -131,12 +133,7 @@ class Preemptor:
     def _plan_in_pool(
         self, state: ClusterState, job: Job, pool: PoolState, rel: float, reclaim: bool, now: float
     ) -> PreemptionPlan | None:
-        ids = state.running_by_pool.get(pool.id)
-        if not ids:
-            return None
-        lower = any(priority < job.priority for priority in state.running_priorities.get(pool.id, {}))
-        if not lower and not (reclaim and self.quota.anyone_borrowing(state, pool.model)):
-            return None
+        ids = state.running_by_pool.get(pool.id, {})
         candidates = [state.running[j] for j in ids if self._eligible(state, job, state.running[j], reclaim, now)]
         if not candidates:
             return None

@@ -18,7 +18,7 @@ import math
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -26,6 +26,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from scheduler.errors import ConfigError
 from simulations.loaders import FORMATS, TraceError
+from simulations.replay import ARRIVALS, Arrivals
 from simulations.report import render
 from simulations.runner import RunSpec, run
 from simulations.sweep import BACKENDS, grid, run_sweep
@@ -39,12 +40,8 @@ class Mode(StrEnum):
     packing = "packing"
 
 
-class PackingArrivals(StrEnum):
-    shuffled_trace = "shuffled-trace"
-    with_replacement = "with-replacement"
-
-
 TraceFormat = StrEnum("TraceFormat", {name: name for name in sorted(FORMATS)})  # type: ignore[misc]
+PackingArrivals = StrEnum("PackingArrivals", {name: name for name in ARRIVALS})  # type: ignore[misc]
 
 
 def _clean(value: Any) -> Any:
@@ -106,7 +103,7 @@ def simulate(
     arrivals: Annotated[
         PackingArrivals,
         typer.Option(help="packing: the whole trace once in random order, then draws (as the paper), or draws only"),
-    ] = PackingArrivals.shuffled_trace,
+    ] = PackingArrivals["shuffled-trace"],
     workers: Annotated[int, typer.Option(help="parallel runs for several policies/variants")] = 1,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
     catalog: Annotated[Path | None, typer.Option(help="accelerator catalog (default seeds/)", hidden=True)] = None,
@@ -126,7 +123,7 @@ def simulate(
         scenario=str(scenario) if scenario else None,
         strict=strict,
         include_cpu_only=include_cpu_only,
-        arrivals=arrivals.value,
+        arrivals=cast(Arrivals, arrivals.value),
         catalog_path=str(catalog) if catalog else None,
         throughput_path=str(throughput) if throughput else None,
     )

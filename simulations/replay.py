@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from scheduler.catalog import Catalog, load_catalog
 from scheduler.core import CoreConfig, QueueingConfig, SchedulerCore
@@ -62,7 +62,7 @@ from simulations.schema import TraceJob
 Progress = Callable[[int], None]
 #: How the packing experiment orders its pods (see the module docstring).
 Arrivals = Literal["shuffled-trace", "with-replacement"]
-ARRIVALS: tuple[Arrivals, ...] = ("shuffled-trace", "with-replacement")
+ARRIVALS: tuple[Arrivals, ...] = get_args(Arrivals)
 
 _CAUSES = {
     "finished": StopCause.FINISHED,
