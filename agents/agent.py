@@ -18,7 +18,6 @@ heartbeat. When the API is unreachable the agent keeps sampling; the buffer keep
 from __future__ import annotations
 
 import logging
-import re
 import socket
 import threading
 import time
@@ -36,14 +35,17 @@ from agents.exporter import TelemetryStore
 from agents.protocol import (
     HEARTBEAT_PATH,
     REGISTER_PATH,
+    DeviceInfo,
+    DeviceSample,
     HeartbeatRequest,
     HeartbeatResponse,
     NodeDescriptor,
     RegisterRequest,
     RegisterResponse,
+    ShimState,
     TelemetryBatch,
 )
-from agents.shims.base import DeviceInfo, DeviceSample, Shim, ShimState, dedupe_uuids
+from agents.shims.base import Shim, dedupe_uuids
 from scheduler.model import Node
 
 AGENT_VERSION = "0.1.0"
@@ -371,128 +373,6 @@ class Agent:
 
 
 _JSON = {"Content-Type": "application/json"}
-
-
-# ---------------------------------------------------------------------------------------------------- Ray
-
-#: Ray resource name per vendor. NVIDIA, AMD and MetaX use Ray's built-in ``GPU`` (Ray has managers for them);
-#: Ascend uses Ray's ``NPU``; the others have no Ray accelerator manager, so they get custom names.
-RAY_RESOURCE_NAMES: dict[str, str] = {
-    "nvidia": "GPU",
-    "amd": "GPU",
-    "metax": "GPU",
-    "huawei": "NPU",
-    "cambricon": "MLU",
-    "kunlunxin": "XPU",
-    "hygon": "DCU",
-    "iluvatar": "IXGPU",
-    "moorethreads": "MTGPU",
-}
-
-#: Ray resource name of a vendor without an entry in :data:`RAY_RESOURCE_NAMES`.
-RAY_FALLBACK_RESOURCE = "ACCELERATOR"
-
-#: The variable each vendor's runtime reads to restrict a process to some devices (by index on the node). Ray
-#: sets the NVIDIA, AMD, MetaX and Ascend ones itself for the devices *it* picked; the executor overrides them
-#: with the devices the scheduler chose. CoreX (Iluvatar) and MetaX are CUDA-compatible; DTK (Hygon) is ROCm's.
-DEVICE_VISIBILITY_ENV: dict[str, str] = {
-    "nvidia": "CUDA_VISIBLE_DEVICES",
-    "amd": "HIP_VISIBLE_DEVICES",
-    "metax": "CUDA_VISIBLE_DEVICES",
-    "iluvatar": "CUDA_VISIBLE_DEVICES",
-    "huawei": "ASCEND_RT_VISIBLE_DEVICES",
-    "cambricon": "MLU_VISIBLE_DEVICES",
-    "kunlunxin": "XPU_VISIBLE_DEVICES",
-    "hygon": "HIP_VISIBLE_DEVICES",
-    "moorethreads": "MUSA_VISIBLE_DEVICES",
-}
-
-
-def ray_resource_name(vendor: str | None) -> str:
-    """The Ray resource a vendor's devices are declared as: ``GPU``, ``NPU``, ``MLU`` ...
-
-    >>> ray_resource_name("huawei"), ray_resource_name("undisclosed")
-    ('NPU', 'ACCELERATOR')
-    """
-    return RAY_RESOURCE_NAMES.get(vendor or "", RAY_FALLBACK_RESOURCE)
-
-
-def device_visibility_env(vendor: str | None) -> str | None:
-    """The device-visibility variable of a vendor's runtime, None when the vendor has no known one.
-
-    >>> device_visibility_env("cambricon"), device_visibility_env("undisclosed")
-    ('MLU_VISIBLE_DEVICES', None)
-    """
-    return DEVICE_VISIBILITY_ENV.get(vendor or "")
-
-
-class RayNodeSpec(BaseModel):
-    """What ``ray start`` needs to declare this node: CPUs, GPUs, custom resources and labels."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    num_cpus: float
-    num_gpus: float
-    memory_bytes: int
-    resources: dict[str, float]
-    labels: dict[str, str]
-
-    def ray_start_args(self) -> list[str]:
-        """Arguments for ``ray start`` (add ``--address`` or ``--head`` yourself)."""
-        import json
-
-        args = [f"--num-cpus={self.num_cpus:g}", f"--num-gpus={self.num_gpus:g}", f"--memory={self.memory_bytes}"]
-        if self.resources:
-            args.append(f"--resources={json.dumps(self.resources, sort_keys=True)}")
-        if self.labels:
-            args.append("--labels=" + ",".join(f"{k}={v}" for k, v in sorted(self.labels.items())))
-        return args
-
-
-def ray_label_value(value: str) -> str:
-    """Ray label values allow ``[A-Za-z0-9._-]``, at most 63 characters, alphanumeric at both ends."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]", ".", value)[:63].strip("._-")
-    return cleaned or "none"
-
-
-def ray_node_spec(node: Node, vendor: str | None, healthy_devices: int | None = None) -> RayNodeSpec:
-    """The Ray resources and labels of a node; pure, so the scheduler and ``zhisuan up`` can call it too::
-
-        >>> from scheduler.model import Node
-        >>> n = Node(id="gpu-01", model="H100", devices=8, cpu_milli=64000, memory_mib=1024, site="bj1")
-        >>> spec = ray_node_spec(n, "nvidia")
-        >>> spec.num_gpus, spec.resources, spec.labels["zhisuan.io/pool"]
-        (8.0, {'accelerator_type:H100': 1.0}, 'bj1.H100')
-        >>> ray_node_spec(n.model_copy(update={"model": "Ascend910B"}), "huawei").resources["NPU"]
-        8.0
-
-    ``healthy_devices`` (default: all) is what is declared: a device known to be bad is not offered to Ray.
-    """
-    count = float(node.devices if healthy_devices is None else max(0, min(healthy_devices, node.devices)))
-    name = ray_resource_name(vendor)
-    resources: dict[str, float] = {}
-    num_gpus = 0.0
-    if count:
-        if name == "GPU":
-            num_gpus = count
-        else:
-            resources[name] = count
-    if node.model:
-        resources[f"accelerator_type:{node.model}"] = 1.0
-    labels = {
-        "zhisuan.io/node": ray_label_value(node.id),
-        "zhisuan.io/model": ray_label_value(node.model),
-        "zhisuan.io/vendor": ray_label_value(vendor or "none"),
-        "zhisuan.io/pool": ray_label_value(node.pool),
-        "zhisuan.io/island": ray_label_value(node.island),
-    }
-    return RayNodeSpec(
-        num_cpus=node.cpu_milli / 1000,
-        num_gpus=num_gpus,
-        memory_bytes=node.memory_mib * 2**20,
-        resources=resources,
-        labels=labels,
-    )
 
 
 def core_node(descriptor: NodeDescriptor) -> Node | None:

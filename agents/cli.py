@@ -18,11 +18,12 @@ from typing import Annotated
 
 import typer
 
-from agents.agent import Agent, AgentConfig, AgentStopped, core_node, export_to, ray_node_spec
+from agents.agent import Agent, AgentConfig, AgentStopped, core_node, export_to
 from agents.exporter import TelemetryStore, start_exporter
 from agents.shims import VENDORS, make_shim
 from agents.shims.base import Shim
 from agents.shims.emulated import EmulatedShim
+from scheduler.ray_node import ray_node_spec
 
 app = typer.Typer(help="Node agent: accelerator discovery, telemetry, health, Prometheus export.", no_args_is_help=True)
 

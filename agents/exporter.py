@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agents.shims.base import DeviceInfo, DeviceSample, Health
+from agents.protocol import DeviceInfo, DeviceSample, Health
 
 _MIB = 1024 * 1024
 _LABELS = ["node", "device", "uuid", "model", "vendor"]

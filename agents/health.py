@@ -13,7 +13,7 @@ NVIDIA (or the vendor) says needs a GPU reset, node drain or RMA; ``unknown`` wh
 
 from __future__ import annotations
 
-from agents.shims.base import DeviceSample, Health
+from agents.protocol import DeviceSample, Health
 
 # XIDs that take a device out of service. Sources: NVIDIA "XID Errors" and the Xid catalog for Ampere and newer
 # (https://docs.nvidia.com/deploy/xid-errors/index.html, .../xid-errors/analyzing-xid-catalog.html, whose

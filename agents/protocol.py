@@ -35,9 +35,146 @@ uncorrectable ECC, remap failure, vendor alarm); that decision is the API's, the
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.shims.base import DeviceInfo, DeviceSample, DeviceWork, Health, ShimStatus
+# ------------------------------------------------------------------------------------- device records
+# What a shim reports about a device, normalised across vendors; the agent sends these records as they are.
+
+
+class Health(StrEnum):
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    UNKNOWN = "unknown"
+
+
+class ShimState(StrEnum):
+    PRESENT = "present"
+    ABSENT = "absent"
+    ERROR = "error"
+
+
+#: Every numeric metric a :class:`DeviceSample` can carry; ``fields_unavailable`` names only these.
+METRIC_FIELDS: tuple[str, ...] = (
+    "utilization_pct",
+    "memory_used_mib",
+    "memory_total_mib",
+    "power_w",
+    "power_limit_w",
+    "energy_j",
+    "temperature_c",
+    "sm_clock_mhz",
+    "pcie_tx_bytes_per_s",
+    "pcie_rx_bytes_per_s",
+    "ecc_uncorrectable_total",
+    "ecc_correctable_total",
+    "remapped_rows_uncorrectable",
+    "remap_failure",
+    "xid_events",
+    "mig_enabled",
+)
+
+#: Metrics the NVIDIA shim reads on a slower cadence because NVML takes milliseconds for them (issue #7).
+SLOW_FIELDS: frozenset[str] = frozenset(
+    {
+        "energy_j",
+        "pcie_tx_bytes_per_s",
+        "pcie_rx_bytes_per_s",
+        "ecc_uncorrectable_total",
+        "ecc_correctable_total",
+        "remapped_rows_uncorrectable",
+        "remap_failure",
+        "power_limit_w",
+        "mig_enabled",
+    }
+)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ShimStatus(_Record):
+    """Whether a vendor is present on this node, and if not, why (``"npu-smi not found on PATH"``)."""
+
+    vendor: str
+    state: ShimState
+    reason: str = ""
+    tool_version: str | None = None
+
+
+class DeviceInfo(_Record):
+    """What discovery learns about one device; stable for the life of the agent."""
+
+    vendor: str
+    index: int = Field(ge=0, description="the vendor tool's device index on this node")
+    uuid: str = Field(min_length=1, description="vendor UUID, or a stable '<vendor>-<bus id|index>' stand-in")
+    name: str = Field(description="the product name exactly as the vendor tool printed it")
+    model: str | None = Field(default=None, description="catalog model id; None when the catalog has no match")
+    model_known: bool = False
+    kind: str | None = Field(default=None, description="gpu | npu | mlu | xpu | dcu, from the catalog")
+    memory_total_mib: float | None = Field(default=None, ge=0)
+    bus_id: str | None = None
+    interconnect: str | None = Field(default=None, description="fast fabric the vendor reports (nvlink, hccs ...)")
+    peers: list[str] = Field(default_factory=list, description="uuids of devices on the same fast interconnect")
+    mig_enabled: bool | None = None
+    driver_version: str | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+class DeviceWork(_Record):
+    """A share of one device that the center has given a job (the API tells the agent in heartbeat replies)."""
+
+    job_id: str
+    index: int = Field(ge=0, description="device index on the node, as discovered")
+    share: float = Field(gt=0, le=1, description="share of the device's compute and memory (1 = the whole device)")
+
+
+class DeviceSample(_Record):
+    """One device's telemetry at one instant, normalised across vendors.
+
+    ``sampled_monotonic_s`` is the agent's own monotonic clock; only differences of it are meaningful, which is
+    what makes heartbeats tolerant of wall-clock skew (the agent sends ``now - sampled_monotonic_s`` as an age).
+    ``slow_sampled_monotonic_s`` says when the slow fields (energy, PCIe, ECC, remapped rows) were last read.
+    """
+
+    vendor: str
+    index: int = Field(ge=0)
+    uuid: str
+    model: str | None = None
+    sampled_monotonic_s: float
+    sampled_wall_time: float = Field(description="agent wall clock (Unix s) at sampling; informative only")
+    slow_sampled_monotonic_s: float | None = None
+    utilization_pct: float | None = Field(default=None, ge=0, le=100)
+    memory_used_mib: float | None = Field(default=None, ge=0)
+    memory_total_mib: float | None = Field(default=None, ge=0)
+    power_w: float | None = Field(default=None, ge=0)
+    power_limit_w: float | None = Field(default=None, ge=0)
+    energy_j: float | None = Field(default=None, ge=0, description="cumulative since driver load")
+    temperature_c: float | None = None
+    sm_clock_mhz: float | None = Field(default=None, ge=0)
+    pcie_tx_bytes_per_s: float | None = Field(default=None, ge=0)
+    pcie_rx_bytes_per_s: float | None = Field(default=None, ge=0)
+    ecc_uncorrectable_total: int | None = Field(default=None, ge=0)
+    ecc_correctable_total: int | None = Field(default=None, ge=0)
+    remapped_rows_uncorrectable: int | None = Field(default=None, ge=0)
+    remap_failure: bool | None = None
+    xid_events: list[int] = Field(default_factory=list, description="XIDs observed since the previous sample")
+    mig_enabled: bool | None = None
+    health: Health = Health.UNKNOWN
+    health_reasons: list[str] = Field(default_factory=list)
+    fields_unavailable: list[str] = Field(default_factory=list)
+
+    def flag_unavailable(self, *fields: str) -> None:
+        """Record metrics that could not be read (kept sorted and unique so records compare stably)."""
+        for field in fields:
+            if field not in METRIC_FIELDS:
+                raise ValueError(f"{field!r} is not a metric field")
+        self.fields_unavailable = sorted({*self.fields_unavailable, *fields})
+
+
+# ------------------------------------------------------------------------------------------- messages
 
 PROTOCOL_VERSION = 1
 REGISTER_PATH = "/v1/agent/register"

@@ -159,7 +159,7 @@ def run(
     response, no access log)."""
     import uvicorn
 
-    from api.server import CoalescingHttpToolsProtocol
+    from api.coalescing import CoalescingHttpToolsProtocol
 
     uvicorn.run(
         create_app(settings),

@@ -28,12 +28,12 @@ from scheduler.cluster import load_cluster
 from scheduler.core import CoreConfig, SchedulerCore
 from scheduler.errors import ConfigError
 from scheduler.eta import forecast
+from scheduler.jobfile import load_jobs
 from scheduler.model import MILLI, Decision, DecisionKind
 from scheduler.placement import PlacementConfig
 from scheduler.scoring import SCORERS
 from scheduler.state import ClusterState
 from scheduler.tenancy import load_policy
-from scheduler.workload import load_jobs
 from simulations.cli import app as simulations_app
 
 app = typer.Typer(help="Zhisuan (智算): a scheduler for intelligent computing centers.", no_args_is_help=True)
@@ -154,8 +154,8 @@ def up(
     max_nodes: Annotated[int | None, typer.Option(help="start at most this many nodes of the cluster file")] = None,
 ) -> None:
     """Run the whole center on this machine: Ray cluster, node agents, API (SQLite) and scheduler. Ctrl-C stops."""
-    from api.runtime import developer_login, remember_login, running, wait_for_interrupt
     from api.settings import Settings
+    from api.up import developer_login, remember_login, running, wait_for_interrupt
 
     settings = Settings.from_env()
     try:
@@ -191,8 +191,8 @@ def server(
     ] = None,
 ) -> None:
     """Serve the API and, with --ray-address, run the scheduler service (settings from ZHISUAN_* variables)."""
-    from api.runtime import running, wait_for_interrupt
     from api.settings import Settings
+    from api.up import running, wait_for_interrupt
 
     settings = Settings.from_env()
     with running(settings, host=host, port=port, ray_address=ray_address, agents=False) as run:

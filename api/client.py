@@ -39,8 +39,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from api.spec import JobSpec
 from scheduler.errors import validate_model
+from scheduler.spec import JobSpec
 
 __all__ = [
     "TERMINAL_STATES",

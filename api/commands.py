@@ -1,7 +1,7 @@
 """The API commands of ``zhisuan``: submit and watch jobs, read queues, usage and inventory, administer a center.
 
 They talk to the server through :class:`api.client.ZhisuanClient` with the URL and token of
-:func:`api.config.resolve` (``--url``/``--token``/``--profile``, ``$ZHISUAN_URL``/``$ZHISUAN_TOKEN``, the config
+:func:`api.profiles.resolve` (``--url``/``--token``/``--profile``, ``$ZHISUAN_URL``/``$ZHISUAN_TOKEN``, the config
 file written by ``zhisuan login``)::
 
     zhisuan login --url http://127.0.0.1:8000 --token zs_...
@@ -48,9 +48,9 @@ from api.client import (
     Usage,
     ZhisuanClient,
 )
-from api.config import ConfigFileError, Profile, config_path, remove_profile, resolve, save_profile
-from api.spec import JobSpec, load_spec
+from api.profiles import ConfigFileError, Profile, config_path, remove_profile, resolve, save_profile
 from scheduler.errors import ConfigError, validate_model
+from scheduler.spec import JobSpec, load_spec
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -10,10 +10,10 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.spec import JobSpec
 from api.tables import JobState, NodeSource, NodeStatus, Role
-from scheduler.model import DomesticPreference
-from scheduler.tenancy import ServiceTier, TenantType
+from scheduler.model import DomesticPreference, ServiceTier
+from scheduler.spec import JobSpec
+from scheduler.tenancy import TenantType
 
 T = TypeVar("T")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"

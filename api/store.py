@@ -35,7 +35,7 @@ from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from agents.shims.base import DeviceWork
+from agents.protocol import DeviceWork
 from api.db import is_sqlite, write_engine
 from api.tables import ACTIVE_STATES, HOLDING_STATES, JOB_EVENTS, JOBS, NODES, POLICY_VERSIONS, NodeSource, NodeStatus
 from scheduler.catalog import Catalog

@@ -1,4 +1,4 @@
-"""The database tables (SQLModel), shared by the API (``api/``) and the scheduler service (``scheduler/service.py``).
+"""The database tables (SQLModel) of the API (``api/``) and of the scheduler service's store (``api/service_store.py``).
 
 The layout is the contract of ``api/README.md`` ("Tables"). Times are float epoch seconds (UTC); JSON columns
 hold plain JSON values (``JSONB`` on PostgreSQL). Every change to the schema goes through a new Alembic

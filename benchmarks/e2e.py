@@ -1,6 +1,6 @@
 """Submit -> running latency through the whole product, against Ray's own Jobs API on the same cluster.
 
-Starts what ``zhisuan up`` starts (:func:`api.runtime.running`): a local Ray cluster (head with the dashboard +
+Starts what ``zhisuan up`` starts (:func:`api.up.running`): a local Ray cluster (head with the dashboard +
 the two emulated 4×H100 nodes of ``benchmarks/executor.py``), the API (uvicorn, SQLite), the node agents and the
 scheduler service. Per run, a tenant submits with the SDK (``ZhisuanClient.submit``) and polls
 ``GET /v1/jobs/{id}`` every 20 ms until ``state == running`` (every worker's process has started); the job is
@@ -33,18 +33,16 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-# Run as a script, this file's directory comes first on sys.path and benchmarks/api.py would hide ``api``.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
 from api.client import ZhisuanClient  # noqa: E402
-from api.runtime import developer_login, running  # noqa: E402
 from api.settings import Settings  # noqa: E402
+from api.up import developer_login, running  # noqa: E402
 from benchmarks.executor import ENTRYPOINT, NODES, SHAPES, bench_ray_jobs, summary  # noqa: E402
+from scheduler.live.service import ServiceConfig  # noqa: E402
 from scheduler.model import Job  # noqa: E402
-from scheduler.service import ServiceConfig  # noqa: E402
 
 POLL_S = 0.02
 TARGET_P50_S = {"one_worker": 0.5, "gang4_2nodes": 1.5}

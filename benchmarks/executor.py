@@ -48,9 +48,9 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.core import SchedulerCore
-from scheduler.executors.base import LaunchRequest, Phase
-from scheduler.executors.ray import RayExecutor
-from scheduler.localcluster import LocalCluster
+from scheduler.live.executors.base import LaunchRequest, Phase
+from scheduler.live.executors.ray import RayExecutor
+from scheduler.live.localcluster import LocalCluster
 from scheduler.model import Job, Node, Placement
 from scheduler.state import ClusterState
 

@@ -1,6 +1,6 @@
 """Load test of the tenant REST API (issue 5): a realistic mix of tenants submitting and watching jobs.
 
-Two user classes (pick one or both on the command line; ``benchmarks/api.py`` drives them):
+Two user classes (pick one or both on the command line; ``benchmarks/api_load.py`` drives them):
 
 * ``Submitter`` — submissions only (``POST /v1/jobs`` with an ``Idempotency-Key``), the issue's throughput target.
 * ``Tenant`` — what tenants and their dashboards do: submit (about half the requests), list their own jobs with
@@ -13,7 +13,7 @@ univ-a (A100/any), student-1 (one small device). Specs are 1-8-device training w
 fractional inference replicas (0.25/0.5 device) with latency SLOs, and the job classes of the throughput matrix.
 
 Tokens: ``ZHISUAN_BENCH_TOKENS`` names a JSON file ``{"tenants": {tenant: {"queues": [...], "tokens": [...]}}}``
-(``benchmarks/api.py`` writes it before locust starts, with ``python benchmarks/locustfile.py HOST ADMIN_TOKEN_FILE
+(``benchmarks/api_load.py`` writes it before locust starts, with ``python benchmarks/locustfile.py HOST ADMIN_TOKEN_FILE
 OUT``); without it, every locust process creates its own users and tokens when its first user starts, through the
 API with the center admin's token (``ZHISUAN_ADMIN_TOKEN``, or the file named by ``ZHISUAN_ADMIN_TOKEN_FILE``).
 Every simulated user takes its own token where there are enough (with ``--processes P``, set
@@ -177,7 +177,7 @@ def provision(host: str, admin_token: str, tag: str) -> dict[str, dict[str, list
 
 @events.init.add_listener
 def _report_errors(environment: Environment, **_: Any) -> None:
-    """Write locust's error report to ``ZHISUAN_BENCH_ERRORS`` at the end (``benchmarks/api.py`` reads it)."""
+    """Write locust's error report to ``ZHISUAN_BENCH_ERRORS`` at the end (``benchmarks/api_load.py`` reads it)."""
     if errors_file := os.environ.get("ZHISUAN_BENCH_ERRORS"):
 
         @events.quit.add_listener

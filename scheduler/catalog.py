@@ -10,6 +10,8 @@ names resolve through aliases, so ``V100M32`` (Alibaba openb), ``v100`` (Gavel) 
     'V100-32G'
     >>> catalog["Ascend910B"].domestic
     True
+    >>> catalog.vendor("huawei").ray_resource, catalog.vendor("huawei").visibility_env
+    ('NPU', 'ASCEND_RT_VISIBLE_DEVICES')
 
 Opaque models (a trace names them but publishes no specifications, like Alibaba's G1-G3) are declared with
 ``opaque: true``; their numbers stay null so nothing downstream can mistake a guess for a data-sheet value.
@@ -174,11 +176,28 @@ class AcceleratorModel(_Strict):
         return self.interconnect.domain_size
 
 
+class Vendor(_Strict):
+    """What the runtime needs to know of one vendor's devices, whatever the model: the name Ray accounts them
+    under and the variable that restricts a process to some of them.
+
+    Ray has accelerator managers for NVIDIA, AMD and MetaX (``GPU``) and Ascend (``NPU``) and sets their
+    visibility variables itself for the devices *it* picked; the executor overrides them with the devices the
+    scheduler chose. The other vendors get custom resource names.
+    """
+
+    vendor: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    name: str
+    ray_resource: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    visibility_env: str | None = Field(default=None, pattern=r"^[A-Z][A-Z0-9_]*$")
+    source: str | None = None
+
+
 class CatalogDocument(_Strict):
     """The YAML document shape of ``seeds/accelerators.yaml``."""
 
     version: int = Field(ge=1)
     reference: str = Field(description="model whose throughput defines 1.0 (one NCU)")
+    vendors: list[Vendor] = Field(min_length=1)
     models: list[AcceleratorModel] = Field(min_length=1)
 
 
@@ -192,11 +211,20 @@ class Catalog:
 
     def __init__(self, document: CatalogDocument, source: str | Path = "<catalog>") -> None:
         self.source = str(source)
+        self._vendors: dict[str, Vendor] = {}
+        for index, vendor in enumerate(document.vendors):
+            if vendor.vendor in self._vendors:
+                raise ConfigError(source, f"vendors[{index}].vendor", f"duplicate vendor {vendor.vendor!r}")
+            self._vendors[vendor.vendor] = vendor
         self._models: dict[str, AcceleratorModel] = {}
         self._names: dict[str, str] = {}
         for index, entry in enumerate(document.models):
             if entry.model in self._models:
                 raise ConfigError(source, f"models[{index}].model", f"duplicate model {entry.model!r}")
+            if entry.vendor not in self._vendors:
+                raise ConfigError(
+                    source, f"models[{index}].vendor", f"unknown vendor {entry.vendor!r}", allowed=sorted(self._vendors)
+                )
             self._models[entry.model] = entry
             for name in (entry.model, *entry.aliases):
                 key = normalise_name(name)
@@ -228,6 +256,17 @@ class Catalog:
     @property
     def names(self) -> list[str]:
         return list(self._models)
+
+    def vendor(self, vendor: str) -> Vendor:
+        """The runtime facts of a vendor: ``catalog.vendor("huawei").ray_resource == "NPU"``."""
+        try:
+            return self._vendors[vendor]
+        except KeyError:
+            raise KeyError(f"unknown vendor {vendor!r}; known: {', '.join(sorted(self._vendors))}") from None
+
+    @property
+    def vendors(self) -> list[Vendor]:
+        return list(self._vendors.values())
 
     def lookup(self, name: str) -> AcceleratorModel | None:
         """The model a name or alias refers to, or ``None``."""

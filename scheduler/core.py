@@ -30,8 +30,18 @@ from typing import Literal
 from scheduler.backfill import Reservation, plan_reservation
 from scheduler.catalog import Catalog, load_catalog
 from scheduler.fairshare import FairShare, UsageHistory
-from scheduler.metering import LedgerEntry, Meter, StopCause
-from scheduler.model import Decision, DecisionKind, DomesticPreference, Job, Placement, Reason, ReasonCode
+from scheduler.metering import Meter
+from scheduler.model import (
+    Decision,
+    DecisionKind,
+    DomesticPreference,
+    Job,
+    LedgerEntry,
+    Placement,
+    Reason,
+    ReasonCode,
+    StopCause,
+)
 from scheduler.placement import Admission, PlacementConfig, PlacementEngine, PlacementResult, shape_key
 from scheduler.preemption import Preemptor
 from scheduler.queueing import DrfOrder, FifoOrder

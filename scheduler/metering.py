@@ -12,49 +12,12 @@ flagged ``energy_estimated``) and the charge::
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from dataclasses import replace
 
 from scheduler.catalog import Catalog
+from scheduler.model import LedgerEntry, LedgerKind, StopCause
 from scheduler.state import RunningJob
-from scheduler.tenancy import QueuePolicy, ServiceTier
-
-
-class LedgerKind(StrEnum):
-    START = "start"
-    STOP = "stop"
-
-
-class StopCause(StrEnum):
-    FINISHED = "finished"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    PREEMPTED = "preempted"
-    NODE_LOST = "node-lost"
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    """One line of the ledger. Amounts are zero on ``start`` entries."""
-
-    kind: LedgerKind
-    job_id: str
-    tenant: str
-    queue: str
-    user: str
-    model: str
-    pool: str
-    devices: float
-    at: float
-    seconds: float = 0.0
-    ncu_hours: float = 0.0
-    energy_kwh: float | None = None
-    energy_estimated: bool = True
-    tier: ServiceTier = ServiceTier.STANDARD
-    price_per_ncu_hour: float = 0.0
-    charge: float = 0.0
-    domestic: bool = False
-    cause: StopCause | None = None
+from scheduler.tenancy import QueuePolicy
 
 
 class Meter:

@@ -23,15 +23,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from scheduler.catalog import Tier
 from scheduler.throughput import JobClass
-
-if TYPE_CHECKING:
-    from scheduler.metering import LedgerEntry
 
 MILLI = 1000
 
@@ -236,6 +233,52 @@ class Job(_Frozen):
     @property
     def total_devices(self) -> float:
         return self.total_device_milli / MILLI
+
+
+# ------------------------------------------------------------------------------------------------------ ledger
+
+
+class ServiceTier(StrEnum):
+    BASIC = "basic"
+    STANDARD = "standard"
+    PREMIUM = "premium"
+
+
+class LedgerKind(StrEnum):
+    START = "start"
+    STOP = "stop"
+
+
+class StopCause(StrEnum):
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    PREEMPTED = "preempted"
+    NODE_LOST = "node-lost"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One line of the ledger. Amounts are zero on ``start`` entries."""
+
+    kind: LedgerKind
+    job_id: str
+    tenant: str
+    queue: str
+    user: str
+    model: str
+    pool: str
+    devices: float
+    at: float
+    seconds: float = 0.0
+    ncu_hours: float = 0.0
+    energy_kwh: float | None = None
+    energy_estimated: bool = True
+    tier: ServiceTier = ServiceTier.STANDARD
+    price_per_ncu_hour: float = 0.0
+    charge: float = 0.0
+    domestic: bool = False
+    cause: StopCause | None = None
 
 
 # ------------------------------------------------------------------------------------------------ decisions

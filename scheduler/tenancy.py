@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scheduler.catalog import Catalog, load_catalog
 from scheduler.errors import ConfigError, load_yaml_mapping, validate_model
-from scheduler.model import DomesticPreference
+from scheduler.model import DomesticPreference, ServiceTier
 
 NCU = "ncu"
 ROOT = "center"
@@ -41,12 +41,6 @@ class TenantType(StrEnum):
     INSTITUTE = "institute"
     UNIVERSITY = "university"
     INDIVIDUAL = "individual"
-
-
-class ServiceTier(StrEnum):
-    BASIC = "basic"
-    STANDARD = "standard"
-    PREMIUM = "premium"
 
 
 class _Strict(BaseModel):

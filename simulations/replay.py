@@ -48,8 +48,7 @@ from typing import Any, Literal, get_args
 
 from scheduler.catalog import Catalog, load_catalog
 from scheduler.core import CoreConfig, QueueingConfig, SchedulerCore
-from scheduler.metering import StopCause
-from scheduler.model import MILLI, Decision, DecisionKind, Job, Node, Placement
+from scheduler.model import MILLI, Decision, DecisionKind, Job, Node, Placement, StopCause
 from scheduler.placement import PlacementConfig, PlacementEngine
 from scheduler.scoring import FGDScorer, TaskShape, WorkloadProfile
 from scheduler.state import ClusterState

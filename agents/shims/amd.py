@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agents.shims.base import METRIC_FIELDS, DeviceInfo, DeviceSample, Health, ModelResolver, Shim
+from agents.protocol import METRIC_FIELDS, DeviceInfo, DeviceSample, Health
+from agents.shims.base import ModelResolver, Shim
 from scheduler.catalog import Catalog
 
 _MISSING = object()

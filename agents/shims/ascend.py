@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.shims.base import METRIC_FIELDS, DeviceInfo, DeviceSample, Health
-from agents.shims.cli import CliShim, nonneg, parse_number, pct
+from agents.protocol import METRIC_FIELDS, DeviceInfo, DeviceSample, Health
+from agents.shims.tool import ToolShim, nonneg, parse_number, pct
 
 # npu-smi's health words (npu-smi source: is_unhealthy_state lists Warning, Alarm, Critical). Warning is a minor
 # alarm that MindCluster still schedules on, so it is reported as a reason on a healthy device.
@@ -120,7 +120,7 @@ def _first(values: dict[str, str], *keys: str) -> float | None:
     return None
 
 
-class AscendShim(CliShim):
+class AscendShim(ToolShim):
     """Huawei Ascend through ``npu-smi``; ``per_chip`` enables the three per-chip queries on slow ticks."""
 
     vendor = "huawei"

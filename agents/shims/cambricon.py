@@ -16,8 +16,8 @@ import json
 import re
 from typing import Any
 
-from agents.shims.base import Health
-from agents.shims.cli import Reading, ReadingShim, ToolResult, nonneg, parse_number, pct
+from agents.protocol import Health
+from agents.shims.tool import Reading, ReadingShim, ToolResult, nonneg, parse_number, pct
 
 
 def parse_cnmon_text(text: str) -> list[Reading]:

@@ -28,7 +28,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from agents.shims.base import METRIC_FIELDS, DeviceInfo, DeviceSample, DeviceWork, Health, ModelResolver, Shim
+from agents.protocol import METRIC_FIELDS, DeviceInfo, DeviceSample, DeviceWork, Health
+from agents.shims.base import ModelResolver, Shim
 from scheduler.catalog import AcceleratorModel, Catalog
 
 #: Idle power as a share of TDP. An emulation parameter, not a data-sheet value (datacentre GPUs idle at

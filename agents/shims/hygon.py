@@ -15,8 +15,8 @@ import json
 import re
 from typing import Any
 
-from agents.shims.base import Health
-from agents.shims.cli import Reading, ReadingShim, ToolResult, nonneg, parse_number, pct
+from agents.protocol import Health
+from agents.shims.tool import Reading, ReadingShim, ToolResult, nonneg, parse_number, pct
 
 HY_SMI_ARGS = (
     "--showproductname",

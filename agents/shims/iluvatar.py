@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 
-from agents.shims.base import Health
-from agents.shims.cli import Reading, ReadingShim, ToolResult, nonneg, parse_number, pct
+from agents.protocol import Health
+from agents.shims.tool import Reading, ReadingShim, ToolResult, nonneg, parse_number, pct
 
 QUERY = (
     "index",

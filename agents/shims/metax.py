@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 
-from agents.shims.base import Health
-from agents.shims.cli import Reading, ReadingShim, ToolResult, nonneg, parse_number, pct
+from agents.protocol import Health
+from agents.shims.tool import Reading, ReadingShim, ToolResult, nonneg, parse_number, pct
 
 _FIRST = re.compile(r"^\|\s*(\d+)\s+(.+?)\s*\|\s*([0-9a-fA-F:.]+)\s*\|\s*(\S+)?")
 _SECOND = re.compile(r"^\|\s*(\S+)\s+(\S+)\s*/\s*(\S+)\s*\|\s*(\S+)\s*/\s*(\S+)\s*MiB")

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.shims.base import Health
-from agents.shims.cli import Reading, ReadingShim, ToolResult, nonneg, parse_number, pct
+from agents.protocol import Health
 from agents.shims.hygon import extract_json_object
+from agents.shims.tool import Reading, ReadingShim, ToolResult, nonneg, parse_number, pct
 
 
 def _strip_keys(value: Any) -> Any:

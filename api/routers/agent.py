@@ -17,12 +17,13 @@ from sqlmodel import Session
 
 from agents.protocol import (
     PROTOCOL_VERSION,
+    DeviceSample,
+    Health,
     HeartbeatRequest,
     HeartbeatResponse,
     RegisterRequest,
     RegisterResponse,
 )
-from agents.shims.base import DeviceSample, Health
 from api.auth import Principal
 from api.deps import CurrentPrincipal, WriteSession, context, require, respond
 from api.models import V1_PROBLEMS

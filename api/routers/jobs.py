@@ -33,10 +33,10 @@ from api.deps import (
 )
 from api.models import V1_PROBLEMS, EtaOut, EventOut, Items, JobOut, JobPage, LogChunk, WhyOut
 from api.problems import Problem, from_pydantic, not_found
-from api.spec import JobSpec
 from api.store import request_hash
 from api.tables import JOB_EVENTS, JOB_LOGS, JOBS, TERMINAL_STATES, JobState, Role, new_job_id
 from scheduler.model import JobKind, PriorityClass
+from scheduler.spec import JobSpec
 from scheduler.tenancy import QueuePolicy
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1_PROBLEMS)
@@ -274,7 +274,7 @@ async def submit_job(
         str | None, Header(min_length=1, max_length=200, description="same key + same body: same job")
     ] = None,
 ) -> Response:
-    """Validate a :class:`~api.spec.JobSpec` and queue it. Nothing is written unless the answer is 201.
+    """Validate a :class:`~scheduler.spec.JobSpec` and queue it. Nothing is written unless the answer is 201.
 
     (Served by the ASGI fast path of :mod:`api.fastpath` unless ``ZHISUAN_FAST_SUBMIT=0``; same code.)
     """

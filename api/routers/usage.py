@@ -20,7 +20,7 @@ from api.deps import AppContext, ReadSession, Scope, TenantScope, context, respo
 from api.models import V1_PROBLEMS, UsageOut
 from api.problems import Problem
 from api.tables import HOLDING_STATES, JOBS, LEDGER
-from scheduler.tenancy import ServiceTier
+from scheduler.model import ServiceTier
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"], responses=V1_PROBLEMS)
 

@@ -24,7 +24,7 @@ from agents.protocol import (
     RegisterRequest,
     RegisterResponse,
 )
-from scheduler.catalog import Catalog, parse_catalog
+from scheduler.catalog import Catalog, load_catalog, parse_catalog
 
 # ----------------------------------------------------------------------------------------------- catalog
 
@@ -77,7 +77,9 @@ def make_test_catalog() -> Catalog:
             "source": {"model": "test fixture"},
         },
     ]
-    return parse_catalog({"version": 1, "reference": "H100", "models": models}, "<test catalog>")
+    # The runtime facts of each vendor are the real catalog's: these tests vary models, not vendors.
+    vendors = [v.model_dump() for v in load_catalog().vendors]
+    return parse_catalog({"version": 1, "reference": "H100", "vendors": vendors, "models": models}, "<test catalog>")
 
 
 # -------------------------------------------------------------------------------------------------- NVML

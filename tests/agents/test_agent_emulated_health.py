@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from agents.health import FATAL_XIDS, evaluate, fatal_reasons
-from agents.shims.base import DeviceSample, Health, ModelResolver, dedupe_uuids
+from agents.protocol import DeviceSample, Health
+from agents.shims.base import ModelResolver, dedupe_uuids
 from agents.shims.emulated import IDLE_POWER_FRACTION, EmulatedShim
 from scheduler.catalog import Catalog
 

@@ -9,7 +9,7 @@ import pytest
 from agent_fakes import StubApi
 
 from agents.agent import Agent, AgentConfig, AgentStopped, Backoff
-from agents.shims.base import Health
+from agents.protocol import Health
 from agents.shims.emulated import EmulatedShim
 from scheduler.catalog import Catalog
 

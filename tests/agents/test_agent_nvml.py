@@ -7,7 +7,7 @@ import pytest
 from agent_fakes import FakeGpu, FakeNvml
 
 from agents.health import evaluate
-from agents.shims.base import Health, ShimState
+from agents.protocol import Health, ShimState
 from agents.shims.nvml import NvmlShim
 from scheduler.catalog import Catalog
 

@@ -10,9 +10,11 @@ import pytest
 from agent_fakes import StubApi
 from typer.testing import CliRunner
 
-from agents.agent import RAY_RESOURCE_NAMES, ray_label_value, ray_node_spec
 from agents.cli import app
+from scheduler.catalog import load_catalog
+from scheduler.live.executors import worker
 from scheduler.model import Node
+from scheduler.ray_node import NODE_LABEL, ray_label_value, ray_node_spec
 
 runner = CliRunner()
 
@@ -36,7 +38,7 @@ def _node(model: str = "H100", devices: int = 8) -> Node:
 )
 def test_ray_resources_per_vendor(vendor: str, model: str, name: str) -> None:
     spec = ray_node_spec(_node(model), vendor)
-    assert RAY_RESOURCE_NAMES[vendor] == name
+    assert load_catalog().vendor(vendor).ray_resource == name
     if name == "GPU":
         assert spec.num_gpus == 8 and name not in spec.resources
     else:
@@ -59,6 +61,11 @@ def test_ray_spec_declares_only_healthy_devices_and_valid_labels() -> None:
     assert "--num-gpus=6" in args and any(a.startswith("--labels=zhisuan.io/island=nvl-a,") for a in args)
     assert ray_label_value("bj1/H100 (x)") == "bj1.H100..x"
     assert ray_label_value("/") == "none"
+
+
+def test_node_side_label_matches_the_shared_one() -> None:
+    # The node-side module spells the label out to stay free of pydantic; it must not drift.
+    assert worker.NODE_LABEL == NODE_LABEL
 
 
 def test_cli_discover_emulated() -> None:
@@ -135,7 +142,7 @@ def test_cli_run_with_bad_token_exits_nonzero(api: StubApi) -> None:
     [
         "agents.shims.base",
         "agents.health",
-        "agents.shims.cli",
+        "agents.shims.tool",
         "agents.shims.ascend",
         "agents.shims.cambricon",
         "agents.shims.hygon",

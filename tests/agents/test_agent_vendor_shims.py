@@ -12,17 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.health import evaluate
+from agents.protocol import METRIC_FIELDS, Health, ShimState
 from agents.shims import VENDORS, make_shim
 from agents.shims.amd import AmdShim
 from agents.shims.ascend import AscendShim, parse_chip_map, parse_info_table, parse_key_values
-from agents.shims.base import METRIC_FIELDS, Health, ShimState
 from agents.shims.cambricon import CambriconShim, parse_cnmon_json, parse_cnmon_text
-from agents.shims.cli import ToolOutcome, run_tool
 from agents.shims.hygon import HygonShim, parse_hy_smi
 from agents.shims.iluvatar import IluvatarShim, parse_ixsmi_csv
 from agents.shims.kunlunxin import KunlunxinShim, parse_xpu_smi_m
 from agents.shims.metax import MetaxShim, parse_mx_smi
 from agents.shims.moorethreads import MooreThreadsShim, parse_mthreads_json
+from agents.shims.tool import ToolOutcome, run_tool
 from scheduler.catalog import Catalog
 
 MakeTool = Callable[[str, str], str]

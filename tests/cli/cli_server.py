@@ -4,7 +4,7 @@ The server is ``api.app.create_app`` served by uvicorn on 127.0.0.1 (a free port
 SQLite file; the example policy and cluster are loaded by the server's own bootstrap, which also writes the
 first center-admin token to a file (``ZHISUAN_ADMIN_TOKEN_FILE``) — the tests log in with that, as an operator
 would. Nothing schedules jobs here: tests move a job (start it, write its log, end it) in the database the way
-``scheduler/service.py`` does, through ``api.db.transition`` and the ``job_logs`` table.
+``scheduler/live/service.py`` does, through ``api.db.transition`` and the ``job_logs`` table.
 
 (A module of its own, not ``conftest``: several test folders have a conftest.py, so ``from conftest import``
 would pick whichever was imported first.)

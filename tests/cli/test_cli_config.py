@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from api.config import (
+from api.profiles import (
     DEFAULT_URL,
     ConfigFileError,
     Profile,

@@ -21,8 +21,8 @@ from typer.testing import CliRunner, Result
 
 from api.cli import app
 from api.client import ApiError, JobInfo
-from api.spec import load_spec
 from api.tables import JOBS
+from scheduler.spec import load_spec
 
 SPECS = Path(__file__).resolve().parent / "specs"
 runner = CliRunner()

@@ -16,8 +16,8 @@ import pytest
 from e2e_support import CLUSTER_FILE, CORE_CONFIG, POLICY_FILE, Deployment, service_config, wait_state
 
 from api.client import ZhisuanClient
-from api.runtime import developer_login, running
 from api.settings import Settings
+from api.up import developer_login, running
 
 LAST = ("test_e2e_node_loss.py",)
 

@@ -1,6 +1,6 @@
 """What the end-to-end tests share: the deployment's settings, the service runner process, and polling helpers.
 
-The deployment is the product as ``zhisuan up`` runs it (:func:`api.runtime.running`): a real local Ray cluster
+The deployment is the product as ``zhisuan up`` runs it (:func:`api.up.running`): a real local Ray cluster
 (head + the three emulated nodes of ``cluster.yaml``), the API on uvicorn over a SQLite file, one emulated node
 agent per node, and the scheduler service. Tests talk to it only as tenants do, through the SDK over HTTP.
 """
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from api.client import JobInfo, ZhisuanClient
-from api.runtime import Running
+from api.up import Running
 from scheduler.core import CoreConfig, QueueingConfig
-from scheduler.service import ServiceConfig
+from scheduler.live.service import ServiceConfig
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

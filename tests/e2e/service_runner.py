@@ -25,8 +25,8 @@ from e2e_support import CORE_CONFIG, service_config
 
 from api.db import make_engine
 from scheduler.core import SchedulerCore
-from scheduler.executors.ray import RayExecutor
-from scheduler.service import CycleReport, SchedulerService
+from scheduler.live.executors.ray import RayExecutor
+from scheduler.live.service import CycleReport, SchedulerService
 
 
 class RunnerService(SchedulerService):

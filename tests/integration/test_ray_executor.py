@@ -26,10 +26,10 @@ import pytest
 import ray
 
 from scheduler.core import SchedulerCore
-from scheduler.executors.base import ExecutionStatus, ExecutorUnavailable, LaunchRequest, Phase
-from scheduler.executors.ray import RayExecutor, actor_name, pg_name, wait_for
-from scheduler.executors.worker import supervisor_name
-from scheduler.localcluster import LocalCluster
+from scheduler.live.executors.base import ExecutionStatus, ExecutorUnavailable, LaunchRequest, Phase
+from scheduler.live.executors.ray import RayExecutor, actor_name, pg_name, wait_for
+from scheduler.live.executors.worker import supervisor_name
+from scheduler.live.localcluster import LocalCluster
 from scheduler.model import Job, JobKind, Node, Placement, TopologyLevel, WorkerPlacement
 from scheduler.state import ClusterState
 
@@ -330,7 +330,7 @@ def test_a_new_executor_finds_running_jobs(
     script = textwrap.dedent(
         f"""
         import json
-        from scheduler.executors.ray import RayExecutor
+        from scheduler.live.executors.ray import RayExecutor
         ex = RayExecutor({cluster.address!r}, log_dir={log_dir!r})
         found = sorted(ex.discover())
         st = ex.status("survivor")

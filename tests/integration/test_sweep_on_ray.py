@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import ray
 
-from scheduler.localcluster import LocalCluster
+from scheduler.live.localcluster import LocalCluster
 from scheduler.model import Node
 from simulations.runner import RunSpec
 from simulations.sweep import grid, run_sweep

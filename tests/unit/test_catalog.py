@@ -298,6 +298,9 @@ def _model(**overrides: Any) -> dict[str, Any]:
     return entry
 
 
+VENDORS = [{"vendor": "nvidia", "name": "NVIDIA", "ray_resource": "GPU", "visibility_env": "CUDA_VISIBLE_DEVICES"}]
+
+
 def _write(tmp_path: Path, name: str, document: dict[str, Any]) -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
@@ -305,7 +308,7 @@ def _write(tmp_path: Path, name: str, document: dict[str, Any]) -> Path:
 
 
 def _catalog_error(tmp_path: Path, *models: dict[str, Any]) -> str:
-    path = _write(tmp_path, "cat.yaml", {"version": 1, "reference": "A100", "models": list(models)})
+    path = _write(tmp_path, "cat.yaml", {"version": 1, "reference": "A100", "vendors": VENDORS, "models": list(models)})
     with pytest.raises(ConfigError) as excinfo:
         load_catalog(path)
     message = str(excinfo.value)
@@ -353,7 +356,7 @@ def test_opaque_model_with_numbers_is_rejected(tmp_path: Path) -> None:
 
 def test_current_model_needs_memory_and_peak_but_not_tdp(tmp_path: Path) -> None:
     no_tdp = _model(tdp_w=None)
-    path = _write(tmp_path, "ok.yaml", {"version": 1, "reference": "A100", "models": [no_tdp]})
+    path = _write(tmp_path, "ok.yaml", {"version": 1, "reference": "A100", "vendors": VENDORS, "models": [no_tdp]})
     assert load_catalog(path)["A100"].tdp_w is None
     message = _catalog_error(tmp_path, _model(memory_gib=None, peak_tflops={}))
     assert "a current model needs memory_gib and peak_tflops (missing: memory_gib, peak_tflops)" in message
@@ -370,8 +373,22 @@ def test_malformed_yaml_is_one_line_with_position(tmp_path: Path) -> None:
     assert "column" in message
 
 
+def test_model_of_an_unknown_vendor_is_rejected(tmp_path: Path) -> None:
+    message = _catalog_error(tmp_path, _model(vendor="acme-chips"))
+    assert message.endswith("models[0].vendor: unknown vendor 'acme-chips' (allowed: nvidia)")
+
+
+def test_vendor_facts_come_from_the_catalog() -> None:
+    catalog = load_catalog()
+    assert {v.vendor for v in catalog.vendors} >= {m.vendor for m in catalog}
+    assert catalog.vendor("huawei").ray_resource == "NPU"
+    assert catalog.vendor("cambricon").visibility_env == "MLU_VISIBLE_DEVICES"
+    with pytest.raises(KeyError, match="unknown vendor 'acme'"):
+        catalog.vendor("acme")
+
+
 def test_unknown_reference_model_is_rejected(tmp_path: Path) -> None:
-    path = _write(tmp_path, "cat.yaml", {"version": 1, "reference": "B200", "models": [_model()]})
+    path = _write(tmp_path, "cat.yaml", {"version": 1, "reference": "B200", "vendors": VENDORS, "models": [_model()]})
     with pytest.raises(ConfigError) as excinfo:
         load_catalog(path)
     assert str(excinfo.value) == f"{path}: reference: unknown model 'B200' (allowed: A100)"

@@ -10,7 +10,7 @@ import pytest
 
 from scheduler.cluster import load_cluster
 from scheduler.errors import ConfigError
-from scheduler.workload import load_jobs
+from scheduler.jobfile import load_jobs
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ import pytest
 
 from scheduler.core import CoreConfig, QueueingConfig, SchedulerCore
 from scheduler.errors import ConfigError
-from scheduler.metering import LedgerKind, StopCause, domestic_share
-from scheduler.model import DecisionKind, Job, Node, ReasonCode
+from scheduler.metering import domestic_share
+from scheduler.model import DecisionKind, Job, LedgerKind, Node, ReasonCode, StopCause
 from scheduler.state import ClusterState
 from scheduler.tenancy import load_policy, parse_policy
 

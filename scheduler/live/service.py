@@ -36,7 +36,6 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from api.db import write_engine
-from api.spec import JobSpec
 from api.store import node_of, node_status
 from api.tables import (
     DEVICES,
@@ -53,17 +52,20 @@ from api.tables import (
 )
 from scheduler.core import SchedulerCore
 from scheduler.eta import forecast
-from scheduler.executors.base import ExecutionStatus, Executor, ExecutorError, LaunchRequest, Phase
-from scheduler.metering import LedgerEntry, LedgerKind, StopCause
+from scheduler.live.executors.base import ExecutionStatus, Executor, ExecutorError, LaunchRequest, Phase
 from scheduler.model import (
     Decision,
     DecisionKind,
     DeviceHealth,
     Job,
+    LedgerEntry,
+    LedgerKind,
     Placement,
+    StopCause,
     WorkerPlacement,
     topology_by_name,
 )
+from scheduler.spec import JobSpec
 from scheduler.state import CapacityError, ClusterState
 from scheduler.tenancy import NCU, parse_policy
 

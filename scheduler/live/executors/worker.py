@@ -1,7 +1,7 @@
 """What runs on the nodes: a job's ranks as subprocesses, held by a node supervisor (or one actor per rank).
 
 This module is imported inside Ray worker processes, so it depends on the standard library and Ray only. The
-:class:`~scheduler.executors.ray.RayExecutor` runs every rank of a job as a :class:`RankProcess`::
+:class:`~scheduler.live.executors.ray.RayExecutor` runs every rank of a job as a :class:`RankProcess`::
 
     RANK=1 WORLD_SIZE=2 MASTER_ADDR=10.0.0.7 MASTER_PORT=41234 CUDA_VISIBLE_DEVICES=4,5 ... sh -c "<entrypoint>"
 
@@ -44,7 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Ray node label carrying the scheduler's node id (declared by the node agent / ``LocalCluster``).
+#: Ray node label carrying the scheduler's node id: :data:`scheduler.ray_node.NODE_LABEL`, spelled out here because
+#: this module runs in fresh Ray worker processes and imports nothing but the standard library and Ray (a test
+#: checks the two agree).
 NODE_LABEL = "zhisuan.io/node"
 #: Vendor-neutral visibility variable, set on every worker whatever its vendor.
 ZHISUAN_VISIBLE_DEVICES = "ZHISUAN_VISIBLE_DEVICES"

@@ -1,7 +1,7 @@
 """Running the product: ``zhisuan server`` (API + scheduler service) and ``zhisuan up`` (all of it, locally).
 
 ``zhisuan up`` is the whole center on one machine: a real multi-node Ray cluster whose raylets carry the
-resources and labels of emulated heterogeneous nodes (:class:`~scheduler.localcluster.LocalCluster`), one node
+resources and labels of emulated heterogeneous nodes (:class:`~scheduler.live.localcluster.LocalCluster`), one node
 agent per node reporting emulated accelerators to the API, the API on SQLite, and the scheduler service placing
 jobs through the policy core onto Ray. Ctrl-C stops everything::
 
@@ -26,21 +26,21 @@ import uvicorn
 from api.app import create_app
 from api.auth import issue_token
 from api.bootstrap import ADMIN_USER, prepare
-from api.config import Profile, save_profile
+from api.coalescing import CoalescingHttpToolsProtocol
 from api.db import make_engine, migrate, write_session
-from api.server import CoalescingHttpToolsProtocol
+from api.profiles import Profile, save_profile
 from api.settings import Settings
 from api.tables import Role
 from scheduler.cluster import load_cluster
 from scheduler.core import CoreConfig, SchedulerCore
-from scheduler.executors.base import Executor
+from scheduler.live.executors.base import Executor
+from scheduler.live.service import SchedulerService, ServiceConfig
 from scheduler.model import Node
-from scheduler.service import SchedulerService, ServiceConfig
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from scheduler.localcluster import LocalCluster
+    from scheduler.live.localcluster import LocalCluster
 
 log = logging.getLogger("zhisuan")
 
@@ -274,7 +274,7 @@ def running(
         nodes: list[Node] = []
         local: LocalCluster | None = None
         if cluster_file is not None and ray_address is None:
-            from scheduler.localcluster import LocalCluster
+            from scheduler.live.localcluster import LocalCluster
 
             local = LocalCluster.from_file(cluster_file, max_nodes=max_nodes, include_dashboard=include_dashboard)
             stack.callback(local.stop)
@@ -321,7 +321,7 @@ def running(
             stack.callback(_stop_agents, result._agent_stops, threads)
 
         if scheduler and ray_address is not None:
-            from scheduler.executors.ray import RayExecutor
+            from scheduler.live.executors.ray import RayExecutor
 
             executor = RayExecutor(ray_address) if log_dir is None else RayExecutor(ray_address, log_dir=log_dir)
             stack.callback(executor.close)

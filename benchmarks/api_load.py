@@ -8,9 +8,9 @@ runs locust headless on ``benchmarks/locustfile.py`` as a subprocess, reads its 
 sustained submissions/s, p50/p95/p99 per request type, errors, and whether every accepted job is in the
 database afterwards (rows == successful submissions counted by locust).
 
-    .venv/bin/python benchmarks/api.py                                  # submissions only, SQLite, 60 s
-    .venv/bin/python benchmarks/api.py --database postgresql
-    .venv/bin/python benchmarks/api.py --profile mixed                  # the tenant mix of the locustfile
+    .venv/bin/python benchmarks/api_load.py                                  # submissions only, SQLite, 60 s
+    .venv/bin/python benchmarks/api_load.py --database postgresql
+    .venv/bin/python benchmarks/api_load.py --profile mixed                  # the tenant mix of the locustfile
 
 Target (issue 5): ≥ 1,500 submissions/s sustained for 60 s, p99 ≤ 100 ms, 0 errors, SQLite WAL, 2 cores.
 Locust runs on the same machine and competes with the server for the CPU; its own CPU time is reported.
@@ -39,8 +39,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-# Run as a script, this file's directory comes first on sys.path and its name would hide the ``api`` package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(ROOT))
 
 LOCUSTFILE = HERE / "locustfile.py"

@@ -5,7 +5,7 @@
       - {id: llama-pretrain, tenant: acme, workers: 4, devices_per_worker: 8, job_class: llm-pretrain}
       - {id: chat-svc, tenant: acme, kind: inference, workers: 3, devices_per_worker: 0.5}
 
-    >>> from scheduler.workload import load_jobs
+    >>> from scheduler.jobfile import load_jobs
     >>> jobs = load_jobs("seeds/examples/demo-jobs.yaml")
     >>> jobs[0].id
     'llama-pretrain'

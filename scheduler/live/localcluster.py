@@ -1,7 +1,7 @@
 """A real multi-node Ray cluster on this machine, one raylet per node of a cluster file (``zhisuan up``, tests).
 
 Each emulated node is a ``ray start --address ... --block`` process declaring exactly what the node agent would
-declare on a real machine (:func:`agents.agent.ray_node_spec`: the vendor resource × devices, CPUs, memory, and
+declare on a real machine (:func:`scheduler.ray_node.ray_node_spec`: the vendor resource × devices, CPUs, memory, and
 the ``zhisuan.io/node|model|vendor|pool|island`` labels); the head carries no devices and no CPUs, so no worker
 ever runs there::
 
@@ -39,10 +39,10 @@ from types import TracebackType
 
 import psutil
 
-from agents.agent import ray_label_value, ray_node_spec
 from scheduler.catalog import Catalog, load_catalog
 from scheduler.cluster import load_cluster
 from scheduler.model import Node
+from scheduler.ray_node import NODE_LABEL, ray_label_value, ray_node_spec
 
 #: GCS settings for a local cluster: notice a killed raylet within ~2 s (default: ~30 s) and do not prestart
 #: idle Python workers on every node (this machine has few cores).
@@ -275,7 +275,7 @@ class LocalCluster:
             self._head = self._spawn("head", None, head_args)
             address = self._wait_for_gcs(port)
             for index, node in enumerate(self.nodes):
-                spec = ray_node_spec(node, self.catalog[node.model].vendor)
+                spec = ray_node_spec(node, self.catalog[node.model].vendor, catalog=self.catalog)
                 args = [
                     f"--address={address}",
                     # A session directory per node: Ray names its sockets by probing for free names, which
@@ -344,8 +344,8 @@ class LocalCluster:
         info = GcsClient(address=address).get_all_node_info(timeout=5)
         out: dict[str, str] = {}
         for node_id, node in info.items():
-            if node.state == 0 and "zhisuan.io/node" in node.labels:  # 0: ALIVE
-                out[str(node.labels["zhisuan.io/node"])] = node_id.hex()
+            if node.state == 0 and NODE_LABEL in node.labels:  # 0: ALIVE
+                out[str(node.labels[NODE_LABEL])] = node_id.hex()
         return out
 
     def _wait_for_nodes(self, address: str) -> None:

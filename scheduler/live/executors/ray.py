@@ -4,18 +4,18 @@ For attempt ``a`` of job ``j`` the executor, in its Ray namespace (default ``zhi
 
 - creates a detached placement group ``zhisuan-j-a`` with one bundle per rank. Bundle ``r`` holds the vendor
   resource of the node's model (``GPU``, ``NPU``, ``MLU``... as the node agent declares it, see
-  :func:`agents.agent.ray_resource_name`) × devices (a fraction of one device for an inference replica), plus
+  :func:`scheduler.ray_node.ray_resource_name`) × devices (a fraction of one device for an inference replica), plus
   the worker's CPU and memory, and is pinned to the node the core chose with
   ``bundle_label_selector=[{"zhisuan.io/node": <node id>}, ...]`` (Ray node labels, set by ``ray start
-  --labels`` from :func:`agents.agent.ray_node_spec`). The group *is* the reservation in Ray's accounting;
+  --labels`` from :func:`scheduler.ray_node.ray_node_spec`). The group *is* the reservation in Ray's accounting;
 - hands each node's ranks to that node's supervisor (launch mode ``supervisor``, the default): a long-lived,
-  detached, resource-less actor ``zhisuan.node.v1.<node>`` (:class:`~scheduler.executors.worker.NodeSupervisor`)
+  detached, resource-less actor ``zhisuan.node.v1.<node>`` (:class:`~scheduler.live.executors.worker.NodeSupervisor`)
   pinned to the node by its label, started when the executor connects (and again whenever one is found dead),
   which spawns each rank's entrypoint as soon as the rank's bundle is reserved on that node, with the vendor's
   visibility variable set to the devices the core chose. A launch is one key-value write, one placement group
   and one call per node, all without waiting on each other; no Python worker process starts per rank;
 - or (launch mode ``actor``, the former design, kept as a fallback) creates detached named actors
-  ``zhisuan-j-a-r`` (:class:`~scheduler.executors.worker.ZhisuanWorker`), one in each bundle.
+  ``zhisuan-j-a-r`` (:class:`~scheduler.live.executors.worker.ZhisuanWorker`), one in each bundle.
 
 Nothing lives only in the executor object: launch and final records go to Ray's GCS key-value store, the
 placement groups and supervisors are detached and named, so a new executor (after a service restart) finds every
@@ -63,9 +63,8 @@ import ray
 from ray.util.placement_group import PlacementGroup
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from agents.agent import device_visibility_env, ray_label_value, ray_resource_name
 from scheduler.catalog import Catalog, load_catalog
-from scheduler.executors.base import (
+from scheduler.live.executors.base import (
     ExecutionStatus,
     ExecutorError,
     ExecutorUnavailable,
@@ -74,8 +73,7 @@ from scheduler.executors.base import (
     Phase,
     WorkerStatus,
 )
-from scheduler.executors.worker import (
-    NODE_LABEL,
+from scheduler.live.executors.worker import (
     TAIL_LINES,
     WALLTIME_MESSAGE,
     NodeSupervisor,
@@ -86,6 +84,7 @@ from scheduler.executors.worker import (
     tail_lines,
 )
 from scheduler.model import MILLI
+from scheduler.ray_node import NODE_LABEL, device_visibility_env, ray_label_value, ray_resource_name
 
 log = logging.getLogger("zhisuan.executor.ray")
 
@@ -157,8 +156,8 @@ def plan_workers(
         vendor = catalog[placement.model].vendor
     except KeyError as err:
         raise ExecutorError(str(err)) from None
-    resource = ray_resource_name(vendor)
-    visibility = device_visibility_env(vendor)
+    resource = ray_resource_name(vendor, catalog)
+    visibility = device_visibility_env(vendor, catalog)
     nodes = list(placement.nodes)
     per_node: dict[str, int] = {}
     plans: list[WorkerPlan] = []
@@ -381,7 +380,7 @@ class _Supervisor:
 
 
 class RayExecutor:
-    """The :class:`~scheduler.executors.base.Executor` on a Ray cluster (see the module docstring).
+    """The :class:`~scheduler.live.executors.base.Executor` on a Ray cluster (see the module docstring).
 
     ``address`` is the GCS address (``host:port``) of a running cluster. The executor connects this process to
     it as a Ray driver in ``namespace``; if the process is already connected, it must be to that namespace.

@@ -25,7 +25,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from agents.shims.base import METRIC_FIELDS, DeviceInfo, DeviceSample, Health, ModelResolver, Shim
+from agents.protocol import METRIC_FIELDS, DeviceInfo, DeviceSample, Health
+from agents.shims.base import ModelResolver, Shim
 from scheduler.catalog import Catalog
 
 
@@ -105,7 +106,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-class CliShim(Shim):
+class ToolShim(Shim):
     """A shim that runs one vendor tool and parses its text. Subclasses implement :meth:`_discover` and
     :meth:`_sample` on top of :meth:`_run`.
 
@@ -218,8 +219,8 @@ class Reading:
     reasons: list[str] = field(default_factory=list)
 
 
-class ReadingShim(CliShim):
-    """A :class:`CliShim` whose tool prints everything in one call: subclasses implement :meth:`_read`."""
+class ReadingShim(ToolShim):
+    """A :class:`ToolShim` whose tool prints everything in one call: subclasses implement :meth:`_read`."""
 
     @abstractmethod
     def _read(self) -> tuple[ToolResult, list[Reading]]:
