@@ -14,10 +14,26 @@ bare metal, where node agents then report health) and Kubernetes Nodes
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from scheduler.model import Node
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredDevice:
+    """One physical device as a virtualisation layer registers it (HAMi's ``hami.io/node-*-register``)."""
+
+    id: str
+    #: How many virtual devices it is split into (the count the device plugin advertises for it).
+    split: int
+    memory_mib: int
+    #: Compute share in percent (100 = the whole device).
+    cores: int
+    type: str
+    healthy: bool
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -32,6 +48,12 @@ class InventoryNode:
     #: Virtualised resources the source advertises beside the physical devices (HAMi/Volcano vGPU counts, device
     #: memory and core shares): reported, never counted as devices.
     virtual: dict[str, float] = field(default_factory=dict)
+    #: Extended resources the source does not know (name -> allocatable as given): reported, never guessed at.
+    unknown_resources: dict[str, str] = field(default_factory=dict)
+    #: Physical devices a virtualisation layer lists for the node (where the source has such a list).
+    registered: tuple[RegisteredDevice, ...] = ()
+    #: Availability zone, where the source knows one (``site`` defaults to it on Kubernetes).
+    zone: str = ""
 
 
 @dataclass(frozen=True)
@@ -62,4 +84,12 @@ class InventorySource(Protocol):
 
     def inventory(self) -> Inventory:
         """The current inventory (the last known one, marked stale, when the source cannot be read now)."""
+        ...
+
+
+class WatchingSource(InventorySource, Protocol):
+    """A source that keeps itself current in a thread of its own (Kubernetes' list-then-watch)."""
+
+    def run(self, stop: threading.Event) -> None:
+        """Follow the source until ``stop`` is set."""
         ...
