@@ -198,7 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._chunk(json.dumps(event).encode() + b"\n")
             if stream.end == "reset":
                 # Half a chunk, then the socket goes away: the client sees a broken stream, not an end.
-                self.wfile.write(b"40\r\n{\"type\":")
+                self.wfile.write(b'40\r\n{"type":')
                 self.wfile.flush()
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
@@ -313,9 +313,7 @@ class ReplayServer:
     def requests(self, path: str, **query: str) -> list[Recorded]:
         with self._server.lock:
             return [
-                r
-                for r in self.state.requests
-                if r.path == path and all(r.query.get(k) == v for k, v in query.items())
+                r for r in self.state.requests if r.path == path and all(r.query.get(k) == v for k, v in query.items())
             ]
 
 

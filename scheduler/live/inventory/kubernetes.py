@@ -606,7 +606,7 @@ class KubernetesInventory:
         self.watch_timeout_s = watch_timeout_s
         self.request_timeout_s = request_timeout_s
         self.label_selector = label_selector
-        self._wait = wait_exponential_jitter(initial=backoff_initial_s, max=backoff_max_s, jitter=backoff_jitter_s)
+        self._wait = wait_exponential_jitter(multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_jitter_s)
         self._failures = 0
         self._clock = clock
         self._lock = threading.Lock()
@@ -615,6 +615,7 @@ class KubernetesInventory:
         self._stale = True
         self._stale_reason = "not listed yet"
         self._response: Any = None
+        self._stop: threading.Event | None = None
         #: The opaque version the next watch starts from (the list's, then each event's and bookmark's).
         self.resource_version: str | None = None
         self.lists = 0
@@ -729,7 +730,8 @@ class KubernetesInventory:
         return None
 
     def watch_once(self) -> str:
-        """One watch from :attr:`resource_version`; returns why it ended: ``expired``, ``timeout`` or ``ended``."""
+        """One watch from :attr:`resource_version`; returns why it ended: ``expired``, ``timeout``, ``ended`` (before
+        its timeout) or ``stopped``."""
         began = self._clock()
         kwargs: dict[str, Any] = {
             "watch": True,
@@ -746,8 +748,14 @@ class KubernetesInventory:
         response: Any = self._core.list_node(**kwargs)
         self._response = response
         self.watches += 1
+        stop = self._stop
         try:
+            if stop is not None and stop.is_set():
+                # Stopped while the request was on its way: the cutter may have looked before it was stored.
+                return "stopped"
             for line in _iter_lines(response):
+                if stop is not None and stop.is_set():
+                    return "stopped"
                 if not line:
                     continue
                 try:
@@ -758,6 +766,8 @@ class KubernetesInventory:
                     return "expired"
         finally:
             self._response = None
+            # A watch cut short leaves unread bytes on the connection: never hand it back to the pool.
+            response.close()
             response.release_conn()
         # The server closes a watch when its timeoutSeconds are up. A stream that ends well before that ended
         # for some other reason (a proxy, an API server restart) and may have lost events: list again.
@@ -767,15 +777,17 @@ class KubernetesInventory:
 
     def run(self, stop: threading.Event) -> None:
         """List, then watch, until ``stop`` is set; see the module docstring for when it lists again."""
+        self._stop = stop
         cutter = threading.Thread(target=self._cut_on_stop, args=(stop,), name="k8s-watch-cut", daemon=True)
         cutter.start()
         need_list = True
         while not stop.is_set():
-            verb = "list" if need_list else "watch"
+            verb = "list"
             try:
                 if need_list:
                     self.sync()
                     need_list = False
+                verb = "watch"
                 outcome = self.watch_once()
                 if outcome in ("expired", "ended"):
                     log.info("node watch %s; listing again", outcome)
