@@ -10,9 +10,9 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.tables import JobState, NodeSource, NodeStatus, Role
+from api.tables import NodeSource, NodeStatus, Role
 from scheduler.model import DomesticPreference, ServiceTier
-from scheduler.spec import JobSpec
+from scheduler.spec import JobSpec, JobState
 from scheduler.tenancy import TenantType
 
 T = TypeVar("T")

@@ -37,10 +37,11 @@ from sqlalchemy.orm import Session
 
 from agents.protocol import DeviceWork
 from api.db import is_sqlite, write_engine
-from api.tables import ACTIVE_STATES, HOLDING_STATES, JOB_EVENTS, JOBS, NODES, POLICY_VERSIONS, NodeSource, NodeStatus
+from api.tables import JOB_EVENTS, JOBS, NODES, POLICY_VERSIONS, NodeSource, NodeStatus
 from scheduler.catalog import Catalog
 from scheduler.model import MILLI, DomesticPreference, Job, Node, Reason
 from scheduler.placement import PlacementEngine
+from scheduler.spec import ACTIVE_STATES, HOLDING_STATES
 from scheduler.state import ClusterState
 from scheduler.tenancy import QueuePolicy, empty_policy, parse_policy
 from scheduler.throughput import ThroughputMatrix

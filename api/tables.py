@@ -4,12 +4,10 @@ The layout is the contract of ``api/README.md`` ("Tables"). Times are float epoc
 hold plain JSON values (``JSONB`` on PostgreSQL). Every change to the schema goes through a new Alembic
 migration in ``api/migrations/versions``; a test compares the migrated schema with this module.
 
-Job rows move through the states of :class:`JobState` with optimistic concurrency: every UPDATE of a job is
-``WHERE id = :id AND version = :version`` and bumps ``version`` (:func:`api.db.transition` does exactly that), so
-two writers never both move one job::
+Job rows move through the states of :class:`~scheduler.spec.JobState` with optimistic concurrency: every UPDATE
+of a job is ``WHERE id = :id AND version = :version`` and bumps ``version`` (:func:`api.db.transition` does exactly
+that), so two writers never both move one job::
 
-    >>> JobState.PENDING in ACTIVE_STATES, JobState.CANCELLED in TERMINAL_STATES
-    (True, True)
     >>> new_job_id(1_700_000_000.0, "0123abcd")
     'j18bcfe568000123abcd'
 """
@@ -24,6 +22,8 @@ from sqlalchemy import JSON, Column, ForeignKey, Index, MetaData, String, Table,
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
+from scheduler.spec import JobState
+
 # Stable constraint names make migrations reproducible on every database.
 SQLModel.metadata.naming_convention = {
     "ix": "ix_%(column_0_label)s",
@@ -35,22 +35,6 @@ SQLModel.metadata.naming_convention = {
 
 #: JSON everywhere, JSONB on PostgreSQL (indexable, compact).
 JSONValue = JSON().with_variant(JSONB(), "postgresql")
-
-
-class JobState(StrEnum):
-    PENDING = "pending"
-    STARTING = "starting"
-    RUNNING = "running"
-    CANCELLING = "cancelling"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL_STATES: frozenset[JobState] = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-ACTIVE_STATES: frozenset[JobState] = frozenset(set(JobState) - TERMINAL_STATES)
-#: States that hold devices (a placement).
-HOLDING_STATES: frozenset[JobState] = frozenset({JobState.STARTING, JobState.RUNNING, JobState.CANCELLING})
 
 
 class Role(StrEnum):

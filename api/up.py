@@ -29,17 +29,17 @@ from api.bootstrap import ADMIN_USER, prepare
 from api.coalescing import CoalescingHttpToolsProtocol
 from api.db import make_engine, migrate, write_session
 from api.profiles import Profile, save_profile
+from api.service_store import SqlServiceStore
 from api.settings import Settings
 from api.tables import Role
 from scheduler.cluster import load_cluster
 from scheduler.core import CoreConfig, SchedulerCore
 from scheduler.live.executors.base import Executor
 from scheduler.live.service import SchedulerService, ServiceConfig
+from scheduler.live.store import ServiceStore
 from scheduler.model import Node
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from scheduler.live.localcluster import LocalCluster
 
 log = logging.getLogger("zhisuan")
@@ -100,9 +100,9 @@ class _SchedulerHost:
     """Runs one :class:`SchedulerService` at a time in a thread of this process."""
 
     def __init__(
-        self, engine: Engine, executor: Executor, config: ServiceConfig | None, core_config: CoreConfig | None
+        self, store: ServiceStore, executor: Executor, config: ServiceConfig | None, core_config: CoreConfig | None
     ) -> None:
-        self.engine, self.executor, self.config, self.core_config = engine, executor, config, core_config
+        self.store, self.executor, self.config, self.core_config = store, executor, config, core_config
         self.service: SchedulerService | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -111,7 +111,7 @@ class _SchedulerHost:
         if self.service is not None and self._thread is not None and self._thread.is_alive():
             return self.service
         self._stop = threading.Event()
-        service = SchedulerService(self.engine, self.executor, self.config, core=SchedulerCore(self.core_config))
+        service = SchedulerService(self.store, self.executor, self.config, core=SchedulerCore(self.core_config))
         stop = self._stop
 
         def loop() -> None:
@@ -328,7 +328,8 @@ def running(
             engine = make_engine(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
             stack.callback(engine.dispose)
             migrate(engine)
-            result._scheduler = _SchedulerHost(engine, executor, service_config, core_config)
+            store = SqlServiceStore(engine, heartbeat_interval_s=settings.heartbeat_interval_s)
+            result._scheduler = _SchedulerHost(store, executor, service_config, core_config)
             result.start_scheduler()
             stack.callback(result.stop_scheduler)
         yield result

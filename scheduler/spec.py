@@ -14,11 +14,17 @@ A spec says what to run and what it needs; the API adds who submitted it and whe
 
 Inference services may ask for a fraction of one device per replica (``devices_per_worker: 0.25``) and carry a
 latency SLO; training gangs ask for whole devices.
+
+Once submitted, a job moves through the states of :class:`JobState`::
+
+    >>> JobState.PENDING in ACTIVE_STATES, JobState.CANCELLED in TERMINAL_STATES, JobState.RUNNING in HOLDING_STATES
+    (True, True, True)
 """
 
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +59,22 @@ RESERVED_ENV = frozenset(
         "HIP_VISIBLE_DEVICES",
     }
 )
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    STARTING = "starting"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES: frozenset[JobState] = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+ACTIVE_STATES: frozenset[JobState] = frozenset(set(JobState) - TERMINAL_STATES)
+#: States that hold devices (a placement).
+HOLDING_STATES: frozenset[JobState] = frozenset({JobState.STARTING, JobState.RUNNING, JobState.CANCELLING})
 
 
 class _Spec(BaseModel):

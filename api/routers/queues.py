@@ -22,8 +22,9 @@ from api.deps import AppContext, CurrentPrincipal, ReadSession, Scope, WriteSess
 from api.models import V1_PROBLEMS, Items, QueueOut
 from api.problems import Problem, not_found
 from api.store import PolicySnapshot
-from api.tables import ACTIVE_STATES, HOLDING_STATES, JOBS, POLICY_VERSIONS, Role
+from api.tables import JOBS, POLICY_VERSIONS, Role
 from scheduler.errors import ConfigError
+from scheduler.spec import ACTIVE_STATES, HOLDING_STATES
 from scheduler.tenancy import QueuePolicy, QueueSpec, parse_policy
 
 router = APIRouter(prefix="/v1/queues", tags=["queues"], responses=V1_PROBLEMS)

@@ -19,8 +19,9 @@ from sqlmodel import Session
 from api.deps import AppContext, ReadSession, Scope, TenantScope, context, respond
 from api.models import V1_PROBLEMS, UsageOut
 from api.problems import Problem
-from api.tables import HOLDING_STATES, JOBS, LEDGER
+from api.tables import JOBS, LEDGER
 from scheduler.model import ServiceTier
+from scheduler.spec import HOLDING_STATES
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"], responses=V1_PROBLEMS)
 

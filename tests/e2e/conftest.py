@@ -13,7 +13,15 @@ from pathlib import Path
 
 import psutil
 import pytest
-from e2e_support import CLUSTER_FILE, CORE_CONFIG, POLICY_FILE, Deployment, service_config, wait_state
+from e2e_support import (
+    CLUSTER_FILE,
+    CORE_CONFIG,
+    HEARTBEAT_INTERVAL_S,
+    POLICY_FILE,
+    Deployment,
+    service_config,
+    wait_state,
+)
 
 from api.client import ZhisuanClient
 from api.settings import Settings
@@ -50,7 +58,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         database_url=f"sqlite:///{tmp / 'zhisuan.db'}",
         rate_per_s=0.0,
         rate_burst=0.0,
-        heartbeat_interval_s=2.0,  # as the service is told (e2e_support.service_config)
+        heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
         policy_file=POLICY_FILE,
     )
     ray_dir: Path | None = None

@@ -39,6 +39,10 @@ CORE_CONFIG = CoreConfig(queueing=QueueingConfig(min_runtime_s=0.0))
 LEASE_S = 3.0
 
 
+#: The agents' heartbeat interval in every e2e deployment (the API's setting and the service store's alike).
+HEARTBEAT_INTERVAL_S = 2.0
+
+
 def service_config(holder: str | None = None) -> ServiceConfig:
     """The service's knobs in every e2e deployment (in-process and runner processes alike): fast cycles, a
     3 s leader lease, one retry after 0.5 s."""
@@ -48,7 +52,6 @@ def service_config(holder: str | None = None) -> ServiceConfig:
         lease_s=LEASE_S,
         max_retries=1,
         retry_backoff_s=0.5,
-        heartbeat_interval_s=2.0,
         logs_every_s=0.3,
         eta_every_s=5.0,
         **extra,

@@ -21,9 +21,10 @@ import sys
 import threading
 from typing import Any
 
-from e2e_support import CORE_CONFIG, service_config
+from e2e_support import CORE_CONFIG, HEARTBEAT_INTERVAL_S, service_config
 
 from api.db import make_engine
+from api.service_store import SqlServiceStore
 from scheduler.core import SchedulerCore
 from scheduler.live.executors.ray import RayExecutor
 from scheduler.live.service import CycleReport, SchedulerService
@@ -76,7 +77,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     engine = make_engine(args.database_url)
     executor = RayExecutor(args.ray_address, log_dir=args.log_dir)
-    service = RunnerService(engine, executor, service_config(args.holder), core=SchedulerCore(CORE_CONFIG))
+    store = SqlServiceStore(engine, heartbeat_interval_s=HEARTBEAT_INTERVAL_S)
+    service = RunnerService(store, executor, service_config(args.holder), core=SchedulerCore(CORE_CONFIG))
     service.freeze_before_launch = args.freeze_before_launch
     emit({"holder": args.holder, "pid": os.getpid(), "ready": True})
     try:

@@ -1,0 +1,487 @@
+"""The scheduler service's records in SQL: :class:`SqlServiceStore` implements the store port
+(:class:`~scheduler.live.store.ServiceStore`) on the API's tables.
+
+One transaction per call. Every write re-reads the leader lease inside its transaction (the fence) and aborts
+with :class:`~scheduler.live.store.NotLeader` if another holder took it meanwhile; job moves are conditional on the
+version or state the scheduler saw, so a cancel from the API and a start from the scheduler never both win. A
+database that cannot be reached surfaces as :class:`~scheduler.live.store.StoreUnavailable`::
+
+    store = SqlServiceStore(make_engine(url), heartbeat_interval_s=5.0)   # doctest: +SKIP
+    SchedulerService(store, RayExecutor(address)).run(stop)              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from api.db import write_engine
+from api.store import node_of, node_status
+from api.tables import DEVICES, JOB_EVENTS, JOB_LOGS, JOBS, LEADER_LOCK, LEDGER, NODES, POLICY_VERSIONS, NodeStatus
+from scheduler.live.store import (
+    LEASE_NAME,
+    Fence,
+    FinishedRun,
+    JobRecord,
+    LogChunkRow,
+    NodeRecord,
+    NotLeader,
+    StartedRun,
+    StepOutcome,
+    StoreUnavailable,
+    UsageStop,
+)
+from scheduler.model import (
+    Decision,
+    DecisionKind,
+    LedgerEntry,
+    LedgerKind,
+    Placement,
+    Reason,
+    WorkerPlacement,
+    topology_by_name,
+)
+from scheduler.spec import HOLDING_STATES, JobSpec, JobState
+
+#: Messages are cut to what a column holds and a person reads.
+MESSAGE_CHARS = 4000
+#: Rows per IN (...) list or multi-row statement.
+CHUNK = 500
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _unavailable_as_store_error(method: Callable[P, R]) -> Callable[P, R]:
+    """A database that cannot be reached is a :class:`StoreUnavailable` to the service (it retries the cycle)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except OperationalError as exc:
+            raise StoreUnavailable(str(exc).splitlines()[0]) from exc
+
+    return wrapper
+
+
+class SqlServiceStore:
+    """The service store on the API's database (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine, heartbeat_interval_s: float = 5.0) -> None:
+        self.engine = engine
+        # Every transaction that writes reads first (the fence, optimistic versions): on SQLite it must take the
+        # write lock when it begins (BEGIN IMMEDIATE, waiting up to the busy timeout), or it fails at once with
+        # "database is locked" whenever another connection wrote since its read snapshot.
+        self._writer = write_engine(engine)
+        #: The agents' heartbeat interval (the API's ``ZHISUAN_HEARTBEAT_INTERVAL_S``): a node that misses three
+        #: heartbeats is down.
+        self.heartbeat_interval_s = heartbeat_interval_s
+        #: A job's spec never changes: parsed once per job, not once per cycle.
+        self._specs: dict[str, JobSpec] = {}
+
+    # ------------------------------------------------------------------------------------------ the lease
+
+    @_unavailable_as_store_error
+    def hold_lease(self, holder: str, now: float, lease_s: float, term: int | None) -> int | None:
+        expires = now + lease_s
+        with self._writer.begin() as conn:
+            row = conn.execute(select(LEADER_LOCK).where(LEADER_LOCK.c.name == LEASE_NAME)).first()
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            insert(LEADER_LOCK).values(name=LEASE_NAME, holder=holder, expires_at=expires, term=1)
+                        )
+                except IntegrityError:
+                    return None
+                return 1
+            if row.holder == holder and term == row.term:
+                conn.execute(
+                    update(LEADER_LOCK)
+                    .where(LEADER_LOCK.c.name == LEASE_NAME, LEADER_LOCK.c.term == row.term)
+                    .values(expires_at=expires)
+                )
+                return int(row.term)
+            if row.expires_at > now and row.holder != holder:
+                return None
+            taken = conn.execute(
+                update(LEADER_LOCK)
+                .where(LEADER_LOCK.c.name == LEASE_NAME, LEADER_LOCK.c.term == row.term)
+                .values(holder=holder, expires_at=expires, term=row.term + 1)
+            )
+            if taken.rowcount != 1:
+                return None
+            return int(row.term) + 1
+
+    @_unavailable_as_store_error
+    def release_lease(self, holder: str) -> None:
+        with self._writer.begin() as conn:
+            conn.execute(
+                update(LEADER_LOCK)
+                .where(LEADER_LOCK.c.name == LEASE_NAME, LEADER_LOCK.c.holder == holder)
+                .values(expires_at=0.0)
+            )
+
+    @staticmethod
+    def _fence(conn: Connection, fence: Fence) -> None:
+        """Inside a write transaction: abort unless ``fence`` is still the lease in force."""
+        row = conn.execute(select(LEADER_LOCK.c.holder, LEADER_LOCK.c.term).where(LEADER_LOCK.c.name == LEASE_NAME))
+        current = row.first()
+        if current is None or current.holder != fence.holder or current.term != fence.term:
+            raise NotLeader(LEASE_NAME)
+
+    # ------------------------------------------------------------------------------------------ reads
+
+    @_unavailable_as_store_error
+    def policy_after(self, version: int | None) -> tuple[int, object] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(POLICY_VERSIONS.c.id, POLICY_VERSIONS.c.document).order_by(POLICY_VERSIONS.c.id.desc()).limit(1)
+            ).first()
+        if row is None or row.id == version:
+            return None
+        return int(row.id), row.document
+
+    @_unavailable_as_store_error
+    def nodes(self, now: float) -> list[NodeRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(NODES)).all()
+            # Unpacked by position: ``Row.index`` is tuple's method, not the column.
+            unhealthy: dict[str, set[int]] = {}
+            for node_id, index in conn.execute(select(DEVICES.c.node_id, DEVICES.c.index).where(~DEVICES.c.healthy)):
+                unhealthy.setdefault(node_id, set()).add(index)
+        return [
+            NodeRecord(
+                node=node_of(row._mapping),
+                usable=node_status(row._mapping, now, self.heartbeat_interval_s) == NodeStatus.READY.value,
+                unhealthy=frozenset(unhealthy.get(row.id, ())),
+            )
+            for row in rows
+        ]
+
+    @_unavailable_as_store_error
+    def holding_jobs(self) -> list[JobRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(JOBS).where(JOBS.c.state.in_([s.value for s in HOLDING_STATES]))).all()
+        records = [self._record(row._mapping, keep_spec=True) for row in rows]
+        # Only jobs that hold devices are asked for again and again; forget the specs of the others.
+        holding = {r.id for r in records}
+        self._specs = {job_id: spec for job_id, spec in self._specs.items() if job_id in holding}
+        return records
+
+    @_unavailable_as_store_error
+    def pending_versions(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(JOBS.c.id, JOBS.c.version).where(JOBS.c.state == JobState.PENDING.value)).all()
+        return {r.id: r.version for r in rows}
+
+    @_unavailable_as_store_error
+    def jobs(self, ids: Sequence[str]) -> list[JobRecord]:
+        records: list[JobRecord] = []
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(ids), CHUNK):
+                records.extend(
+                    self._record(row._mapping) for row in conn.execute(select(JOBS).where(JOBS.c.id.in_(chunk)))
+                )
+        return records
+
+    @_unavailable_as_store_error
+    def finished_runs(self, limit: int) -> list[FinishedRun]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(JOBS.c.spec, JOBS.c.started_at, JOBS.c.finished_at, JOBS.c.placement)
+                .where(JOBS.c.state == JobState.SUCCEEDED.value, JOBS.c.started_at.is_not(None))
+                .order_by(JOBS.c.finished_at.desc())
+                .limit(limit)
+            ).all()
+        return [
+            FinishedRun(JobSpec.model_validate(r.spec), r.placement["model"], r.finished_at - r.started_at)
+            for r in reversed(rows)
+            if r.placement and r.finished_at is not None
+        ]
+
+    @_unavailable_as_store_error
+    def usage_stops(self, since: float, limit: int) -> list[UsageStop]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(LEDGER.c.tenant, LEDGER.c.user, LEDGER.c.at, LEDGER.c.seconds, LEDGER.c.ncu_hours)
+                .where(LEDGER.c.kind == LedgerKind.STOP.value, LEDGER.c.at >= since)
+                .order_by(LEDGER.c.at.desc())
+                .limit(limit)
+            ).all()
+        return [UsageStop(r.tenant, r.user, r.at, r.seconds, r.ncu_hours) for r in rows]
+
+    @_unavailable_as_store_error
+    def stored_log_end(self, job_id: str, attempt: int, rank: int) -> int:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(JOB_LOGS.c.offset, JOB_LOGS.c.text)
+                .where(JOB_LOGS.c.job_id == job_id, JOB_LOGS.c.attempt == attempt, JOB_LOGS.c.rank == rank)
+                .order_by(JOB_LOGS.c.offset.desc())
+                .limit(1)
+            ).first()
+        return 0 if row is None else int(row.offset) + len(row.text.encode())
+
+    # ------------------------------------------------------------------------------------------ writes
+
+    @_unavailable_as_store_error
+    def commit_step(
+        self,
+        fence: Fence,
+        now: float,
+        decisions: Sequence[Decision],
+        versions: Mapping[str, int],
+        reasons: Mapping[str, tuple[Reason, ...]],
+    ) -> StepOutcome:
+        outcome = StepOutcome()
+        with self._writer.begin() as conn:
+            self._fence(conn, fence)
+            for decision in decisions:
+                if decision.kind is DecisionKind.START:
+                    self._start(conn, decision, versions[decision.job_id], now, outcome)
+                elif decision.kind is DecisionKind.PREEMPT:
+                    message = decision.reasons[0].message if decision.reasons else "preempted"
+                    conn.execute(
+                        update(JOBS)
+                        .where(JOBS.c.id == decision.job_id)
+                        .values(
+                            state=JobState.PENDING.value,
+                            version=JOBS.c.version + 1,
+                            attempt=JOBS.c.attempt + 1,
+                            placement=None,
+                            started_at=None,
+                            updated_at=now,
+                            message=message,
+                        )
+                    )
+                    _write_ledger(conn, decision.ledger)
+                    data = decision.reasons[0].as_dict() if decision.reasons else {}
+                    _event(conn, decision.job_id, now, "preempted", message, data)
+                    outcome.preempted.append(decision.job_id)
+            for job_id, why in reasons.items():
+                # Reasons are advice, not state: they do not bump the version (a cancel must not lose a race
+                # against the scheduler explaining why the job waits).
+                conn.execute(
+                    update(JOBS)
+                    .where(JOBS.c.id == job_id, JOBS.c.state == JobState.PENDING.value)
+                    .values(reasons=[r.as_dict() for r in why])
+                )
+        return outcome
+
+    def _start(self, conn: Connection, decision: Decision, version: int, now: float, outcome: StepOutcome) -> None:
+        placement = decision.placement
+        assert placement is not None
+        changed = conn.execute(
+            update(JOBS)
+            .where(JOBS.c.id == decision.job_id, JOBS.c.version == version, JOBS.c.state == JobState.PENDING.value)
+            .values(
+                state=JobState.STARTING.value,
+                version=JOBS.c.version + 1,
+                placement=placement_to_json(placement),
+                started_at=now,
+                updated_at=now,
+                reasons=[],
+                estimated_start=now,
+                estimated_finish=decision.estimated_finish,
+                message="",
+            )
+        )
+        if changed.rowcount != 1:
+            outcome.lost_races.append(decision.job_id)
+            return
+        _write_ledger(conn, decision.ledger)
+        _event(conn, decision.job_id, now, "started", where(placement), placement_to_json(placement))
+        row = conn.execute(select(JOBS.c.attempt, JOBS.c.spec).where(JOBS.c.id == decision.job_id)).one()
+        outcome.started.append(
+            StartedRun(decision.job_id, version + 1, row.attempt, self._spec(decision.job_id, row.spec))
+        )
+
+    @_unavailable_as_store_error
+    def transition(self, fence: Fence, job_id: str, version: int, state: JobState, now: float, message: str) -> bool:
+        with self._writer.begin() as conn:
+            self._fence(conn, fence)
+            changed = conn.execute(
+                update(JOBS)
+                .where(JOBS.c.id == job_id, JOBS.c.version == version)
+                .values(state=state.value, version=version + 1, updated_at=now)
+            )
+            if changed.rowcount != 1:
+                return False
+            _event(conn, job_id, now, state.value, message, {})
+        return True
+
+    @_unavailable_as_store_error
+    def end(
+        self,
+        fence: Fence,
+        job_id: str,
+        now: float,
+        state: JobState,
+        message: str,
+        exit_code: int | None,
+        ledger: Sequence[LedgerEntry],
+    ) -> None:
+        with self._writer.begin() as conn:
+            self._fence(conn, fence)
+            conn.execute(
+                update(JOBS)
+                .where(JOBS.c.id == job_id)
+                .values(
+                    state=state.value,
+                    version=JOBS.c.version + 1,
+                    finished_at=now,
+                    updated_at=now,
+                    message=message[:MESSAGE_CHARS],
+                    exit_code=exit_code,
+                    estimated_start=None,
+                )
+            )
+            _write_ledger(conn, ledger)
+            _event(conn, job_id, now, state.value, message[:MESSAGE_CHARS], {"exit_code": exit_code})
+
+    @_unavailable_as_store_error
+    def requeue(
+        self,
+        fence: Fence,
+        job_id: str,
+        now: float,
+        message: str,
+        ledger: Sequence[LedgerEntry],
+        event: str,
+        cause: str,
+    ) -> None:
+        with self._writer.begin() as conn:
+            self._fence(conn, fence)
+            conn.execute(
+                update(JOBS)
+                .where(JOBS.c.id == job_id, JOBS.c.state.in_([s.value for s in HOLDING_STATES]))
+                .values(
+                    state=JobState.PENDING.value,
+                    version=JOBS.c.version + 1,
+                    attempt=JOBS.c.attempt + 1,
+                    placement=None,
+                    started_at=None,
+                    updated_at=now,
+                    message=message[:MESSAGE_CHARS],
+                )
+            )
+            _write_ledger(conn, ledger)
+            _event(conn, job_id, now, event, message[:MESSAGE_CHARS], {"cause": cause})
+
+    @_unavailable_as_store_error
+    def write_ledger(self, entries: Sequence[LedgerEntry]) -> None:
+        with self._writer.begin() as conn:
+            _write_ledger(conn, entries)
+
+    @_unavailable_as_store_error
+    def append_logs(self, chunks: Sequence[LogChunkRow]) -> None:
+        if chunks:
+            with self._writer.begin() as conn:
+                conn.execute(insert(JOB_LOGS), [asdict(c) for c in chunks])
+
+    @_unavailable_as_store_error
+    def set_estimated_starts(self, starts: Mapping[str, float | None]) -> None:
+        with self._writer.begin() as conn:
+            for job_id, start in starts.items():
+                conn.execute(
+                    update(JOBS)
+                    .where(JOBS.c.id == job_id, JOBS.c.state == JobState.PENDING.value)
+                    .values(estimated_start=start)
+                )
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def _spec(self, job_id: str, data: Any, keep: bool = True) -> JobSpec:
+        spec = self._specs.get(job_id)
+        if spec is None:
+            spec = JobSpec.model_validate(data)
+            if keep:
+                self._specs[job_id] = spec
+        return spec
+
+    def _record(self, row: Mapping[Any, Any], keep_spec: bool = False) -> JobRecord:
+        return JobRecord(
+            id=row["id"],
+            version=row["version"],
+            state=JobState(row["state"]),
+            attempt=row["attempt"],
+            spec=self._spec(row["id"], row["spec"], keep_spec),
+            tenant=row["tenant"],
+            user=row["user"],
+            queue=row["queue"],
+            submitted_at=row["submitted_at"],
+            started_at=row["started_at"],
+            placement=placement_from_json(row["id"], row["placement"]) if row["placement"] else None,
+            last_checkpoint_at=row["last_checkpoint_at"],
+        )
+
+
+# ---------------------------------------------------------------------------------------------- conversions
+
+
+def placement_to_json(placement: Placement) -> dict[str, Any]:
+    """A placement as the ``jobs.placement`` column and the API's ``placement`` field hold it."""
+    return {
+        "model": placement.model,
+        "pool": placement.pool,
+        "topology": placement.topology.name.lower(),
+        "workers": [
+            {
+                "rank": rank,
+                "node": w.node,
+                "devices": list(w.devices),
+                "milli": w.milli,
+                "cpu_milli": w.cpu_milli,
+                "memory_mib": w.memory_mib,
+            }
+            for rank, w in enumerate(placement.workers)
+        ],
+    }
+
+
+def placement_from_json(job_id: str, data: Mapping[str, Any]) -> Placement:
+    return Placement(
+        job_id=job_id,
+        model=data["model"],
+        pool=data["pool"],
+        workers=tuple(
+            WorkerPlacement(w["node"], tuple(w["devices"]), w["milli"], w.get("cpu_milli", 0), w.get("memory_mib", 0))
+            for w in data["workers"]
+        ),
+        topology=topology_by_name(data["topology"]),
+    )
+
+
+def where(placement: Placement) -> str:
+    """The message of a job's ``started`` event: ``placed on H100 in bj1/H100: n1[0,1], n2[0,1]``."""
+    nodes = ", ".join(f"{w.node}[{','.join(map(str, w.devices))}]" for w in placement.workers)
+    return f"placed on {placement.model} in {placement.pool}: {nodes}"
+
+
+def _ledger_row(entry: LedgerEntry) -> dict[str, Any]:
+    row = asdict(entry)
+    row["kind"] = entry.kind.value
+    row["tier"] = entry.tier.value
+    row["cause"] = entry.cause.value if entry.cause is not None else None
+    return row
+
+
+def _write_ledger(conn: Connection, entries: Iterable[LedgerEntry]) -> None:
+    rows = [_ledger_row(entry) for entry in entries]
+    if rows:
+        conn.execute(insert(LEDGER), rows)
+
+
+def _event(conn: Connection, job_id: str, at: float, kind: str, message: str, data: dict[str, Any]) -> None:
+    conn.execute(insert(JOB_EVENTS).values(job_id=job_id, at=at, kind=kind, message=message, data=data))
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
