@@ -18,6 +18,7 @@ up: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check scheduler agents api simulations tests benchmarks
 	$(BIN)/ruff format --check scheduler agents api simulations tests benchmarks
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy scheduler agents api simulations
