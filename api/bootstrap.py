@@ -18,10 +18,11 @@ from sqlalchemy import Engine, func, insert, select, text
 
 from api.auth import issue_token
 from api.db import ADVISORY_LOCK_MIGRATE, is_sqlite, make_engine, migrate, write_session
+from api.inventory_sink import publish
 from api.settings import Settings
-from api.tables import NODES, POLICY_VERSIONS, USERS, NodeSource, NodeStatus, Role
+from api.tables import POLICY_VERSIONS, USERS, NodeSource, Role
 from scheduler.catalog import Catalog, load_catalog
-from scheduler.cluster import load_cluster
+from scheduler.live.inventory.file import FileInventory
 from scheduler.tenancy import load_policy
 
 ADMIN_USER = "center"
@@ -42,7 +43,7 @@ def bootstrap(engine: Engine, settings: Settings, catalog: Catalog | None = None
     result = BootstrapResult()
     # Validate the files before touching the database: a bad file fails the start with a one-line message.
     policy = load_policy(settings.policy_file, catalog) if settings.policy_file is not None else None
-    cluster = load_cluster(settings.cluster_file, catalog) if settings.cluster_file is not None else None
+    cluster = FileInventory(settings.cluster_file, catalog).inventory() if settings.cluster_file is not None else None
     now = time.time()
     with write_session(engine) as session:
         if not is_sqlite(engine):
@@ -65,33 +66,8 @@ def bootstrap(engine: Engine, settings: Settings, catalog: Catalog | None = None
                 .returning(POLICY_VERSIONS.c.id)
             ).scalar_one()
         if cluster is not None:
-            known = set(session.execute(select(NODES.c.id)).scalars())
-            rows = [
-                {
-                    "id": node.id,
-                    "hostname": node.id,
-                    "model": node.model,
-                    "vendor": (catalog.lookup(node.model).vendor if catalog.lookup(node.model) else ""),  # type: ignore[union-attr]
-                    "pool": node.pool,
-                    "site": node.site,
-                    "region": node.region,
-                    "tier": node.tier.value,
-                    "island": node.island,
-                    "switch": node.switch,
-                    "devices": node.devices,
-                    "cpu_milli": node.cpu_milli,
-                    "memory_mib": node.memory_mib,
-                    "labels": dict(node.labels),
-                    "state": NodeStatus.READY.value,
-                    "source": NodeSource.FILE.value,
-                    "registered_at": now,
-                }
-                for node in cluster.nodes
-                if node.id not in known
-            ]
-            if rows:
-                session.execute(insert(NODES), rows)
-            result.nodes_loaded = len(rows)
+            # The file's nodes are placeholders until their agents register them (the agents then own the rows).
+            result.nodes_loaded = publish(session.connection(), NodeSource.FILE.value, cluster, now)
     if result.admin_token is not None and settings.admin_token_file is not None:
         write_secret(settings.admin_token_file, result.admin_token)
     return result

@@ -54,6 +54,8 @@ class InventoryNode:
     registered: tuple[RegisteredDevice, ...] = ()
     #: Availability zone, where the source knows one (``site`` defaults to it on Kubernetes).
     zone: str = ""
+    #: The extended resource a pod requests to get this node's devices (Kubernetes: ``nvidia.com/gpu``...).
+    device_resource: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,20 @@ class Inventory:
 class InventorySource(Protocol):
     """A source of truth for the node inventory."""
 
+    #: Recorded with each node it provides (``file``, ``kubernetes``): a source only ever changes its own nodes.
+    source: str
+
     def inventory(self) -> Inventory:
         """The current inventory (the last known one, marked stale, when the source cannot be read now)."""
+        ...
+
+
+class InventorySink(Protocol):
+    """Where an inventory is published for the scheduler and the API to read (the node records)."""
+
+    def publish(self, source: str, inventory: Inventory, now: float) -> None:
+        """Make the records of ``source``'s nodes match ``inventory``: new nodes added, changed ones updated,
+        nodes the source no longer knows taken out of service; other sources' nodes are left alone."""
         ...
 
 
