@@ -105,6 +105,8 @@ DCGM_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname")
 NEUTRAL_REQUIRED = ("zhisuan_device_memory_total_bytes", "zhisuan_device_health", "zhisuan_agent_tick_seconds")
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+#: An API token as the product prints it (``zs_<id>_<secret>``): never written to the log.
+TOKEN = re.compile(r"\bzs_[A-Za-z0-9_-]{8,}")
 
 
 class CheckFailed(Exception):
@@ -125,13 +127,17 @@ class Finding:
 
 
 class Log:
-    """Prints to stdout (``gpu_check.sh`` tees it into the run's log file), flushed at once."""
+    """Prints to stdout (``gpu_check.sh`` tees it into the run's log file), flushed at once, API tokens masked.
 
-    def __init__(self, out: TextIO = sys.stdout) -> None:
-        self.out = out
+    >>> Log().line("center admin token (shown once): zs_36cf3ba391d1883b_mMiix9ehIC")
+    center admin token (shown once): zs_***
+    """
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out if out is not None else sys.stdout
 
     def line(self, text: str = "") -> None:
-        self.out.write(text + "\n")
+        self.out.write(TOKEN.sub("zs_***", text) + "\n")
         self.out.flush()
 
     def block(self, text: str, indent: str = "    ", limit: int = 400) -> None:
