@@ -84,8 +84,9 @@ class ReplayState:
     pods: list[dict[str, Any]] = field(default_factory=list)
     rayclusters: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     fail_next: deque[tuple[int, dict[str, Any]]] = field(default_factory=deque)
-    #: Called with the stored RayCluster right after each GET of it (another controller editing under us).
-    interfere: Callable[[dict[str, Any]], None] | None = None
+    #: Called with the stored RayCluster right after each GET of it (another controller editing under us); it
+    #: returns whether it wrote (then the stored version moves on).
+    interfere: Callable[[dict[str, Any]], bool] | None = None
     requests: list[Recorded] = field(default_factory=list)
     rv_counter: int = 5000
 
@@ -239,8 +240,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if method == "GET":
                 answer = copy.deepcopy(stored)
-                if state.interfere is not None:
-                    state.interfere(stored)
+                if state.interfere is not None and state.interfere(stored):
                     state.rv_counter += 1
                     stored["metadata"]["resourceVersion"] = str(state.rv_counter)
                 self._send_json(200, answer)

@@ -324,6 +324,7 @@ class NodeMapper:
             # HAMi's (or Volcano's) device plugin advertises devices × split: the annotation is the truth.
             for resource, count in device_counts.get(vendor, {}).items():
                 virtual[resource] = float(count)
+            device_resource = next(iter(sorted(device_counts.get(vendor, {}))), "")
             devices = sum(1 for d in registered if d.healthy)
             for d in registered:
                 if not d.healthy:
@@ -344,6 +345,7 @@ class NodeMapper:
                 raise _Skip(f"several {vendor} device resources ({', '.join(sorted(nonzero))}); expected one model")
             resource = nonzero[0]
             spec_entry = next(d for d in table.devices if d.resource == resource)
+            device_resource = resource
             devices = counted[resource]
             if spec_entry.replicas_label and labels.get(spec_entry.replicas_label):
                 replicas = _int_label(labels, spec_entry.replicas_label)
@@ -411,6 +413,7 @@ class NodeMapper:
             unknown_resources=unknown,
             registered=tuple(registered),
             zone=zone,
+            device_resource=device_resource,
         )
 
     def _label_model(
