@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
+import jsonschema  # type: ignore[import-untyped]
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 from kube_replay import ReplayServer, api_client
@@ -155,7 +155,7 @@ def worker_pod(group: str, node: str, index: int, ready: bool = True) -> dict[st
 
 def test_a_409_makes_the_sizer_read_again_and_keep_the_other_controllers_write(server: ReplayServer) -> None:
     stored(server, h100_pool_inventory())
-    edits = []
+    edits: list[int] = []
 
     def other_controller(obj: dict[str, Any]) -> bool:
         if edits:
