@@ -321,7 +321,7 @@ def running(
             stack.callback(_stop_agents, result._agent_stops, threads)
 
         if scheduler and ray_address is not None:
-            from scheduler.live.executors.ray import RayExecutor
+            from scheduler.live.executors.ray.executor import RayExecutor
 
             executor = RayExecutor(ray_address) if log_dir is None else RayExecutor(ray_address, log_dir=log_dir)
             stack.callback(executor.close)

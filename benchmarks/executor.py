@@ -16,7 +16,7 @@ It also times ``RayExecutor.poll()`` while each job runs (``poll_ms``: the sched
 next run, which is launched at once on the same devices::
 
     python benchmarks/executor.py --runs 10          # prints one JSON document
-    python benchmarks/executor.py --runs 10 --modes supervisor --no-jobs-api
+    python benchmarks/executor.py --runs 10 --no-jobs-api
 
 Ray Jobs needs the full dashboard (``pip install 'ray[default]'``); without it the JSON says so.
 
@@ -49,7 +49,7 @@ from typing import Any
 
 from scheduler.core import SchedulerCore
 from scheduler.live.executors.base import LaunchRequest, Phase
-from scheduler.live.executors.ray import RayExecutor
+from scheduler.live.executors.ray.executor import RayExecutor
 from scheduler.live.localcluster import LocalCluster
 from scheduler.model import Job, Node, Placement
 from scheduler.state import ClusterState
@@ -156,9 +156,6 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10, help="measured runs per job shape and system")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs first (per shape and system)")
     parser.add_argument("--no-jobs-api", action="store_true", help="measure RayExecutor only")
-    parser.add_argument(
-        "--modes", default="supervisor,actor", help="RayExecutor launch modes to measure, comma-separated"
-    )
     args = parser.parse_args()
 
     jobs_api_missing = None
@@ -181,38 +178,29 @@ def main() -> int:
         with LocalCluster(NODES, include_dashboard=include_dashboard, work_dir=Path(tmp) / "ray") as cluster:
             result["cluster_start_s"] = round(time.perf_counter() - began, 2)
             log_dir = str(Path(tmp) / "logs")
-            executors = {
-                mode: RayExecutor(cluster.address, log_dir=log_dir, stop_grace_s=2.0, launch_mode=mode)
-                for mode in args.modes.split(",")
-            }
-            for ex in executors.values():
-                ex.start_supervisors(wait_s=60)
-            measured: dict[str, dict[str, Any]] = {mode: {} for mode in executors}
+            ex = RayExecutor(cluster.address, log_dir=log_dir, stop_grace_s=2.0)
+            ex.start_supervisors(wait_s=60)
+            measured: dict[str, Any] = {}
             jobs: dict[str, Any] = {}
             for tag, shape in SHAPES.items():
-                for mode, ex in executors.items():
-                    bench_zhisuan(ex, shape, args.warmup, f"warm-{mode}-{tag}")
-                    polls: list[float] = []
-                    measured[mode][tag] = summary(bench_zhisuan(ex, shape, args.runs, f"{mode}-{tag}", polls))
-                    measured[mode][tag]["poll_ms"] = {
-                        k.replace("_s", ""): round(v * 1000, 2) if k.endswith("_s") else v
-                        for k, v in summary(polls).items()
-                    }
+                bench_zhisuan(ex, shape, args.warmup, f"warm-{tag}")
+                polls: list[float] = []
+                measured[tag] = summary(bench_zhisuan(ex, shape, args.runs, tag, polls))
+                measured[tag]["poll_ms"] = {
+                    k.replace("_s", ""): round(v * 1000, 2) if k.endswith("_s") else v
+                    for k, v in summary(polls).items()
+                }
                 if include_dashboard and cluster.dashboard_url:
                     bench_ray_jobs(cluster.dashboard_url, shape, args.warmup, f"warm-{tag}")
                     jobs[tag] = summary(bench_ray_jobs(cluster.dashboard_url, shape, args.runs, tag))
-            for ex in executors.values():
-                ex.close()
-    for mode, figures in measured.items():
-        result["zhisuan" if mode == "supervisor" else f"zhisuan_{mode}"] = figures
+            ex.close()
+    result["zhisuan"] = measured
     if jobs:
         result["ray_jobs"] = jobs
-        for mode, figures in measured.items():
-            suffix = "" if mode == "supervisor" else f"_{mode}"
-            for q in ("p50", "p99"):
-                result[f"speedup_{q}{suffix}"] = {
-                    t: round(jobs[t][f"{q}_s"] / figures[t][f"{q}_s"], 2) for t in jobs if t in figures
-                }
+        for q in ("p50", "p99"):
+            result[f"speedup_{q}"] = {
+                t: round(jobs[t][f"{q}_s"] / measured[t][f"{q}_s"], 2) for t in jobs if t in measured
+            }
     else:
         result["ray_jobs"] = {"unavailable": jobs_api_missing or "skipped (--no-jobs-api) or no dashboard URL"}
     result["total_s"] = round(time.perf_counter() - began, 1)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from agents.cli import app
 from scheduler.catalog import load_catalog
-from scheduler.live.executors import worker
+from scheduler.live.executors.ray import node as worker
 from scheduler.model import Node
 from scheduler.ray_node import NODE_LABEL, ray_label_value, ray_node_spec
 

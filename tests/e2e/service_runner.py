@@ -26,7 +26,7 @@ from e2e_support import CORE_CONFIG, HEARTBEAT_INTERVAL_S, service_config
 from api.db import make_engine
 from api.service_store import SqlServiceStore
 from scheduler.core import SchedulerCore
-from scheduler.live.executors.ray import RayExecutor
+from scheduler.live.executors.ray.executor import RayExecutor
 from scheduler.live.service import CycleReport, SchedulerService
 
 

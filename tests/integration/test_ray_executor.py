@@ -27,8 +27,9 @@ import ray
 
 from scheduler.core import SchedulerCore
 from scheduler.live.executors.base import ExecutionStatus, ExecutorUnavailable, LaunchRequest, Phase
-from scheduler.live.executors.ray import RayExecutor, actor_name, pg_name, wait_for
-from scheduler.live.executors.worker import supervisor_name
+from scheduler.live.executors.ray.bundles import pg_name
+from scheduler.live.executors.ray.executor import RayExecutor, wait_for
+from scheduler.live.executors.ray.node import supervisor_name
 from scheduler.live.localcluster import LocalCluster
 from scheduler.model import Job, JobKind, Node, Placement, TopologyLevel, WorkerPlacement
 from scheduler.state import ClusterState
@@ -130,17 +131,15 @@ def supervisor(node: str) -> Any:
 
 
 def gone(job: str, attempt: int, world: int, timeout_s: float = 15.0) -> bool:
-    """The attempt's placement group is removed, and no worker actor or supervisor holds any of its ranks."""
+    """The attempt's placement group is removed, and no supervisor holds any of its ranks."""
     deadline = time.monotonic() + timeout_s
-    names = {actor_name(job, attempt, r) for r in range(world)}
     while time.monotonic() < deadline:
         pgs = [v for v in ray.util.placement_group_table().values() if v["name"] == pg_name(job, attempt)]
-        actors = names & set(ray.util.list_named_actors())
         held: list[dict[str, object]] = []
         for node in NODES:
             with contextlib.suppress(ValueError):  # a node that was killed has none
                 held += ray.get(supervisor(node.id).statuses.remote([(job, attempt)]))["ranks"]
-        if all(v["state"] == "REMOVED" for v in pgs) and not actors and not held:
+        if all(v["state"] == "REMOVED" for v in pgs) and not held:
             return True
         time.sleep(0.2)
     return False
@@ -330,7 +329,7 @@ def test_a_new_executor_finds_running_jobs(
     script = textwrap.dedent(
         f"""
         import json
-        from scheduler.live.executors.ray import RayExecutor
+        from scheduler.live.executors.ray.executor import RayExecutor
         ex = RayExecutor({cluster.address!r}, log_dir={log_dir!r})
         found = sorted(ex.discover())
         st = ex.status("survivor")
@@ -394,29 +393,6 @@ def test_a_removed_placement_group_stops_its_ranks(executor: RayExecutor, probe:
     assert not _alive(int(str(seen["pid"])))
     assert gone("unreserved", 0, 1)
     executor.stop("unreserved", "acknowledged")
-
-
-def test_actor_launch_mode_runs_pinned_ranks_too(cluster: LocalCluster, executor: RayExecutor, probe: str) -> None:
-    """The fallback mode (one actor per rank, in its bundle); the default executor reads its attempts as well."""
-    actors = RayExecutor(cluster.address, log_dir=executor.log_dir, launch_mode="actor", stop_grace_s=3.0)
-    placement = place(Job(id="by-actors", workers=2, devices_per_worker=4, models=("H100",)))["by-actors"]
-    assert len(placement.nodes) == 2
-    actors.launch(LaunchRequest("by-actors", 0, placement, f"{probe} --sleep 300"))
-    assert until(actors, "by-actors", [Phase.RUNNING, *TERMINAL]).phase is Phase.RUNNING
-    assert {actor_name("by-actors", 0, r) for r in range(2)} <= set(ray.util.list_named_actors())
-    seen = _probes_when_ready(actors, "by-actors", 2)
-    for worker, env in zip(placement.workers, seen, strict=True):
-        assert env["ZHISUAN_NODE"] == worker.node
-        assert ray_node_labels()[str(env["ZHISUAN_RAY_NODE_ID"])] == worker.node
-        assert env["CUDA_VISIBLE_DEVICES"] == ",".join(map(str, worker.devices))
-    assert seen[0]["MASTER_PORT"] == seen[1]["MASTER_PORT"]
-    running = executor.status("by-actors")  # the supervisor-mode executor follows the attempt's own mode
-    assert running is not None and running.phase is Phase.RUNNING
-    executor.stop("by-actors", "stopped by the other executor")
-    status = actors.status("by-actors")
-    assert status is not None and status.phase is Phase.STOPPED
-    assert gone("by-actors", 0, 2)
-    assert not any(_alive(int(str(env["pid"]))) for env in seen)
 
 
 def test_pytorch_ddp_example_trains_across_two_nodes_and_resumes(executor: RayExecutor, tmp_path: Path) -> None:

@@ -8,14 +8,12 @@ For attempt ``a`` of job ``j`` the executor, in its Ray namespace (default ``zhi
   the worker's CPU and memory, and is pinned to the node the core chose with
   ``bundle_label_selector=[{"zhisuan.io/node": <node id>}, ...]`` (Ray node labels, set by ``ray start
   --labels`` from :func:`scheduler.ray_node.ray_node_spec`). The group *is* the reservation in Ray's accounting;
-- hands each node's ranks to that node's supervisor (launch mode ``supervisor``, the default): a long-lived,
-  detached, resource-less actor ``zhisuan.node.v1.<node>`` (:class:`~scheduler.live.executors.worker.NodeSupervisor`)
+- hands each node's ranks to that node's supervisor: a long-lived,
+  detached, resource-less actor ``zhisuan.node.v1.<node>`` (:class:`~scheduler.live.executors.ray.node.NodeSupervisor`)
   pinned to the node by its label, started when the executor connects (and again whenever one is found dead),
   which spawns each rank's entrypoint as soon as the rank's bundle is reserved on that node, with the vendor's
   visibility variable set to the devices the core chose. A launch is one key-value write, one placement group
-  and one call per node, all without waiting on each other; no Python worker process starts per rank;
-- or (launch mode ``actor``, the former design, kept as a fallback) creates detached named actors
-  ``zhisuan-j-a-r`` (:class:`~scheduler.live.executors.worker.ZhisuanWorker`), one in each bundle.
+  and one call per node, all without waiting on each other; no Python worker process starts per rank.
 
 Nothing lives only in the executor object: launch and final records go to Ray's GCS key-value store, the
 placement groups and supervisors are detached and named, so a new executor (after a service restart) finds every
@@ -55,7 +53,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,28 +69,23 @@ from scheduler.live.executors.base import (
     LaunchRequest,
     LogChunk,
     Phase,
-    WorkerStatus,
 )
-from scheduler.live.executors.worker import (
+from scheduler.live.executors.ray.bundles import WorkerPlan, pg_name, plan_workers
+from scheduler.live.executors.ray.gang import fold, status_to_json
+from scheduler.live.executors.ray.node import (
     TAIL_LINES,
-    WALLTIME_MESSAGE,
     NodeSupervisor,
     WorkerSpec,
-    ZhisuanWorker,
     read_log_file,
     supervisor_name,
     tail_lines,
 )
-from scheduler.model import MILLI
-from scheduler.ray_node import NODE_LABEL, device_visibility_env, ray_label_value, ray_resource_name
+from scheduler.live.executors.ray.records import Attempt, Index, Records
+from scheduler.ray_node import NODE_LABEL, ray_label_value
 
 log = logging.getLogger("zhisuan.executor.ray")
 
-PREFIX = "zhisuan-"
-KV_NAMESPACE = "zhisuan"
 DEFAULT_LOG_DIR = "/tmp/zhisuan/logs"
-#: ``supervisor``: ranks spawned by one long-lived actor per node; ``actor``: one actor per rank (slower).
-LAUNCH_MODES = ("supervisor", "actor")
 #: The longest a launch waits for devices that this executor has just released to be free in Ray's view.
 RELEASE_WAIT_S = 1.0
 #: When a launch follows a release on its nodes, nudge Ray's GCS this long after (while the group is pending).
@@ -104,264 +97,12 @@ SUPERVISOR_CONCURRENCY = 32
 _RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
 
 
-def pg_name(job_id: str, attempt: int) -> str:
-    """``pg_name("j1", 2) == "zhisuan-j1-2"``"""
-    return f"{PREFIX}{job_id}-{attempt}"
-
-
-def actor_name(job_id: str, attempt: int, rank: int) -> str:
-    """``actor_name("j1", 2, 0) == "zhisuan-j1-2-0"``"""
-    return f"{PREFIX}{job_id}-{attempt}-{rank}"
-
-
-@dataclass(frozen=True)
-class WorkerPlan:
-    """One rank: its bundle, the node it is pinned to, and the actor's spec."""
-
-    bundle: dict[str, float]
-    selector: dict[str, str]
-    spec: WorkerSpec
-
-    def actor_options(self) -> dict[str, Any]:
-        """Resources of the actor: the whole bundle, so Ray's accounting matches the core's."""
-        resources = {k: v for k, v in self.bundle.items() if k not in ("CPU", "GPU", "memory")}
-        options: dict[str, Any] = {
-            "num_cpus": self.bundle.get("CPU", 0.0),
-            "num_gpus": self.bundle.get("GPU", 0.0),
-            "resources": resources,
-        }
-        if self.bundle.get("memory"):
-            options["memory"] = self.bundle["memory"]
-        return options
-
-
-def plan_workers(
-    req: LaunchRequest,
-    catalog: Catalog,
-    log_dir: str,
-    namespace: str,
-    stop_grace_s: float = 5.0,
-) -> list[WorkerPlan]:
-    """Bundles, label selectors and worker specs for a launch request (pure: no Ray calls).
-
-    >>> from scheduler.model import Placement, TopologyLevel, WorkerPlacement
-    >>> p = Placement("svc", "Ascend910B", "gz1/Ascend910B",
-    ...               (WorkerPlacement("npu-01", (3,), 250, cpu_milli=500, memory_mib=1024),), TopologyLevel.NODE)
-    >>> plan = plan_workers(LaunchRequest("svc", 0, p, "serve"), load_catalog(), "/tmp/logs", "zhisuan")[0]
-    >>> plan.bundle, plan.selector, plan.spec.visibility_env
-    ({'NPU': 0.25, 'CPU': 0.5, 'memory': 1073741824.0}, {'zhisuan.io/node': 'npu-01'}, ('ASCEND_RT_VISIBLE_DEVICES',))
-    """
-    placement = req.placement
-    try:
-        vendor = catalog[placement.model].vendor
-    except KeyError as err:
-        raise ExecutorError(str(err)) from None
-    resource = ray_resource_name(vendor, catalog)
-    visibility = device_visibility_env(vendor, catalog)
-    nodes = list(placement.nodes)
-    per_node: dict[str, int] = {}
-    plans: list[WorkerPlan] = []
-    for rank, worker in enumerate(placement.workers):
-        devices = len(worker.devices) * worker.milli / MILLI
-        bundle: dict[str, float] = {}
-        if devices > 0:
-            bundle[resource] = round(devices, 4)
-        if worker.cpu_milli > 0:
-            bundle["CPU"] = worker.cpu_milli / 1000
-        if worker.memory_mib > 0:
-            bundle["memory"] = float(worker.memory_mib * 2**20)
-        if not bundle:  # Ray refuses empty bundles; a worker with nothing reserved still needs a slot
-            bundle["CPU"] = 0.001
-        local_rank = per_node.get(worker.node, 0)
-        per_node[worker.node] = local_rank + 1
-        label = ray_label_value(worker.node)
-        spec = WorkerSpec(
-            job_id=req.job_id,
-            attempt=req.attempt,
-            rank=rank,
-            world_size=req.world_size,
-            local_rank=local_rank,
-            local_world_size=0,  # filled below
-            node_rank=nodes.index(worker.node),
-            node=worker.node,
-            node_label=label,
-            model=placement.model,
-            vendor=vendor,
-            devices=tuple(worker.devices),
-            milli=worker.milli,
-            visibility_env=(visibility,) if visibility else (),
-            entrypoint=req.entrypoint,
-            log_path=str(Path(log_dir) / req.job_id / str(req.attempt) / f"rank-{rank}.log"),
-            namespace=namespace,
-            rank0_actor=actor_name(req.job_id, req.attempt, 0),
-            env=dict(req.env),
-            working_dir=req.working_dir,
-            pip=tuple(req.pip),
-            walltime_s=req.walltime_s,
-            checkpoint_path=req.checkpoint_path,
-            kind=req.kind.value,
-            stop_grace_s=stop_grace_s,
-        )
-        plans.append(WorkerPlan(bundle, {NODE_LABEL: label}, spec))
-    return [
-        WorkerPlan(p.bundle, p.selector, _replace_spec(p.spec, local_world_size=per_node[p.spec.node])) for p in plans
-    ]
-
-
-def _replace_spec(spec: WorkerSpec, **changes: Any) -> WorkerSpec:
-    return replace(spec, **changes)
-
-
-# -------------------------------------------------------------------------------------- status folding
-
-
-def fold(job_id: str, attempt: int, workers: Sequence[dict[str, Any]]) -> ExecutionStatus:
-    """One job phase from its workers' raw states, gang-style (see :class:`ExecutionStatus`).
-
-    >>> w = lambda r, phase, msg="", end=None: {"rank": r, "node": "n", "phase": phase, "message": msg,
-    ...                                          "exit_code": None, "ended_at": end, "tail": [f"rank {r}"]}
-    >>> fold("j", 0, [w(0, "running"), w(1, "failed", "exited with code 3", 5.0)]).message
-    'rank 1 on n failed: exited with code 3'
-    >>> fold("j", 0, [w(0, "stopped", "exceeded walltime (1 s)"), w(1, "failed", "exited with code 1")]).phase
-    <Phase.STOPPED: 'stopped'>
-    >>> fold("j", 0, [w(0, "succeeded"), w(1, "running")]).phase
-    <Phase.RUNNING: 'running'>
-    >>> fold("j", 0, [w(0, "failed", "runtime_env pip on node n: torch missing", 1.0) | {"retryable": False}]).retryable
-    False
-    """
-    statuses = tuple(
-        WorkerStatus(
-            rank=int(w["rank"]),
-            node=str(w["node"]),
-            phase=Phase(w["phase"]),
-            exit_code=w.get("exit_code"),
-            message=str(w.get("message", "")),
-            retryable=bool(w.get("retryable", True)),
-        )
-        for w in sorted(workers, key=lambda w: int(w["rank"]))
-    )
-    by_rank = {int(w["rank"]): w for w in workers}
-
-    def pick(candidates: list[WorkerStatus]) -> WorkerStatus:
-        # The earliest to end is the cause; the others usually failed because of it.
-        return min(candidates, key=lambda s: (by_rank[s.rank].get("ended_at") or float("inf"), s.rank))
-
-    def result(phase: Phase, message: str, decider: WorkerStatus | None) -> ExecutionStatus:
-        tail = by_rank[decider.rank].get("tail", []) if decider is not None else []
-        retryable = decider.retryable if decider is not None else True
-        return ExecutionStatus(job_id, attempt, phase, statuses, message, tuple(tail), retryable)
-
-    if not statuses:
-        return ExecutionStatus(job_id, attempt, Phase.LOST, (), "no workers found")
-    lost = [s for s in statuses if s.phase is Phase.LOST]
-    if lost:
-        s = pick(lost)
-        return result(Phase.LOST, f"rank {s.rank} on {s.node} lost: {s.message}", s)
-    walltime = [s for s in statuses if s.phase is Phase.STOPPED and s.message.startswith(WALLTIME_MESSAGE)]
-    if walltime:
-        s = pick(walltime)
-        return result(Phase.STOPPED, s.message, s)
-    failed = [s for s in statuses if s.phase is Phase.FAILED]
-    if failed:
-        s = pick(failed)
-        return result(Phase.FAILED, f"rank {s.rank} on {s.node} failed: {s.message}", s)
-    stopped = [s for s in statuses if s.phase is Phase.STOPPED]
-    if stopped:
-        s = pick(stopped)
-        return result(Phase.STOPPED, s.message, s)
-    if all(s.phase is Phase.SUCCEEDED for s in statuses):
-        return result(Phase.SUCCEEDED, "all workers exited with code 0", statuses[0])
-    if any(s.phase is Phase.STARTING for s in statuses):
-        waiting = [s.rank for s in statuses if s.phase is Phase.STARTING]
-        return result(Phase.STARTING, f"starting ranks {waiting}", None)
-    return result(Phase.RUNNING, "", None)
-
-
-def status_to_json(status: ExecutionStatus) -> str:
-    return json.dumps(asdict(status))
-
-
-def status_from_json(text: str | bytes) -> ExecutionStatus:
-    data = json.loads(text)
-    workers = tuple(
-        WorkerStatus(w["rank"], w["node"], Phase(w["phase"]), w["exit_code"], w["message"]) for w in data["workers"]
-    )
-    return ExecutionStatus(
-        data["job_id"], data["attempt"], Phase(data["phase"]), workers, data["message"], tuple(data["last_log_lines"])
-    )
-
-
 @ray.remote(num_cpus=0, max_retries=0)
 def _read_log_on_node(path: str, offset: int, limit: int) -> tuple[str, int]:
     return read_log_file(path, offset, limit)
 
 
 # --------------------------------------------------------------------------------------------- executor
-
-
-@dataclass
-class _Attempt:
-    """What the executor knows of one attempt: its launch record and what this driver has in flight for it."""
-
-    job_id: str
-    attempt: int
-    nodes: tuple[str, ...]
-    log_paths: tuple[str, ...]
-    mode: str = "actor"
-    #: node label -> (supervisor name, actor id of the supervisor the ranks were sent to)
-    supervisors: dict[str, tuple[str, str]] = field(default_factory=dict)
-    #: actor mode: rank -> worker actor handle (a cache)
-    handles: dict[int, Any] = field(default_factory=dict)
-    #: supervisor mode: node label -> spawn call not answered yet
-    pending: dict[str, Any] = field(default_factory=dict)
-    launched_at: float = 0.0
-    pg: PlacementGroup | None = None
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return self.job_id, self.attempt
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return tuple(ray_label_value(n) for n in self.nodes)
-
-    def node(self, rank: int) -> str:
-        return self.nodes[rank] if rank < len(self.nodes) else "?"
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "nodes": list(self.nodes),
-            "log_paths": list(self.log_paths),
-            "mode": self.mode,
-            "supervisors": {label: list(sup) for label, sup in self.supervisors.items()},
-            "launched_at": self.launched_at,
-        }
-
-    @classmethod
-    def from_record(cls, job_id: str, attempt: int, record: dict[str, Any]) -> _Attempt:
-        return cls(
-            job_id,
-            attempt,
-            tuple(record.get("nodes", ())),
-            tuple(record.get("log_paths", ())),
-            str(record.get("mode", "actor")),  # records of the actor-only executor carry no mode
-            {str(label): (str(sup[0]), str(sup[1])) for label, sup in record.get("supervisors", {}).items()},
-            launched_at=float(record.get("launched_at", 0.0)),
-        )
-
-
-@dataclass
-class _Index:
-    """Attempts by the kind of record the key-value store holds for them."""
-
-    launch: set[tuple[str, int]] = field(default_factory=set)
-    final: set[tuple[str, int]] = field(default_factory=set)
-    done: set[tuple[str, int]] = field(default_factory=set)
-
-    @property
-    def live(self) -> set[tuple[str, int]]:
-        """Launched and not ended."""
-        return self.launch - self.final - self.done
 
 
 @dataclass
@@ -384,8 +125,7 @@ class RayExecutor:
 
     ``address`` is the GCS address (``host:port``) of a running cluster. The executor connects this process to
     it as a Ray driver in ``namespace``; if the process is already connected, it must be to that namespace.
-    ``log_dir`` is where workers write their logs on their nodes. ``launch_mode`` picks who spawns the ranks of
-    new attempts (:data:`LAUNCH_MODES`); attempts already running keep the mode they were launched with.
+    ``log_dir`` is where workers write their logs on their nodes.
     ``prestart_supervisors`` starts a supervisor on every labelled node at once (else on first use).
     ``spawn_grace_s``: how long a rank may stay unknown to its (unchanged) supervisor after the launch before it
     counts as lost (the launch call never reached it: the launching driver died in between).
@@ -403,12 +143,9 @@ class RayExecutor:
         connect_timeout_s: float = 30.0,
         release_finished: bool = True,
         pending_node_grace_s: float = 30.0,
-        launch_mode: str = "supervisor",
         prestart_supervisors: bool = True,
         spawn_grace_s: float = 30.0,
     ) -> None:
-        if launch_mode not in LAUNCH_MODES:
-            raise ValueError(f"launch_mode must be one of {LAUNCH_MODES}, got {launch_mode!r}")
         self.address = address
         self.namespace = namespace
         self.log_dir = log_dir
@@ -417,10 +154,10 @@ class RayExecutor:
         self.stop_grace_s = stop_grace_s
         self.release_finished = release_finished
         self.pending_node_grace_s = pending_node_grace_s
-        self.launch_mode = launch_mode
         self.spawn_grace_s = spawn_grace_s
+        self.records = Records(namespace, address, call_timeout_s)
         self._lock = threading.RLock()
-        self._attempts: dict[tuple[str, int], _Attempt] = {}
+        self._attempts: dict[tuple[str, int], Attempt] = {}
         self._last: dict[tuple[str, int, int], dict[str, Any]] = {}
         self._sups: dict[str, _Supervisor] = {}
         #: placement group id -> (node labels, wait-until) of groups removed by this executor, until Ray has
@@ -428,11 +165,10 @@ class RayExecutor:
         self._releasing: dict[str, tuple[set[str], float]] = {}
         self._timers: set[threading.Timer] = set()
         self._closed = False
-        self._actor_cls: Any = ray.remote(ZhisuanWorker)
         self._sup_cls: Any = ray.remote(NodeSupervisor)
         self._owns_connection = False
         self._connect(connect_timeout_s)
-        if prestart_supervisors and launch_mode == "supervisor":
+        if prestart_supervisors:
             self.start_supervisors()
 
     # ----------------------------------------------------------------------------------------- connection
@@ -572,36 +308,6 @@ class RayExecutor:
 
     # ---------------------------------------------------------------------------------------------- KV
 
-    def _kv_key(self, kind: str, job_id: str, attempt: int | None = None) -> str:
-        tail = "" if attempt is None else f"{attempt}"
-        return f"{self.namespace}/{kind}/{job_id}/{tail}"
-
-    def _kv_put(self, key: str, value: str) -> None:
-        from ray.experimental.internal_kv import _internal_kv_put
-
-        _internal_kv_put(key, value, overwrite=True, namespace=KV_NAMESPACE)
-
-    def _kv_multi_get(self, keys: Sequence[str]) -> dict[str, bytes]:
-        """Several keys in one GCS call (missing keys are left out)."""
-        if not keys:
-            return {}
-        from ray.experimental.internal_kv import internal_kv_get_gcs_client
-
-        found = internal_kv_get_gcs_client().internal_kv_multi_get(  # type: ignore[no-untyped-call]
-            [k.encode() for k in keys], KV_NAMESPACE.encode(), timeout=self.call_timeout_s * 5
-        )
-        return {bytes(k).decode(): bytes(v) for k, v in found.items() if v is not None}
-
-    def _kv_list(self, prefix: str) -> list[str]:
-        from ray.experimental.internal_kv import _internal_kv_list
-
-        return [k.decode() for k in _internal_kv_list(prefix, namespace=KV_NAMESPACE)]
-
-    def _kv_del(self, key: str, by_prefix: bool = False) -> None:
-        from ray.experimental.internal_kv import _internal_kv_del
-
-        _internal_kv_del(key, del_by_prefix=by_prefix, namespace=KV_NAMESPACE)
-
     # -------------------------------------------------------------------------------------------- launch
 
     def launch(self, req: LaunchRequest) -> None:
@@ -612,28 +318,24 @@ class RayExecutor:
         that crashed half-way is completed.
         """
         self._reachable()
-        keys = [self._kv_key(kind, req.job_id, req.attempt) for kind in ("final", "done", "launch")]
-        found = self._kv_multi_get(keys)
+        keys = [self.records.key(kind, req.job_id, req.attempt) for kind in ("final", "done", "launch")]
+        found = self.records.multi_get(keys)
         if keys[0] in found or keys[1] in found:
             return
         relaunch = keys[2] in found
         plans = plan_workers(req, self.catalog, self.log_dir, self.namespace, self.stop_grace_s)
         nodes = tuple(w.node for w in req.placement.workers)
-        mode = self.launch_mode
-        if relaunch:  # finish it the way it was begun
-            mode = _Attempt.from_record(req.job_id, req.attempt, json.loads(found[keys[2]])).mode
-        att = _Attempt(req.job_id, req.attempt, nodes, tuple(p.spec.log_path for p in plans), mode)
+        att = Attempt(req.job_id, req.attempt, nodes, tuple(p.spec.log_path for p in plans))
         att.launched_at = time.time()
         sups: dict[str, _Supervisor] = {}
-        if mode == "supervisor":
-            for plan in plans:
-                label = plan.spec.node_label
-                if label not in sups:
-                    sup = self._supervisor(label)
-                    assert sup is not None
-                    sups[label] = sup
-                    att.supervisors[label] = (sup.name, sup.actor_id)
-        self._kv_put(keys[2], json.dumps(att.record()))
+        for plan in plans:
+            label = plan.spec.node_label
+            if label not in sups:
+                sup = self._supervisor(label)
+                assert sup is not None
+                sups[label] = sup
+                att.supervisors[label] = (sup.name, sup.actor_id)
+        self.records.put(keys[2], json.dumps(att.record()))
         name = pg_name(req.job_id, req.attempt)
         pg = self._get_pg(name) if relaunch else None
         nudge = False
@@ -656,12 +358,9 @@ class RayExecutor:
             self._nudge(pg)
         with self._lock:
             self._attempts[att.key] = att
-        if mode == "supervisor":
-            self._spawn(att, plans, pg, sups)
-        else:
-            self._create_actors(att, plans, pg)
+        self._spawn(att, plans, pg, sups)
 
-    def _spawn(self, att: _Attempt, plans: list[WorkerPlan], pg: PlacementGroup, sups: dict[str, _Supervisor]) -> None:
+    def _spawn(self, att: Attempt, plans: list[WorkerPlan], pg: PlacementGroup, sups: dict[str, _Supervisor]) -> None:
         """One call per node supervisor, all at once; waits (``call_timeout_s``) only to learn about dead ones."""
         by_label: dict[str, list[WorkerSpec]] = {}
         for plan in plans:
@@ -702,7 +401,7 @@ class RayExecutor:
                 assert sup is not None
                 sups[label] = sup
                 att.supervisors[label] = (sup.name, sup.actor_id)
-            self._kv_put(self._kv_key("launch", att.job_id, att.attempt), json.dumps(att.record()))
+            self.records.put(self.records.key("launch", att.job_id, att.attempt), json.dumps(att.record()))
             rank0_name = sups[rank0].name
             refs = {label: send(label) for label in died}
 
@@ -796,24 +495,6 @@ class RayExecutor:
                 return False
         return True
 
-    def _create_actors(self, att: _Attempt, plans: list[WorkerPlan], pg: PlacementGroup) -> None:
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        for rank, plan in enumerate(plans):
-            handle = self._actor_cls.options(
-                name=actor_name(att.job_id, att.attempt, rank),
-                namespace=self.namespace,
-                lifetime="detached",
-                get_if_exists=True,
-                max_restarts=0,
-                max_concurrency=16,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank),
-                **plan.actor_options(),
-            ).remote(plan.spec)
-            att.handles[rank] = handle
-        for handle in att.handles.values():
-            handle.start.remote()  # fire and forget: status() reports progress
-
     # ---------------------------------------------------------------------------------------------- scan
 
     def _get_pg(self, name: str) -> PlacementGroup | None:
@@ -823,42 +504,9 @@ class RayExecutor:
         except ValueError:
             return None
 
-    def _index(self, job_id: str | None = None) -> _Index:
-        """The attempts the GCS key-value store has records of, by kind: one listing (three for one job). The
-        records are the index of attempts, not the placement-group table, which keeps every group ever removed
-        and grows without bound (0.1 s a call after a thousand jobs)."""
+    def _index(self, job_id: str | None = None) -> Index:
         self._reachable()
-        try:
-            if job_id is None:
-                keys = self._kv_list(f"{self.namespace}/")
-            else:
-                keys = [k for kind in ("launch", "final", "done") for k in self._kv_list(self._kv_key(kind, job_id))]
-        except Exception as err:
-            raise ExecutorUnavailable(f"Ray cluster at {self.address} did not answer: {err}") from err
-        index = _Index()
-        head = f"{self.namespace}/"
-        for key in keys:
-            kind, _, rest = key[len(head) :].partition("/")
-            job, _, attempt = rest.rpartition("/")
-            if not key.startswith(head) or not attempt.isdigit() or (job_id is not None and job != job_id):
-                continue
-            if kind in ("launch", "final", "done"):
-                getattr(index, kind).add((job, int(attempt)))
-        return index
-
-    def _ended(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], ExecutionStatus]:
-        """Final statuses of ended attempts (``done`` wins over ``final``), in one GCS call."""
-        keys = list(keys)
-        names = [self._kv_key(kind, j, a) for j, a in keys for kind in ("final", "done")]
-        found = self._kv_multi_get(names)
-        out: dict[tuple[str, int], ExecutionStatus] = {}
-        for job_id, attempt in keys:
-            value = found.get(self._kv_key("done", job_id, attempt)) or found.get(
-                self._kv_key("final", job_id, attempt)
-            )
-            if value is not None:
-                out[(job_id, attempt)] = status_from_json(value)
-        return out
+        return self.records.index(job_id)
 
     def alive_nodes(self, node_ids: Iterable[str]) -> set[str] | None:
         """Those of ``node_ids`` whose raylet is alive (the service's ``NodeLiveness``): a node whose agent still
@@ -879,9 +527,9 @@ class RayExecutor:
         """Attempts launched and not ended: each holds (or waits for) its placement group."""
         return self._index().live
 
-    def _attempts_of(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], _Attempt]:
+    def _attempts_of(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], Attempt]:
         """Attempts from the cache, the rest from their launch records (one GCS call for all)."""
-        out: dict[tuple[str, int], _Attempt] = {}
+        out: dict[tuple[str, int], Attempt] = {}
         missing: list[tuple[str, int]] = []
         with self._lock:
             for key in keys:
@@ -891,27 +539,16 @@ class RayExecutor:
                 else:
                     missing.append(key)
         if missing:
-            records = self._kv_multi_get([self._kv_key("launch", j, a) for j, a in missing])
+            records = self.records.multi_get([self.records.key("launch", j, a) for j, a in missing])
             for job_id, attempt in missing:
-                raw = records.get(self._kv_key("launch", job_id, attempt))
-                found = _Attempt.from_record(job_id, attempt, json.loads(raw) if raw else {})
+                raw = records.get(self.records.key("launch", job_id, attempt))
+                found = Attempt.from_record(job_id, attempt, json.loads(raw) if raw else {})
                 with self._lock:
                     out[(job_id, attempt)] = self._attempts.setdefault((job_id, attempt), found)
         return out
 
-    def _attempt(self, job_id: str, attempt: int) -> _Attempt:
+    def _attempt(self, job_id: str, attempt: int) -> Attempt:
         return self._attempts_of([(job_id, attempt)])[(job_id, attempt)]
-
-    def _handle(self, att: _Attempt, rank: int) -> Any | None:
-        """Actor mode: the worker actor of a rank (None when it is gone)."""
-        handle = att.handles.get(rank)
-        if handle is None:
-            try:
-                handle = ray.get_actor(actor_name(att.job_id, att.attempt, rank), namespace=self.namespace)
-            except ValueError:
-                return None
-            att.handles[rank] = handle
-        return handle
 
     # -------------------------------------------------------------------------------------------- status
 
@@ -922,7 +559,7 @@ class RayExecutor:
         while live or ended:
             newest_live, newest_ended = max(live, default=-1), max(ended, default=-1)
             if newest_ended >= newest_live:
-                return self._ended([(job_id, newest_ended)]).get((job_id, newest_ended))
+                return self.records.ended([(job_id, newest_ended)]).get((job_id, newest_ended))
             found = self._statuses([(job_id, newest_live)]).get((job_id, newest_live))
             if found is not None:
                 return found
@@ -934,29 +571,15 @@ class RayExecutor:
         one key-value listing, one read of new records and one call per supervisor involved (none per rank)."""
         index = self._index()
         out = self._statuses(sorted(index.live))
-        for key, final in self._ended(index.final - set(out) - index.done).items():
+        for key, final in self.records.ended(index.final - set(out) - index.done).items():
             out.setdefault(key, final)
         return [out[k] for k in sorted(out)]
 
     def _statuses(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], ExecutionStatus]:
-        """The status of each live attempt, querying every supervisor and worker actor involved at once. An
-        attempt in actor mode without a placement group (a launch that crashed half-way) is left out."""
+        """The status of each live attempt, querying every supervisor involved at once."""
         atts = self._attempts_of(keys)
         out: dict[tuple[str, int], ExecutionStatus] = {}
-        queried: list[tuple[_Attempt, int]] = []
-        for key in keys:
-            att = atts[key]
-            world = len(att.nodes)
-            if att.mode == "actor":
-                info = self._pg_info(att)
-                if info is None:
-                    continue
-                world = world or len(info["bundles"])
-                if info.get("state") == "PENDING":
-                    out[key] = self._pending_status(att, world, info)
-                    continue
-            if world:
-                queried.append((att, world))
+        queried = [(att, len(att.nodes)) for att in (atts[key] for key in keys) if att.nodes]
         raws = self._query(queried)
         for att, world in queried:
             workers = [raws[(att.job_id, att.attempt, r)] for r in range(world)]
@@ -966,50 +589,17 @@ class RayExecutor:
             out[att.key] = status
         return out
 
-    def _pg_info(self, att: _Attempt) -> dict[str, Any] | None:
-        """The placement-group table entry of an attempt (None: it has none, or it was removed)."""
-        if att.pg is None:
-            att.pg = self._get_pg(pg_name(att.job_id, att.attempt))
-            if att.pg is None:
-                return None
-        info: dict[str, Any] = ray.util.placement_group_table(att.pg)
-        return info if info and info.get("state") != "REMOVED" else None
-
-    def _pending_status(self, att: _Attempt, world: int, info: dict[str, Any]) -> ExecutionStatus:
-        """Actor mode, placement group not placed yet."""
-        absent = self._dead_nodes(att)
-        if absent and time.time() - att.launched_at > self.pending_node_grace_s:
-            # Pinned to a node Ray does not have: the placement group would wait forever.
-            message = f"node {', '.join(sorted(absent))} is not in the Ray cluster"
-            workers = [self._raw(att, r, "lost", message) for r in range(world)]
-            return self._finish(att, fold(att.job_id, att.attempt, workers), workers)
-        stats = info.get("stats", {})
-        message = f"waiting for devices on {', '.join(dict.fromkeys(att.nodes)) or 'the cluster'}"
-        if stats.get("scheduling_state"):
-            message += f" ({stats['scheduling_state'].lower()})"
-        workers = [self._raw(att, r, "starting", message) for r in range(world)]
-        return fold(att.job_id, att.attempt, workers)
-
-    def _raw(self, att: _Attempt, rank: int, phase: str, message: str) -> dict[str, Any]:
+    def _raw(self, att: Attempt, rank: int, phase: str, message: str) -> dict[str, Any]:
         return {"rank": rank, "node": att.node(rank), "phase": phase, "message": message, "exit_code": None, "tail": []}
 
-    def _query(self, attempts: Sequence[tuple[_Attempt, int]]) -> dict[tuple[str, int, int], dict[str, Any]]:
-        """Raw worker states of every rank of ``attempts``: one call per supervisor, one per worker actor (actor
-        mode), all waited for together (``call_timeout_s``)."""
+    def _query(self, attempts: Sequence[tuple[Attempt, int]]) -> dict[tuple[str, int, int], dict[str, Any]]:
+        """Raw worker states of every rank of ``attempts``: one call per supervisor, all waited for together
+        (``call_timeout_s``)."""
         results: dict[tuple[str, int, int], dict[str, Any]] = {}
-        calls: dict[Any, tuple[str, Any]] = {}  # ref -> ("sup", (supervisor, [(att, ranks)])) | ("actor", ...)
-        by_sup: dict[str, tuple[_Supervisor, list[tuple[_Attempt, list[int]]]]] = {}
+        calls: dict[Any, tuple[_Supervisor, list[tuple[Attempt, list[int]]]]] = {}
+        by_sup: dict[str, tuple[_Supervisor, list[tuple[Attempt, list[int]]]]] = {}
         alive: dict[str, set[str]] = {}
         for att, world in attempts:
-            if att.mode == "actor":
-                for rank in range(world):
-                    handle = self._handle(att, rank)
-                    if handle is None:
-                        cause = self._death_cause(att, rank) or "worker actor is gone"
-                        results[(att.job_id, att.attempt, rank)] = self._lost(att, rank, cause)
-                    else:
-                        calls[handle.status.remote()] = ("actor", (att, rank))
-                continue
             if att.pending:
                 done, _ = ray.wait(list(att.pending.values()), num_returns=len(att.pending), timeout=0)
                 for label in [label for label, ref in att.pending.items() if ref in done]:
@@ -1026,36 +616,20 @@ class RayExecutor:
                     continue
                 by_sup.setdefault(sup.name, (sup, []))[1].append((att, ranks))
         for sup, items in by_sup.values():
-            calls[sup.handle.statuses.remote([att.key for att, _ in items])] = ("sup", (sup, items))
+            calls[sup.handle.statuses.remote([att.key for att, _ in items])] = (sup, items)
         if calls:
             ready, _ = ray.wait(list(calls), num_returns=len(calls), timeout=self.call_timeout_s)
             ready_set = set(ready)
-            for ref, (kind, what) in calls.items():
-                if kind == "actor":
-                    att, rank = what
-                    results[(att.job_id, att.attempt, rank)] = self._actor_reply(att, rank, ref, ref in ready_set)
-                else:
-                    sup, items = what
-                    results.update(self._supervisor_reply(sup, items, ref, ref in ready_set))
+            for ref, (sup, items) in calls.items():
+                results.update(self._supervisor_reply(sup, items, ref, ref in ready_set))
         with self._lock:
             for key, raw in results.items():
                 if raw["phase"] in ("starting", "running"):
                     self._last[key] = raw
         return results
 
-    def _actor_reply(self, att: _Attempt, rank: int, ref: Any, ready: bool) -> dict[str, Any]:
-        if not ready:
-            return self._unresponsive(att, rank)
-        try:
-            raw: dict[str, Any] = ray.get(ref)
-            return raw
-        except ray.exceptions.ActorDiedError as err:
-            return self._lost(att, rank, _first_line(err))
-        except ray.exceptions.RayActorError as err:  # unavailable for now (network, restart)
-            return self._unresponsive(att, rank, _first_line(err))
-
     def _supervisor_reply(
-        self, sup: _Supervisor, items: list[tuple[_Attempt, list[int]]], ref: Any, ready: bool
+        self, sup: _Supervisor, items: list[tuple[Attempt, list[int]]], ref: Any, ready: bool
     ) -> dict[tuple[str, int, int], dict[str, Any]]:
         out: dict[tuple[str, int, int], dict[str, Any]] = {}
         if not ready:
@@ -1075,7 +649,7 @@ class RayExecutor:
                 for rank in ranks:
                     key = (att.job_id, att.attempt, rank)
                     out[key] = self._lost(att, rank, why) if died else self._unresponsive(att, rank, why)
-            if died and self.launch_mode == "supervisor":
+            if died:
                 self._supervisor(sup.label)  # a new one for new launches (its ranks are not coming back)
             return out
         sup.up = True
@@ -1086,7 +660,7 @@ class RayExecutor:
                 out[key] = held.get(key) or self._not_held(att, rank, sup.label, str(reply["actor_id"]))
         return out
 
-    def _not_held(self, att: _Attempt, rank: int, label: str, actor_id: str) -> dict[str, Any]:
+    def _not_held(self, att: Attempt, rank: int, label: str, actor_id: str) -> dict[str, Any]:
         """A rank its node's supervisor does not know: lost if that supervisor is not the one it was sent to,
         else not arrived yet (or never will: the launching driver died before sending it)."""
         sent_to = att.supervisors.get(label, ("", ""))[1]
@@ -1097,7 +671,7 @@ class RayExecutor:
         return self._lost(att, rank, f"the launch never reached the node supervisor on {att.node(rank)}")
 
     def _unanswered(
-        self, att: _Attempt, rank: int, label: str, sup: _Supervisor | None, alive: dict[str, set[str]]
+        self, att: Attempt, rank: int, label: str, sup: _Supervisor | None, alive: dict[str, set[str]]
     ) -> dict[str, Any]:
         """A rank whose supervisor is missing (dead, or never created) or not up yet. ``alive`` caches the alive
         node labels for one query (key ``""``)."""
@@ -1115,60 +689,39 @@ class RayExecutor:
             return self._lost(att, rank, f"the node supervisor on {node} is gone")
         return self._raw(att, rank, "starting", f"waiting for the node supervisor on {node}")
 
-    def _lost(self, att: _Attempt, rank: int, message: str) -> dict[str, Any]:
+    def _lost(self, att: Attempt, rank: int, message: str) -> dict[str, Any]:
         raw = self._raw(att, rank, "lost", message)
         raw["tail"] = self._tail(att, rank)
         return raw
 
-    def _unresponsive(self, att: _Attempt, rank: int, why: str = "") -> dict[str, Any]:
+    def _unresponsive(self, att: Attempt, rank: int, why: str = "") -> dict[str, Any]:
         last = self._last.get((att.job_id, att.attempt, rank))
         if last is not None and last["phase"] in ("starting", "running"):
             return last
         return self._raw(att, rank, "starting", why or "worker not answering yet")
 
-    def _tail(self, att: _Attempt, rank: int) -> list[str]:
+    def _tail(self, att: Attempt, rank: int) -> list[str]:
         if rank < len(att.log_paths) and Path(att.log_paths[rank]).exists():
             return tail_lines(att.log_paths[rank], TAIL_LINES)
         return []
 
-    def _dead_nodes(self, att: _Attempt) -> set[str]:
+    def _dead_nodes(self, att: Attempt) -> set[str]:
         alive = self._alive_labels()
         return {node for node in att.nodes if ray_label_value(node) not in alive}
 
-    def _death_cause(self, att: _Attempt, rank: int) -> str | None:
-        """Why a worker actor died, from the GCS actor table (private Ray API: best effort)."""
-        name = actor_name(att.job_id, att.attempt, rank)
-        try:
-            from ray._private.state import actors
-
-            for info in actors().values():
-                if info.get("Name") == name and info.get("State") == "DEAD":
-                    cause = info.get("DeathCause")
-                    text = str(getattr(getattr(cause, "actor_died_error_context", None), "error_message", ""))
-                    return text.splitlines()[0] if text else "worker actor died"
-        except Exception:
-            pass
-        return None
-
     # ------------------------------------------------------------------------------------- stop, teardown
 
-    def _terminate(self, att: _Attempt, world: int, reason: str) -> dict[int, dict[str, Any]]:
+    def _terminate(self, att: Attempt, world: int, reason: str) -> dict[int, dict[str, Any]]:
         """Stop every rank of an attempt (SIGTERM, SIGKILL after the grace period) and wait for them: each
-        supervisor (or worker actor) replies once its ranks ended. Ranks nobody answered for are left out."""
-        calls: dict[Any, Any] = {}
-        if att.mode == "actor":
-            for rank in range(world):
-                handle = self._handle(att, rank)
-                if handle is not None:
-                    calls[handle.terminate.remote(reason)] = None
-        else:
-            labels = dict.fromkeys(ray_label_value(att.node(r)) for r in range(world))
-            for label in labels:
-                name = att.supervisors.get(label, (supervisor_name(label), ""))[0]
-                sup = self._supervisor(label, name, create=False)
-                # One not up yet runs nothing: a launch it gets later finds the placement group gone.
-                if sup is not None and (sup.up or sup.known or self._is_up(sup)):
-                    calls[sup.handle.terminate.remote(att.job_id, att.attempt, reason)] = sup
+        supervisor replies once its ranks ended. Ranks nobody answered for are left out."""
+        calls: dict[Any, _Supervisor] = {}
+        labels = dict.fromkeys(ray_label_value(att.node(r)) for r in range(world))
+        for label in labels:
+            name = att.supervisors.get(label, (supervisor_name(label), ""))[0]
+            sup = self._supervisor(label, name, create=False)
+            # One not up yet runs nothing: a launch it gets later finds the placement group gone.
+            if sup is not None and (sup.up or sup.known or self._is_up(sup)):
+                calls[sup.handle.terminate.remote(att.job_id, att.attempt, reason)] = sup
         out: dict[int, dict[str, Any]] = {}
         if not calls:
             return out
@@ -1177,14 +730,13 @@ class RayExecutor:
             try:
                 reply = ray.get(ref)
             except ray.exceptions.RayActorError:
-                if calls[ref] is not None:
-                    self._drop_supervisor(calls[ref])
+                self._drop_supervisor(calls[ref])
                 continue
-            for raw in reply if isinstance(reply, list) else [reply]:
+            for raw in reply:
                 out[int(raw["rank"])] = raw
         return out
 
-    def _finish(self, att: _Attempt, status: ExecutionStatus, workers: list[dict[str, Any]]) -> ExecutionStatus:
+    def _finish(self, att: Attempt, status: ExecutionStatus, workers: list[dict[str, Any]]) -> ExecutionStatus:
         """Gang semantics and cleanup once an attempt is terminal: stop the rest, record, release."""
         if any(w["phase"] in ("starting", "running") for w in workers):
             stopped = self._terminate(att, len(workers), f"gang stopped: {status.message}")
@@ -1192,25 +744,16 @@ class RayExecutor:
             # The job keeps the phase and cause it ended with; only the workers' own states are refreshed.
             status = replace(status, workers=fold(att.job_id, att.attempt, after).workers)
         if self.release_finished:
-            self._kv_put(self._kv_key("final", att.job_id, att.attempt), status_to_json(status))
+            self.records.put(self.records.key("final", att.job_id, att.attempt), status_to_json(status))
             self._teardown(att, len(workers))
         return status
 
-    def _teardown(self, att: _Attempt, world: int) -> None:
+    def _teardown(self, att: Attempt, world: int) -> None:
         """Release the attempt's ranks (their holders kill what is left) and remove its placement group."""
-        if att.mode == "actor":
-            for rank in range(max(world, len(att.handles))):
-                handle = self._handle(att, rank)
-                if handle is not None:
-                    try:
-                        ray.kill(handle, no_restart=True)
-                    except Exception as err:
-                        log.debug("kill %s rank %d: %s", att.job_id, rank, err)
-        else:
-            for label, (name, _actor_id) in att.supervisors.items():
-                sup = self._supervisor(label, name, create=False)
-                if sup is not None and (sup.up or self._is_up(sup)):
-                    sup.handle.release.remote(att.job_id, att.attempt)  # fire and forget
+        for label, (name, _actor_id) in att.supervisors.items():
+            sup = self._supervisor(label, name, create=False)
+            if sup is not None and (sup.up or self._is_up(sup)):
+                sup.handle.release.remote(att.job_id, att.attempt)  # fire and forget
         pg = att.pg or self._get_pg(pg_name(att.job_id, att.attempt))
         if pg is not None:
             try:
@@ -1220,7 +763,6 @@ class RayExecutor:
             with self._lock:
                 self._releasing[pg.id.hex()] = (set(att.labels), time.monotonic() + RELEASE_WAIT_S)
         with self._lock:
-            att.handles.clear()
             att.pending.clear()
             for key in [k for k in self._last if k[:2] == att.key]:
                 del self._last[key]
@@ -1239,20 +781,18 @@ class RayExecutor:
             if not status.terminal or status.phase is Phase.LOST:
                 status = ExecutionStatus(*key, Phase.STOPPED, status.workers, reason, status.last_log_lines)
             self._teardown(att, world)
-            self._kv_put(self._kv_key("done", *key), status_to_json(status))
+            self.records.put(self.records.key("done", *key), status_to_json(status))
         # Ended attempts the caller now knows about: out of poll()'s list, still readable by status().
         unacknowledged = index.final - index.done
-        for key, final in self._ended(unacknowledged).items():
+        for key, final in self.records.ended(unacknowledged).items():
             att = self._attempt(*key)
             self._teardown(att, max(len(att.nodes), 1))
-            self._kv_put(self._kv_key("done", *key), status_to_json(final))
-            self._kv_del(self._kv_key("final", *key))
+            self.records.put(self.records.key("done", *key), status_to_json(final))
+            self.records.delete(self.records.key("final", *key))
 
     def forget(self, job_id: str) -> None:
         """Drop every record of a job (after the service stored its final state); its logs stay on the nodes."""
-        self._kv_del(f"{self.namespace}/final/{job_id}/", by_prefix=True)
-        self._kv_del(f"{self.namespace}/done/{job_id}/", by_prefix=True)
-        self._kv_del(f"{self.namespace}/launch/{job_id}/", by_prefix=True)
+        self.records.forget(job_id)
         with self._lock:
             for key in [k for k in self._attempts if k[0] == job_id]:
                 del self._attempts[key]
@@ -1261,9 +801,9 @@ class RayExecutor:
 
     def read_logs(self, job_id: str, rank: int, offset: int = 0, limit: int = 65536) -> LogChunk:
         """A worker's log from byte ``offset``: from the file (this machine or a shared disk), else from its
-        node (its supervisor or worker actor, else a task there)."""
+        node (its supervisor, else a task there)."""
         self._reachable()
-        launched = [k for k in self._kv_list(f"{self.namespace}/launch/{job_id}/")]
+        launched = self.records.list(self.records.key("launch", job_id))
         attempts = {int(a) for k in launched if (a := k.rsplit("/", 1)[-1]).isdigit()}
         if not attempts:
             raise ExecutorError(f"no attempt of job {job_id!r} is known to this cluster")
@@ -1278,14 +818,10 @@ class RayExecutor:
         node = att.node(rank)
         label = ray_label_value(node)
         remote: Any = None
-        if att.mode == "actor":
-            handle = self._handle(att, rank)
-            if handle is not None:
-                remote = handle.read_log.remote(offset, limit)
-        else:  # any incarnation of the node's supervisor reads the file
-            sup = self._supervisor(label, att.supervisors.get(label, (supervisor_name(label), ""))[0], create=False)
-            if sup is not None and (sup.up or sup.known or self._is_up(sup)):
-                remote = sup.handle.read_log.remote(path, offset, limit)
+        # Any incarnation of the node's supervisor reads the file.
+        sup = self._supervisor(label, att.supervisors.get(label, (supervisor_name(label), ""))[0], create=False)
+        if sup is not None and (sup.up or sup.known or self._is_up(sup)):
+            remote = sup.handle.read_log.remote(path, offset, limit)
         if remote is None:
             from ray.util.scheduling_strategies import In, NodeLabelSchedulingStrategy
 

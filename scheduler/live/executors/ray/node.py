@@ -1,26 +1,21 @@
-"""What runs on the nodes: a job's ranks as subprocesses, held by a node supervisor (or one actor per rank).
+"""What runs on the nodes: a job's ranks as subprocesses, held by the node's supervisor.
 
 This module is imported inside Ray worker processes, so it depends on the standard library and Ray only. The
-:class:`~scheduler.live.executors.ray.RayExecutor` runs every rank of a job as a :class:`RankProcess`::
+:class:`~scheduler.live.executors.ray.executor.RayExecutor` runs every rank of a job as a :class:`RankProcess`::
 
     RANK=1 WORLD_SIZE=2 MASTER_ADDR=10.0.0.7 MASTER_PORT=41234 CUDA_VISIBLE_DEVICES=4,5 ... sh -c "<entrypoint>"
 
 with stdout and stderr appended to one log file per rank, the walltime enforced on the node itself (so a job is
 stopped on time even while the scheduler service is down), SIGTERM then SIGKILL to its process group on stop.
-Who holds the rank process depends on the launch mode:
 
-- ``supervisor`` (default): one long-lived, detached :class:`NodeSupervisor` actor per node, named
-  ``zhisuan.node.<node label>``, pinned to its node by the Ray label ``zhisuan.io/node`` and holding no
-  resources, spawns the ranks of every job placed on its node. The job's placement group still reserves the
-  devices, CPU and memory in Ray's accounting; the supervisor starts a rank only once its bundle is reserved *on
-  this node*, and stops it when the group is removed. No Python worker process starts per rank, so a launch
-  costs a fork, not an ``import ray`` (seconds on a busy machine);
-- ``actor``: one detached :class:`ZhisuanWorker` actor per rank, scheduled into its bundle (the previous design,
-  kept as a fallback: slower to start, but with no long-lived process on the nodes).
-
-Either way the process learns where it runs from the Ray node label of the node its holder runs on (not from
-the request), which is how the tests prove placement from inside the workers. The pure helpers below are
-usable without Ray::
+One long-lived, detached :class:`NodeSupervisor` actor per node, named ``zhisuan.node.<node label>``, pinned to
+its node by the Ray label ``zhisuan.io/node`` and holding no resources, spawns the ranks of every job placed on
+its node. The job's placement group still reserves the devices, CPU and memory in Ray's accounting; the
+supervisor starts a rank only once its bundle is reserved *on this node*, and stops it when the group is removed.
+No Python worker process starts per rank, so a launch costs a fork, not an ``import ray`` (seconds on a busy
+machine). The process learns where it runs from the Ray node label of the node its supervisor runs on (not from
+the request), which is how the tests prove placement from inside the workers. The pure helpers below are usable
+without Ray::
 
     >>> missing_requirements(["pytest", "surely-not-installed-zz>=1"])
     ['surely-not-installed-zz is not installed']
@@ -84,7 +79,6 @@ class WorkerSpec:
     entrypoint: str
     log_path: str
     namespace: str
-    rank0_actor: str
     env: dict[str, str] = field(default_factory=dict)
     working_dir: str | None = None
     pip: tuple[str, ...] = ()
@@ -230,7 +224,7 @@ class RankProcess:
     """One rank's entrypoint on this node: spawned once, watched by its own thread, stopped on request.
 
     The thread that spawns the process waits for it to the end, so the process gets SIGKILL if its holder (a
-    supervisor or a worker actor) dies (``PR_SET_PDEATHSIG`` fires when the spawning *thread* ends).
+    supervisor) dies (``PR_SET_PDEATHSIG`` fires when the spawning *thread* ends).
     """
 
     def __init__(self, spec: WorkerSpec, node: NodeContext) -> None:
@@ -706,67 +700,3 @@ class NodeSupervisor:
                     self._masters.pop(key, None)
             for key in [k for k, (_, at) in self._stopped.items() if at < now - self.keep_ended_s]:
                 del self._stopped[key]
-
-
-# ------------------------------------------------------------------------------------------- rank actor
-
-
-class ZhisuanWorker:
-    """One rank of a job in launch mode ``actor``: a detached actor in the rank's bundle that holds one
-    :class:`RankProcess`. Made a Ray actor by the executor (``ray.remote(ZhisuanWorker)``), threaded."""
-
-    def __init__(self, spec: WorkerSpec) -> None:
-        self.spec = spec
-        self.node = NodeContext.current()
-        self.rank = RankProcess(spec, self.node)
-        self._lock = threading.Lock()
-        self._master: tuple[str, int] | None = None
-
-    def rendezvous(self) -> tuple[str, int]:
-        """Rank 0's address and a free port on its node: the job's ``MASTER_ADDR``/``MASTER_PORT``."""
-        with self._lock:
-            if self._master is None:
-                self._master = (self.node.ip, free_port())
-            return self._master
-
-    def start(self) -> dict[str, Any]:
-        """Spawn the entrypoint once (later calls only report). Returns :meth:`status`."""
-        if self.rank.stop_requested:
-            return self.rank.status()
-        try:
-            master = self._meet_rank0()
-        except Exception as err:
-            self.rank.fail(f"rank {self.spec.rank} could not reach rank 0 for the master address: {err}")
-            return self.rank.status()
-        if self.rank.start(master):
-            self.rank.wait_spawned(60)
-        return self.rank.status()
-
-    def status(self) -> dict[str, Any]:
-        return self.rank.status()
-
-    def read_log(self, offset: int, limit: int) -> tuple[str, int]:
-        return read_log_file(self.spec.log_path, offset, limit)
-
-    def tail(self, lines: int = TAIL_LINES) -> list[str]:
-        return tail_lines(self.spec.log_path, lines)
-
-    def terminate(self, reason: str, wait_s: float | None = None) -> dict[str, Any]:
-        return self.rank.terminate(reason, wait_s)
-
-    def _meet_rank0(self) -> tuple[str, int]:
-        import ray
-
-        if self.spec.rank == 0:
-            return self.rendezvous()
-        deadline = time.monotonic() + self.spec.rendezvous_timeout_s
-        while True:
-            try:
-                rank0 = ray.get_actor(self.spec.rank0_actor, namespace=self.spec.namespace)
-                ref: Any = rank0.rendezvous.remote()
-                master: Any = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
-                return str(master[0]), int(master[1])
-            except ValueError:  # rank 0 is not registered yet
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
