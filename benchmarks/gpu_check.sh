@@ -91,7 +91,13 @@ install() {
   echo "    interpreter $(command -v "$PY"): $("$PY" -V 2>&1)"
   if [[ ! -x $VENV/bin/python ]]; then
     echo "    \$ $PY -m venv --system-site-packages $VENV"
-    "$PY" -m venv --system-site-packages "$VENV" || fail "could not create the virtual environment $VENV"
+    if ! "$PY" -m venv --system-site-packages "$VENV"; then
+      # An interpreter without ensurepip (Debian without python3-venv, some uv-made ones): no pip of its own in the
+      # venv; the pip of the interpreter's packages, visible through the .pth file below, installs into it instead.
+      echo "    \$ $PY -m venv --system-site-packages --without-pip $VENV    (ensurepip failed)"
+      [[ -f $VENV/pyvenv.cfg ]] && rm -rf "$VENV"
+      "$PY" -m venv --system-site-packages --without-pip "$VENV" || fail "could not create the virtual environment $VENV"
+    fi
     # An interpreter that is itself a venv (the GPU image's python3, which holds torch) lends only its base
     # interpreter's packages to --system-site-packages; its own site-packages join through a .pth file, after ours.
     local outer purelib
@@ -104,6 +110,7 @@ install() {
       echo "    $PY is a virtual environment: its packages are visible through $purelib/zz_gpu_check_outer_env.pth"
     fi
   fi
+  "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || fail "no pip in $VENV, nor in the packages of $PY"
   local pip=("$VENV/bin/python" -m pip install --progress-bar off --quiet)
   [[ -n $WHEELS ]] && pip+=(--no-index --find-links "$WHEELS")
   echo "    \$ ${pip[*]} -e .    (from ${WHEELS:-the package registry})"

@@ -12,7 +12,8 @@ tool receives at most 64 MiB of working tree and carried files together: ``ray/j
 ``ray.llm`` and the dashboard's web client are dropped (Zhisuan starts Ray without a dashboard and imports none of
 them), and, where ``strip`` is installed, the symbol tables of Ray's three native binaries are removed; the
 wheel's ``RECORD`` is rewritten with the new hashes and sizes. Packages the GPU image already ships, and that no
-exact pin of ours names, can be left out (``--skip``; by default ``uvloop`` and ``pygments``, 5.6 MB).
+exact pin of ours names, can be left out (``--skip``; by default ``uvloop`` and ``pygments``, 5.6 MB). A folder
+inside the repository is added to ``.git/info/exclude`` unless git ignores it already.
 
 Prints one JSON object: the wheels, their total size and what was dropped.
 """
@@ -156,6 +157,26 @@ def slim_ray(wheel: Path, strip_binaries: bool) -> dict[str, object]:
     }
 
 
+def ignore_in_git(dest: Path) -> str | None:
+    """Make a wheel folder inside the repository ignored by git (``.git/info/exclude``), so that the device tool
+    can carry it and no commit picks it up; returns the line added, if one was."""
+    try:
+        rel = dest.resolve().relative_to(ROOT)
+    except ValueError:
+        return None  # outside the repository
+    info = ROOT / ".git" / "info"
+    if not (ROOT / ".git").is_dir() or not shutil.which("git"):
+        return None
+    ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", str(rel)], check=False).returncode == 0
+    if ignored:
+        return None
+    line = f"/{rel.as_posix()}/"
+    info.mkdir(parents=True, exist_ok=True)
+    with open(info / "exclude", "a", encoding="utf-8") as exclude:
+        exclude.write(line + "\n")
+    return line
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dest", type=Path, default=ROOT / ".whl", help="folder to fill (created; default .whl)")
@@ -172,6 +193,7 @@ def main() -> int:
 
     dest: Path = args.dest
     dest.mkdir(parents=True, exist_ok=True)
+    excluded = ignore_in_git(dest)
     for old in dest.glob("*.whl"):
         old.unlink()  # two versions of one package in the folder would stop the install there
     requirements = [*project_requirements(ROOT / "pyproject.toml"), *BUILD, *args.extra]
@@ -199,6 +221,7 @@ def main() -> int:
         "wheels": [w.name for w in wheels],
         "total_mib": round(total / 2**20, 1),
         "skipped_as_on_the_image": skipped,
+        "added_to_git_info_exclude": excluded,
         **slimmed,
     }
     print(json.dumps(report, indent=2))

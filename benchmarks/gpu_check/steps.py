@@ -176,15 +176,18 @@ def node_id_for(hostname: str) -> str:
 
 
 def normalise_uuid(uuid: str | None) -> str:
-    """NVML spells UUIDs ``GPU-<hex>``, torch without the prefix: compare them without it.
+    """The 32 hex digits of a GPU UUID: NVML writes ``GPU-<8-4-4-4-12>``, torch the same without ``GPU-``.
 
     >>> normalise_uuid("GPU-5e1c4a2b-0000-1111-2222-333344445555")
-    '5e1c4a2b-0000-1111-2222-333344445555'
+    '5e1c4a2b000011112222333344445555'
     >>> normalise_uuid("5E1C4A2B-0000-1111-2222-333344445555")
-    '5e1c4a2b-0000-1111-2222-333344445555'
+    '5e1c4a2b000011112222333344445555'
+    >>> normalise_uuid("<torch._C._CUuuid object>")
+    ''
     """
-    text = (uuid or "").strip().lower()
-    return text.removeprefix("gpu-").removeprefix("mig-")
+    text = (uuid or "").strip().lower().removeprefix("gpu-").removeprefix("mig-")
+    digits = re.sub(r"[^0-9a-f]", "", text)
+    return digits if len(digits) == 32 and re.fullmatch(r"[0-9a-f-]+", text) else ""
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -386,12 +389,15 @@ def step_env(ctx: Context) -> None:
             "index,uuid,name,pci.bus_id,driver_version,memory.total,memory.used,power.draw,"
             "enforced.power.limit,temperature.gpu,clocks.sm,mig.mode.current"
         )
-        done = ctx.run([smi, f"--query-gpu={query}", "--format=csv,noheader,nounits"], timeout_s=30, check=False)
-        keys = query.split(",")
-        for row in done.stdout.strip().splitlines() if done.returncode == 0 else []:
-            values = dict(zip(keys, (v.strip() for v in row.split(",")), strict=False))
-            if "uuid" in values:
-                ctx.smi[values["uuid"]] = values
+        ctx.run([smi], timeout_s=30, check=False)
+        # Two queries: a field this driver does not know fails its whole query, and `memory.reserved` is recent.
+        for fields in (query, "uuid,memory.reserved"):
+            done = ctx.run([smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits"], timeout_s=30, check=False)
+            keys = fields.split(",")
+            for row in done.stdout.strip().splitlines() if done.returncode == 0 else []:
+                values = dict(zip(keys, (v.strip() for v in row.split(",")), strict=False))
+                if "uuid" in values:
+                    ctx.smi.setdefault(values["uuid"], {}).update(values)
         ctx.run([smi, "topo", "-m"], timeout_s=30, check=False)
     probe = (
         "import json, importlib.metadata as m\n"
@@ -412,6 +418,18 @@ def step_env(ctx: Context) -> None:
     ctx.run([str(ctx.venv / "bin" / "python"), "-c", probe], timeout_s=120, check=False, label=label)
 
 
+#: (what, sample field, nvidia-smi --query-gpu field, allowed difference given nvidia-smi's value). Loose where
+#: the two read at different moments (power, clocks): these catch a wrong unit or field, not noise.
+SMI_CROSS_CHECKS: tuple[tuple[str, str, str, Callable[[float], float]], ...] = (
+    ("memory total MiB", "memory_total_mib", "memory.total", lambda v: max(2.0, 0.01 * v)),
+    ("memory used MiB", "memory_used_mib", "memory.used", lambda v: max(64.0, 0.05 * v)),
+    ("power W", "power_w", "power.draw", lambda v: max(30.0, 0.3 * v)),
+    ("power limit W", "power_limit_w", "enforced.power.limit", lambda v: 1.0),
+    ("temperature C", "temperature_c", "temperature.gpu", lambda v: 3.0),
+    ("SM clock MHz", "sm_clock_mhz", "clocks.sm", lambda v: max(200.0, v)),
+)
+
+
 def _compare(
     ctx: Context, uuid: str, what: str, nvml: Any, smi_text: str | None, tolerance: Callable[[float], float]
 ) -> None:
@@ -424,6 +442,22 @@ def _compare(
         return  # "[N/A]", "[Not Supported]"
     if abs(float(nvml) - smi_value) > tolerance(smi_value):
         ctx.find(f"{uuid} {what}: the shim says {nvml}, nvidia-smi says {smi_value}")
+
+
+def cross_check_smi(ctx: Context, samples: list[dict[str, Any]], devices: int) -> None:
+    """Findings where the shim's first sample and nvidia-smi (same driver, another reader) disagree."""
+    for sample in samples:
+        uuid = sample["uuid"]
+        smi = ctx.smi.get(uuid)
+        if smi is None:
+            ctx.find(f"{uuid}: NVML discovery reported a UUID nvidia-smi does not list ({sorted(ctx.smi)})")
+            continue
+        for what, ours, theirs, tolerance in SMI_CROSS_CHECKS:
+            if ours == "memory_used_mib" and smi.get("memory.reserved"):
+                what += f" (nvidia-smi counts {smi['memory.reserved']} MiB apart as reserved)"
+            _compare(ctx, uuid, what, sample.get(ours), smi.get(theirs), tolerance)
+    if len(ctx.smi) != devices:
+        ctx.find(f"nvidia-smi lists {len(ctx.smi)} GPUs, discovery {devices}")
 
 
 def step_discover(ctx: Context) -> None:
@@ -453,38 +487,15 @@ def step_discover(ctx: Context) -> None:
         )
         for note in d.get("notes", []):
             ctx.log.line(f"        note: {note}")
-    samples = {s["uuid"]: s for s in found.get("samples", [])}
-    for uuid, s in samples.items():
-        if s.get("fields_unavailable"):
-            ctx.note(f"{uuid}: fields the shim could not read: {', '.join(s['fields_unavailable'])}")
-        if s.get("health") != "healthy":
-            ctx.find(f"{uuid} health {s.get('health')}: {'; '.join(s.get('health_reasons', []))}")
-        smi = ctx.smi.get(uuid)
-        if smi is not None:  # same driver, two readers: a disagreement beyond noise is a unit or field bug
-            _compare(
-                ctx,
-                uuid,
-                "memory total MiB",
-                s.get("memory_total_mib"),
-                smi.get("memory.total"),
-                lambda v: max(2.0, 0.01 * v),
-            )
-            _compare(
-                ctx,
-                uuid,
-                "memory used MiB",
-                s.get("memory_used_mib"),
-                smi.get("memory.used"),
-                lambda v: max(64.0, 0.05 * v),
-            )
-            _compare(ctx, uuid, "power W", s.get("power_w"), smi.get("power.draw"), lambda v: max(30.0, 0.3 * v))
-            _compare(ctx, uuid, "power limit W", s.get("power_limit_w"), smi.get("enforced.power.limit"), lambda v: 1.0)
-            _compare(ctx, uuid, "temperature C", s.get("temperature_c"), smi.get("temperature.gpu"), lambda v: 3.0)
-            _compare(ctx, uuid, "SM clock MHz", s.get("sm_clock_mhz"), smi.get("clocks.sm"), lambda v: max(200.0, v))
-        elif ctx.smi:
-            ctx.find(f"{uuid}: NVML discovery reported a UUID nvidia-smi does not list ({sorted(ctx.smi)})")
-    if ctx.smi and len(ctx.smi) != len(devices):
-        ctx.find(f"nvidia-smi lists {len(ctx.smi)} GPUs, discovery {len(devices)}")
+    samples = found.get("samples", [])
+    for sample in samples:
+        if sample.get("fields_unavailable"):
+            ctx.note(f"{sample['uuid']}: fields the shim could not read: {', '.join(sample['fields_unavailable'])}")
+        if sample.get("health") != "healthy":
+            reasons = "; ".join(sample.get("health_reasons", []))
+            ctx.find(f"{sample['uuid']} health {sample.get('health')}: {reasons}")
+    if ctx.smi and not ctx.emulated:
+        cross_check_smi(ctx, samples, len(devices))
     models = {d.get("model") for d in devices}
     if len(models) != 1:
         raise CheckFailed(f"a node must hold one model; discovery found {sorted(map(str, models))}")
@@ -916,7 +927,9 @@ def step_probe(ctx: Context) -> None:
     want = by_index.get(placed[0])
     if want is None:
         raise CheckFailed(f"the placed device index {placed[0]} is not one discovery found")
-    if normalise_uuid(probe.get("uuid")) != normalise_uuid(want["uuid"]):
+    if not normalise_uuid(probe.get("uuid")):
+        ctx.find(f"torch gave no readable UUID for cuda:0 ({probe.get('uuid')!r}); the device is matched by name only")
+    elif normalise_uuid(probe.get("uuid")) != normalise_uuid(want["uuid"]):
         raise CheckFailed(
             f"the job's cuda:0 is {probe.get('uuid')}, but NVML device {placed[0]} (placed) is {want['uuid']}: "
             f"CUDA and NVML number the GPUs differently (CUDA_DEVICE_ORDER={probe.get('CUDA_DEVICE_ORDER')})"

@@ -131,6 +131,43 @@ def test_a_missing_series_fails_and_a_wrong_unit_is_a_finding(tmp_path: Path) ->
     agent.close()
 
 
+def test_nvidia_smi_cross_check_flags_a_wrong_unit_not_noise(tmp_path: Path) -> None:
+    steps = _module("steps")
+    ctx = steps.Context(venv=VENV, work=tmp_path, log=steps.Log(io.StringIO()))
+    uuid = "GPU-5e1c4a2b-0000-1111-2222-333344445555"
+    # SYNTHETIC values in nvidia-smi's --query-gpu units (MiB, W, C, MHz).
+    ctx.smi = {
+        uuid: {
+            "uuid": uuid,
+            "memory.total": "143771",
+            "memory.used": "0",
+            "memory.reserved": "574",
+            "power.draw": "76.13",
+            "enforced.power.limit": "700.00",
+            "temperature.gpu": "31",
+            "clocks.sm": "345",
+        }
+    }
+    sample = {
+        "uuid": uuid,
+        "memory_total_mib": 143771.0,
+        "memory_used_mib": 20.0,
+        "power_w": 81.0,  # read a moment later: noise
+        "power_limit_w": 700.0,
+        "temperature_c": 32.0,
+        "sm_clock_mhz": 1980.0,  # clocks move between two reads; only a 2x difference is a finding
+    }
+    steps.cross_check_smi(ctx, [sample], devices=1)
+    assert [f.message for f in ctx.findings] == [f"{uuid} SM clock MHz: the shim says 1980.0, nvidia-smi says 345.0"]
+    ctx.findings.clear()
+    steps.cross_check_smi(ctx, [sample | {"power_w": 76130.0, "sm_clock_mhz": 345.0, "memory_used_mib": 574.0}], 1)
+    messages = [f.message for f in ctx.findings]
+    reserved = "(nvidia-smi counts 574 MiB apart as reserved)"
+    assert messages[0] == f"{uuid} memory used MiB {reserved}: the shim says 574.0, nvidia-smi says 0.0"
+    assert messages[1] == f"{uuid} power W: the shim says 76130.0, nvidia-smi says 76.13"
+    assert len(messages) == 2
+
+
 def test_the_helpers_docstring_examples() -> None:
     for name in ("steps", "prepare_wheels"):
         failures, tried = doctest.testmod(_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
