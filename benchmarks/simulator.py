@@ -45,10 +45,11 @@ from scheduler.model import Node  # noqa: E402
 from scheduler.placement import PlacementConfig  # noqa: E402
 from scheduler.throughput import load_throughput  # noqa: E402
 from simulations.loaders import LoadOptions, load_nodes, open_trace  # noqa: E402
-from simulations.replay import ARRIVALS, Arrivals, SimConfig, TimelineSimulation, packing_core, run_packing  # noqa: E402
+from simulations.packing import ARRIVALS, Arrivals, packing_core, run_packing  # noqa: E402
 from simulations.report import FGD_PUBLISHED  # noqa: E402
 from simulations.schema import write_native  # noqa: E402
 from simulations.synthetic import pai_like  # noqa: E402
+from simulations.timeline import SimConfig, TimelineSimulation  # noqa: E402
 
 TRACES = ROOT.parent / "shared" / "traces"
 

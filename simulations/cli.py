@@ -26,7 +26,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from scheduler.errors import ConfigError
 from simulations.loaders import FORMATS, TraceError
-from simulations.replay import ARRIVALS, Arrivals
+from simulations.packing import ARRIVALS, Arrivals
 from simulations.report import render
 from simulations.runner import RunSpec, run
 from simulations.sweep import BACKENDS, grid, run_sweep

@@ -23,10 +23,11 @@ from scheduler.placement import PlacementConfig
 from scheduler.throughput import ThroughputMatrix, load_throughput
 from simulations.loaders import LoadOptions, SkipReport, TraceError, TraceSource, load_nodes, open_trace
 from simulations.metrics import workload_shapes
-from simulations.replay import Arrivals, Progress, SimConfig, TimelineSimulation, packing_core, run_packing
+from simulations.packing import Arrivals, packing_core, run_packing
 from simulations.scenario import Scenario, apply_changes, grow_demand, load_scenario
 from simulations.schema import TraceJob
 from simulations.synthetic import SyntheticSpec, pai_like
+from simulations.timeline import Progress, SimConfig, TimelineSimulation
 
 
 @dataclass

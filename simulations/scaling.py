@@ -19,7 +19,7 @@ Plugging it in (the simulator's files are unchanged)::
     replay.drain(until=sim.engine.now + 2 * 600)   # optional: let idle nodes go after the last job
     result.summary["scaling"] = replay.summary()
 
-The replay reaches into :class:`~simulations.replay.TimelineSimulation` for four things only: its engine (to
+The replay reaches into :class:`~simulations.timeline.TimelineSimulation` for four things only: its engine (to
 schedule its own process), its state, its pending jobs and ``_request_pass`` (to run a pass when capacity grows).
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 
 from scheduler.model import Node
 from scheduler.scaling import GroupTarget, GroupView, ScalingRule
-from simulations.replay import TimelineSimulation
+from simulations.timeline import TimelineSimulation
 
 
 class ScalingViolation(AssertionError):

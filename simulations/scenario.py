@@ -45,8 +45,8 @@ from scheduler.errors import ConfigError, load_yaml_mapping, validate_model
 from scheduler.model import Node
 from scheduler.scoring import SCORERS
 from simulations.metrics import Economics
-from simulations.replay import SimConfig
 from simulations.schema import TraceJob
+from simulations.timeline import SimConfig
 
 
 class _Strict(BaseModel):

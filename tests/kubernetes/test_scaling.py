@@ -7,9 +7,9 @@ import pytest
 from scheduler.model import Job, Node
 from scheduler.scaling import GroupView, ScalingRule, workers_per_node
 from scheduler.state import ClusterState
-from simulations.replay import SimConfig, TimelineSimulation
 from simulations.scaling import ScalingReplay, scaling_pools
 from simulations.schema import TraceJob
+from simulations.timeline import SimConfig, TimelineSimulation
 
 
 def h100(i: int) -> Node:

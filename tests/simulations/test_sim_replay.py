@@ -12,9 +12,10 @@ from scheduler.model import Decision, DecisionKind, Job
 from scheduler.state import ClusterState
 from scheduler.throughput import JobClass, load_throughput
 from simulations.loaders import LoadOptions, TraceError, load_nodes, open_trace
-from simulations.replay import SimConfig, TimelineSimulation, _default_core, packing_core, run_packing
+from simulations.packing import packing_core, run_packing
 from simulations.schema import TraceJob
 from simulations.synthetic import pai_like
+from simulations.timeline import SimConfig, TimelineSimulation, _default_core
 
 
 def _sim(cluster: list, **config: object) -> TimelineSimulation:  # type: ignore[type-arg]
