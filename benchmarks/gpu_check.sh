@@ -33,6 +33,7 @@ usage: benchmarks/gpu_check.sh [options]
   --model MODEL      catalog model for the cluster file if the catalog lacks the GPU's name (e.g. H100)
   --from STEP        start at STEP (what it needs still runs); --only STEP: that step alone
   --bench-duration S seconds of the agent CPU measurement in the bench step (default 5)
+  --deadline-s S     start no step after S seconds (default 540: the run fits a 10-minute device call)
   --list             list the steps and exit
 Steps: env discover bench exporter cluster up train probe inference down
 EOF
@@ -57,7 +58,7 @@ while (($#)); do
     --emulated)
       if [[ ${2:-} =~ ^[A-Za-z0-9._-]+:[0-9]+$ ]]; then STEP_ARGS+=(--emulated "$2"); shift 2
       else STEP_ARGS+=(--emulated H100:1); shift; fi ;;
-    --model | --from | --only | --bench-duration) STEP_ARGS+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
+    --model | --from | --only | --bench-duration | --deadline-s) STEP_ARGS+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
     --list) awk '/::$/ { on = 1; next } on && /^$/ && seen { exit } on && NF { seen = 1; print }' \
       "$ROOT/benchmarks/gpu_check/steps.py"; exit 0 ;;
     -h | --help) usage; exit 0 ;;

@@ -803,7 +803,7 @@ def step_up(ctx: Context) -> None:
     port, env = free_port(), _up_env(ctx)
     argv = [str(ctx.venv / "bin" / "zhisuan"), "up", "--cluster", str(ctx.cluster_file), "--port", str(port)]
     ctx.up = ctx.start("up", argv, env)
-    ctx.up.wait_for(r"Ctrl-C stops everything", timeout_s=150)
+    ctx.up.wait_for(r"Ctrl-C stops everything", timeout_s=120)
     ctx.log.block(ctx.up.text(), indent="    | ")
     deadline, node = time.monotonic() + 60, None
     while time.monotonic() < deadline:
@@ -871,7 +871,7 @@ def step_train(ctx: Context) -> None:
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
         ctx.note(f"removed {old} of an earlier run, so the job trains from step 0 instead of resuming")
-    status = submit_and_wait(ctx, "seeds/examples/train-1worker.yaml", (), timeout_s=180)
+    status = submit_and_wait(ctx, "seeds/examples/train-1worker.yaml", (), timeout_s=150)
     text = job_log(ctx, status["id"])
     ctx.log.block(text, indent="    | ")
     if status["state"] != "succeeded":
@@ -903,7 +903,7 @@ def step_train(ctx: Context) -> None:
 
 
 def step_probe(ctx: Context) -> None:
-    status = submit_and_wait(ctx, "benchmarks/gpu_check/cuda_probe.yaml", (), timeout_s=180)
+    status = submit_and_wait(ctx, "benchmarks/gpu_check/cuda_probe.yaml", (), timeout_s=120)
     text = job_log(ctx, status["id"])
     ctx.log.block(text, indent="    | ")
     if status["state"] != "succeeded":
@@ -1066,6 +1066,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", choices=list(STEPS), help="run only this step (and what it needs)")
     parser.add_argument("--bench-duration", type=float, default=5.0, help="seconds of the agent CPU measurement")
     parser.add_argument("--budget-s", type=float, default=480.0, help="the whole run, installs included (8 min)")
+    parser.add_argument(
+        "--deadline-s", type=float, default=540.0, help="no step starts after this many seconds (a 10-minute call)"
+    )
     parser.add_argument("--started-at", type=float, default=None, help="epoch seconds the run began (gpu_check.sh)")
     parser.add_argument("--install-s", type=float, default=None, help="seconds the install took (gpu_check.sh)")
     args = parser.parse_args(argv)
@@ -1094,6 +1097,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for number, (step, role) in enumerate(steps, 1):
             ctx.step = step
+            if time.time() - started > args.deadline_s and step != "down":
+                failed = (step, f"not started: the run has taken {time.time() - started:.0f} s, past --deadline-s")
+                break
             suffix = " (setup for a later step)" if role == "setup" else ""
             log.line(f"== [{number}/{len(steps)}] {step}: {STEPS[step]}{suffix}{' — EMULATED' if ctx.emulated else ''}")
             began = time.monotonic()
