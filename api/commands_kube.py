@@ -8,6 +8,7 @@ why, virtualised resources seen; and which nodes it leaves out and why::
     kubectl get nodes -o json > nodes.json
     zhisuan kube nodes nodes.json
     zhisuan kube nodes nodes.json -o json
+    zhisuan kube raycluster nodes.json > raycluster.yaml     # the RayCluster for those nodes
 
 It exits 1 when a file cannot be read or holds something other than Nodes (the message names the file), and 0
 otherwise — nodes left out are a finding to read, not a failure of the command.
@@ -166,6 +167,29 @@ def nodes(
         typer.echo(json.dumps(inventory_report(inventory), indent=2))
         return
     _print_table(Console(width=200) if not Console().is_terminal else Console(), inventory)
+
+
+@kube_app.command("raycluster")
+def raycluster_command(
+    files: Annotated[list[Path], typer.Argument(help="files from `kubectl get nodes -o json|yaml`")],
+    name: Annotated[str, typer.Option(help="RayCluster name")] = "zhisuan",
+    namespace: Annotated[str, typer.Option(help="namespace")] = "zhisuan",
+    image: Annotated[str, typer.Option(help="Ray image (its Ray version must be Zhisuan's)")] = "rayproject/ray:2.60.0",
+) -> None:
+    """Print the RayCluster (YAML) for these Nodes: head without CPUs, one worker group per pool or island."""
+    from scheduler.live.kuberay import KubeRayOptions, raycluster
+
+    errors = Console(stderr=True)
+    try:
+        objects = read_node_files(files)
+    except ConfigError as exc:
+        errors.print(f"error: {escape(str(exc))}")
+        raise typer.Exit(code=1) from None
+    inventory = inventory_from_objects(objects)
+    for item in inventory.left_out:
+        errors.print(f"left out {escape(item.name)}: {escape(item.reason)}")
+    options = KubeRayOptions(name=name, namespace=namespace, image=image)
+    typer.echo(yaml.safe_dump(raycluster(inventory, options), sort_keys=False), nl=False)
 
 
 __all__ = ["LeftOut", "inventory_report", "kube_app", "read_node_files"]

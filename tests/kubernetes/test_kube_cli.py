@@ -60,3 +60,14 @@ def test_bad_files_exit_1_naming_the_file(tmp_path: Path) -> None:
     assert "pods.yaml: expected kind Node, NodeList or List, got 'Pod'" in " ".join(done.stderr.split())
     missing = kube("nodes", str(tmp_path / "nope.json"))
     assert missing.returncode == 1 and "cannot read file" in missing.stderr
+
+
+def test_raycluster_command_prints_the_generated_cluster() -> None:
+    done = kube("raycluster", str(NODES / "cluster-list.json"), "--name", "center")
+    assert done.returncode == 0, done.stderr
+    import yaml
+
+    rc = yaml.safe_load(done.stdout)
+    assert rc["kind"] == "RayCluster" and rc["metadata"]["name"] == "center"
+    assert "gy1-ascend910c-gy1-superpod-2" in {g["groupName"] for g in rc["spec"]["workerGroupSpecs"]}
+    assert "left out gcu-01" in done.stderr
