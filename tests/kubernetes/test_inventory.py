@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -215,3 +216,19 @@ def test_every_fixture_node_maps_or_is_left_out_with_a_reason() -> None:
         assert isinstance(seen, InventoryNode | LeftOut), path
         if isinstance(seen, LeftOut):
             assert seen.reason and "\n" not in seen.reason, path
+
+
+def test_a_recorded_stream_file_in_the_wire_shape() -> None:
+    lines = (FIXTURES / "watch" / "nodes-modified-bookmark-expired.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    with ReplayServer() as srv:
+        srv.state.nodes = [H100]
+        srv.state.streams.append(Stream(events, end="hold"))
+        inv = make_inventory(srv, watch_timeout_s=30)
+        inv.sync()
+        assert inv.watch_once() == "expired"
+        seen = inv.inventory().nodes[0]
+        assert (
+            not seen.schedulable and "taint node.kubernetes.io/unreachable:NoExecute is not tolerated" in seen.reasons
+        )
+        assert inv.resource_version == "48311"  # the bookmark's: the ERROR event carries none
