@@ -10,7 +10,7 @@ Prints one JSON object:
   lost), median / p99 / max over ``--events`` events; ``snapshot_ms``: the next ``inventory()`` after an event.
 
 The nodes are the fixtures' recorded shapes (GFD H100, time-sliced H100, HAMi JSON H100, Ascend 910C, Ascend 310P,
-a not-ready H100, an unknown vendor, a malformed HAMi annotation) renamed; 2 in 25 are left out (unknown vendor, malformed annotation).
+a not-ready H100, an unknown vendor, a malformed HAMi annotation) renamed; 2 in 25 are left out.
 
     .venv/bin/python benchmarks/inventory.py
     .venv/bin/python benchmarks/inventory.py --nodes 5000 --events 2000
