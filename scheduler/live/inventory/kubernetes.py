@@ -232,7 +232,9 @@ class NodeMapper:
         options: MappingOptions | None = None,
     ) -> None:
         self.catalog = catalog or load_catalog()
-        self.names = names or load_kubernetes_names(catalog=catalog) if catalog else names or load_kubernetes_names()
+        if names is None:
+            names = load_kubernetes_names(catalog=catalog) if catalog is not None else load_kubernetes_names()
+        self.names = names
         self.options = options or MappingOptions()
         self._models: dict[str, tuple[str, str] | None] = {}
 
