@@ -33,7 +33,8 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from sqlmodel import Session
 
 from api.db import write_session
-from api.tables import API_TOKENS, USERS, Role
+from api.enums import Role
+from api.tables import API_TOKENS, USERS
 
 PREFIX = "zs_"
 LAST_USED_RESOLUTION_S = 60.0

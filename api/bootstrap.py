@@ -18,9 +18,10 @@ from sqlalchemy import Engine, func, insert, select, text
 
 from api.auth import issue_token
 from api.db import ADVISORY_LOCK_MIGRATE, is_sqlite, make_engine, migrate, write_session
+from api.enums import NodeSource, Role
 from api.inventory_sink import publish
 from api.settings import Settings
-from api.tables import POLICY_VERSIONS, USERS, NodeSource, Role
+from api.tables import POLICY_VERSIONS, USERS
 from scheduler.catalog import Catalog, load_catalog
 from scheduler.live.inventory.file import FileInventory
 from scheduler.tenancy import load_policy

@@ -1,7 +1,7 @@
 """The Zhisuan Python SDK: a small typed client of the REST API (``api/README.md`` is the contract).
 
-Every method mirrors one endpoint and answers a typed model (pydantic, unknown fields ignored so that a newer
-server stays compatible with an older client); ``model.to_dict()`` gives back exactly what the server sent. A
+Every method mirrors one endpoint and answers the server's own wire model (:mod:`api.models`; fields a model does
+not know are kept, so a newer server stays readable); ``model.to_dict()`` gives back exactly what the server sent. A
 problem answer (RFC 9457) raises :class:`ApiError`, whose ``str()`` says what to fix; a server that cannot be
 reached raises :class:`Unreachable` (a subclass). Submissions carry an ``Idempotency-Key`` (a fresh UUID unless
 given), so the client retries them safely after a dropped connection; ``429`` and ``503`` are retried after the
@@ -36,43 +36,35 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
+from api.models import (
+    EtaOut,
+    EventOut,
+    JobOut,
+    LogChunk,
+    NodeOut,
+    PoolOut,
+    QueueOut,
+    TenantOut,
+    TokenCreated,
+    TokenOut,
+    UsageOut,
+    UserOut,
+    WhoAmI,
+    WhyOut,
+)
 from scheduler.errors import validate_model
 from scheduler.spec import JobSpec
 
 __all__ = [
-    "TERMINAL_STATES",
     "ApiError",
-    "DeviceInfo",
-    "Eta",
-    "Event",
-    "FlavorQuota",
-    "JobInfo",
-    "LogChunk",
-    "NodeInfo",
-    "Placement",
-    "PoolInfo",
-    "QueueInfo",
-    "Reason",
-    "TenantInfo",
-    "TokenInfo",
     "Unreachable",
-    "Usage",
-    "UsageLine",
-    "UserInfo",
-    "WhoAmI",
-    "Why",
-    "WorkerPlacement",
     "ZhisuanClient",
 ]
 
 PROBLEM_BASE = "https://zhisuan.dev/problems/"
-#: Job states after which nothing more happens to a job.
-TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
-#: States in which a job holds devices (or is about to).
-ACTIVE_STATES = frozenset({"starting", "running", "cancelling"})
 _RETRY_STATUSES = frozenset({429, 503})
 _USER_AGENT = "zhisuan-client/0.1"
 
@@ -197,271 +189,6 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
-
-
-# ----------------------------------------------------------------------------------------------------- models
-
-
-class ApiModel(BaseModel):
-    """An answer of the API; fields this client does not know are ignored but kept in :meth:`to_dict`."""
-
-    model_config = ConfigDict(extra="ignore")
-    _raw: dict[str, Any] | None = PrivateAttr(default=None)
-
-    @classmethod
-    def from_api(cls, data: Any) -> Self:
-        obj = cls.model_validate(data)
-        if isinstance(data, dict):
-            obj._raw = data
-        return obj
-
-    def to_dict(self) -> dict[str, Any]:
-        """Exactly what the server answered (the API's keys), for ``-o json`` and scripts."""
-        return dict(self._raw) if self._raw is not None else self.model_dump(mode="json")
-
-
-class Reason(ApiModel):
-    """Why a job waits (or cannot run): a stable ``code`` and a human ``message``."""
-
-    code: str
-    message: str = ""
-    pool: str | None = None
-    detail: Any = None
-
-
-class WorkerPlacement(ApiModel):
-    rank: int = 0
-    node: str
-    devices: list[int] = Field(default_factory=list)
-    milli: int | None = None
-    cpu_milli: int | None = None
-    memory_mib: int | None = None
-
-
-class Placement(ApiModel):
-    model: str | None = None
-    pool: str | None = None
-    topology: str | int | None = None
-    workers: list[WorkerPlacement] = Field(default_factory=list)
-
-
-class JobInfo(ApiModel):
-    """A job as the API shows it (``JobOut``); times are epoch seconds (UTC)."""
-
-    id: str
-    name: str = ""
-    tenant: str | None = None
-    user: str | None = None
-    queue: str | None = None
-    kind: str = "training"
-    state: str
-    priority: str | int | None = None
-    attempt: int = 0
-    spec: dict[str, Any] = Field(default_factory=dict)
-    submitted_at: float | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    updated_at: float | None = None
-    placement: Placement | None = None
-    reasons: list[Reason] = Field(default_factory=list)
-    estimated_start: float | None = None
-    estimated_finish: float | None = None
-    message: str | None = None
-    exit_code: int | None = None
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-
-class Event(ApiModel):
-    at: float
-    kind: str
-    message: str = ""
-    data: dict[str, Any] = Field(default_factory=dict)
-
-
-class LogChunk(ApiModel):
-    """Text of one worker's log from ``offset`` to ``next_offset`` (bytes); ``complete``: nothing more will come."""
-
-    job_id: str
-    attempt: int = 0
-    rank: int = 0
-    offset: int = 0
-    next_offset: int = 0
-    text: str = ""
-    complete: bool = False
-
-
-class Why(ApiModel):
-    job_id: str
-    state: str
-    reasons: list[Reason] = Field(default_factory=list)
-    updated_at: float | None = None
-
-
-class Eta(ApiModel):
-    job_id: str
-    state: str
-    estimated_start: float | None = None
-    estimated_finish: float | None = None
-    computed_at: float | None = None
-
-
-class FlavorQuota(ApiModel):
-    """Quota of one flavor (an accelerator model in devices, or ``ncu``); ``None``: not limited at this level."""
-
-    guarantee: float = 0.0
-    deserved: float | None = None
-    limit: float | None = None
-    borrowing_limit: float | None = None
-
-
-class QueueInfo(ApiModel):
-    """A queue with its quotas, what it uses now (devices per model, ``ncu``) and its job counts."""
-
-    name: str
-    tenant: str | None = None
-    parent: str | None = None
-    weight: float | None = None
-    domestic: str | None = None
-    quota: dict[str, FlavorQuota] = Field(default_factory=dict)
-    usage: dict[str, float] = Field(default_factory=dict)
-    pending: int = 0
-    running: int = 0
-    policy_version: int | None = None
-
-    def spec(self) -> dict[str, Any]:
-        """The queue as a ``PUT /v1/queues/{name}`` body (``scheduler.tenancy.QueueSpec``), keeping what it sets."""
-        body: dict[str, Any] = {
-            "parent": self.parent,
-            "tenant": self.tenant,  # a child's tenant is its parent's: repeating it is accepted
-            "quota": {flavor: q.model_dump(exclude_none=True) for flavor, q in self.quota.items()},
-        }
-        if self.weight is not None:
-            body["weight"] = self.weight
-        if self.domestic is not None:
-            body["domestic"] = self.domestic
-        return body
-
-
-class TenantInfo(ApiModel):
-    id: str
-    type: str | None = None
-    tier: str | None = None
-    weight: float | None = None
-    domestic: str | None = None
-    max_active_jobs: int | None = None
-    queues: list[str] = Field(default_factory=list)
-
-
-class UserInfo(ApiModel):
-    id: str | None = None
-    name: str
-    tenant: str | None = None
-    role: str
-    created_at: float | None = None
-    disabled: bool = False
-
-
-class TokenInfo(ApiModel):
-    """An API token; ``token`` (the secret) is only present in the answer that created it."""
-
-    id: str
-    token: str | None = None
-    user: str | None = None
-    tenant: str | None = None
-    role: str | None = None
-    name: str | None = None
-    node_id: str | None = None
-    created_at: float | None = None
-    expires_at: float | None = None
-    revoked_at: float | None = None
-    last_used_at: float | None = None
-
-
-class WhoAmI(ApiModel):
-    user: str | None = None
-    tenant: str | None = None
-    role: str
-    token_id: str | None = None
-
-
-class UsageLine(ApiModel):
-    ncu_hours: float = 0.0
-    device_hours: float = 0.0
-    charge: float = 0.0
-
-
-class Usage(ApiModel):
-    """Usage and bill of a tenant over ``[start, end)`` (epoch seconds)."""
-
-    tenant: str | None = None
-    start: float
-    end: float
-    ncu_hours: float = 0.0
-    device_hours: float = 0.0
-    charge: float = 0.0
-    free_ncu_hours: float = 0.0
-    billable_charge: float = 0.0
-    currency: str = "CNY"
-    energy_kwh: float = 0.0
-    domestic_share: float | None = None
-    by_model: dict[str, UsageLine] = Field(default_factory=dict)
-    by_queue: dict[str, UsageLine] = Field(default_factory=dict)
-
-
-class PoolInfo(ApiModel):
-    pool: str
-    model: str | None = None
-    vendor: str | None = None
-    site: str | None = None
-    nodes: int = 0
-    devices: int = 0
-    devices_free: float = 0
-    devices_healthy: int = 0
-    domestic: bool | None = None
-
-
-class DeviceInfo(ApiModel):
-    index: int
-    uuid: str | None = None
-    model: str | None = None
-    memory_mib: int | None = None
-    healthy: bool = True
-    health_reason: str | None = None
-    telemetry: dict[str, Any] | None = None
-
-
-class NodeInfo(ApiModel):
-    """A node and its devices (their telemetry only in ``GET /v1/nodes/{id}``)."""
-
-    id: str
-    hostname: str | None = None
-    model: str | None = None
-    vendor: str | None = None
-    pool: str | None = None
-    site: str | None = None
-    region: str | None = None
-    tier: str | None = None
-    island: str | None = None
-    switch: str | None = None
-    device_count: int | None = None
-    devices_healthy: int | None = None
-    devices: list[DeviceInfo] = Field(default_factory=list)
-    cpu_milli: int | None = None
-    memory_mib: int | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
-    state: str | None = None
-    source: str | None = None
-    registered_at: float | None = None
-    last_heartbeat: float | None = None
-    agent_version: str | None = None
-
-    @property
-    def size(self) -> int:
-        """How many devices the node has (its declared count, else the devices listed)."""
-        return self.device_count if self.device_count is not None else len(self.devices)
 
 
 # ----------------------------------------------------------------------------------------------------- client
@@ -598,7 +325,7 @@ class ZhisuanClient:
         return self.request("GET", path, params=params)
 
     # -- jobs ----------------------------------------------------------------------------------------------
-    def submit(self, spec: JobSpec | Mapping[str, Any], idempotency_key: str | None = None) -> JobInfo:
+    def submit(self, spec: JobSpec | Mapping[str, Any], idempotency_key: str | None = None) -> JobOut:
         """Submit a job. The spec is validated here first (a :class:`~scheduler.errors.ConfigError` that says
         what to fix, before any request). Retries reuse one ``Idempotency-Key`` (a fresh UUID unless given), so
         a job is created at most once however often the connection drops."""
@@ -607,10 +334,10 @@ class ZhisuanClient:
         key = idempotency_key or str(uuid.uuid4())
         body = spec.model_dump(mode="json", exclude_unset=True)
         data = self.request("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}, idempotent=True)
-        return JobInfo.from_api(data)
+        return JobOut.from_api(data)
 
-    def get_job(self, job_id: str) -> JobInfo:
-        return JobInfo.from_api(self._get(f"/v1/jobs/{job_id}"))
+    def get_job(self, job_id: str) -> JobOut:
+        return JobOut.from_api(self._get(f"/v1/jobs/{job_id}"))
 
     def list_jobs(
         self,
@@ -622,7 +349,7 @@ class ZhisuanClient:
         tenant: str | None = None,
         limit: int | None = None,
         page_size: int = 100,
-    ) -> Iterator[JobInfo]:
+    ) -> Iterator[JobOut]:
         """Jobs, newest first, following the cursors; ``limit`` bounds how many are yielded (None: all).
         ``tenant`` filters by tenant (center admins only)."""
         yielded = 0
@@ -633,7 +360,7 @@ class ZhisuanClient:
                 "/v1/jobs", state=state, queue=queue, kind=kind, name=name, tenant=tenant, limit=size, cursor=cursor
             )
             for item in page.get("items", []):
-                yield JobInfo.from_api(item)
+                yield JobOut.from_api(item)
                 yielded += 1
                 if limit is not None and yielded >= limit:
                     return
@@ -641,12 +368,12 @@ class ZhisuanClient:
             if not cursor:
                 return
 
-    def cancel(self, job_id: str) -> JobInfo:
+    def cancel(self, job_id: str) -> JobOut:
         """Ask for a job to stop: a pending job is cancelled at once, a running one goes to ``cancelling``."""
-        return JobInfo.from_api(self.request("POST", f"/v1/jobs/{job_id}/cancel", idempotent=False))
+        return JobOut.from_api(self.request("POST", f"/v1/jobs/{job_id}/cancel", idempotent=False))
 
-    def events(self, job_id: str) -> list[Event]:
-        return [Event.from_api(e) for e in self._get(f"/v1/jobs/{job_id}/events").get("items", [])]
+    def events(self, job_id: str) -> list[EventOut]:
+        return [EventOut.from_api(e) for e in self._get(f"/v1/jobs/{job_id}/events").get("items", [])]
 
     def logs(self, job_id: str, rank: int = 0, offset: int = 0, limit: int | None = None) -> LogChunk:
         """One chunk of a worker's log, from byte ``offset``."""
@@ -673,20 +400,20 @@ class ZhisuanClient:
             if not chunk.text:
                 self._sleep(poll_s)
 
-    def why(self, job_id: str) -> Why:
-        return Why.from_api(self._get(f"/v1/jobs/{job_id}/why"))
+    def why(self, job_id: str) -> WhyOut:
+        return WhyOut.from_api(self._get(f"/v1/jobs/{job_id}/why"))
 
-    def eta(self, job_id: str) -> Eta:
-        return Eta.from_api(self._get(f"/v1/jobs/{job_id}/eta"))
+    def eta(self, job_id: str) -> EtaOut:
+        return EtaOut.from_api(self._get(f"/v1/jobs/{job_id}/eta"))
 
     def wait(
         self,
         job_id: str,
         until: Until = "terminal",
         timeout: float | None = None,
-        on_update: Callable[[JobInfo], None] | None = None,
+        on_update: Callable[[JobOut], None] | None = None,
         poll_s: float = 1.0,
-    ) -> JobInfo:
+    ) -> JobOut:
         """Poll a job until it is terminal (``until="terminal"``) or has started (``"running"``: running or
         already ended). ``on_update`` sees the job after every poll. Raises :class:`TimeoutError` after
         ``timeout`` seconds."""
@@ -703,64 +430,64 @@ class ZhisuanClient:
             self._sleep(pause)
 
     # -- queues and tenants ------------------------------------------------------------------------------
-    def queues(self) -> list[QueueInfo]:
-        return [QueueInfo.from_api(q) for q in self._get("/v1/queues").get("items", [])]
+    def queues(self) -> list[QueueOut]:
+        return [QueueOut.from_api(q) for q in self._get("/v1/queues").get("items", [])]
 
-    def queue(self, name: str) -> QueueInfo:
-        return QueueInfo.from_api(self._get(f"/v1/queues/{name}"))
+    def queue(self, name: str) -> QueueOut:
+        return QueueOut.from_api(self._get(f"/v1/queues/{name}"))
 
-    def put_queue(self, name: str, spec: Mapping[str, Any] | BaseModel) -> QueueInfo:
+    def put_queue(self, name: str, spec: Mapping[str, Any] | BaseModel) -> QueueOut:
         """Create or replace a queue (center-admin); ``spec`` is a ``scheduler.tenancy.QueueSpec`` or its dict."""
         body = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, BaseModel) else dict(spec)
-        return QueueInfo.from_api(self.request("PUT", f"/v1/queues/{name}", json=body))
+        return QueueOut.from_api(self.request("PUT", f"/v1/queues/{name}", json=body))
 
     def delete_queue(self, name: str) -> None:
         self.request("DELETE", f"/v1/queues/{name}")
 
-    def tenants(self) -> list[TenantInfo]:
-        return [TenantInfo.from_api(t) for t in self._get("/v1/tenants").get("items", [])]
+    def tenants(self) -> list[TenantOut]:
+        return [TenantOut.from_api(t) for t in self._get("/v1/tenants").get("items", [])]
 
-    def tenant(self, tenant_id: str) -> TenantInfo:
-        return TenantInfo.from_api(self._get(f"/v1/tenants/{tenant_id}"))
+    def tenant(self, tenant_id: str) -> TenantOut:
+        return TenantOut.from_api(self._get(f"/v1/tenants/{tenant_id}"))
 
-    def create_tenant(self, tenant_id: str, **fields: Any) -> TenantInfo:
+    def create_tenant(self, tenant_id: str, **fields: Any) -> TenantOut:
         """Create a tenant (center-admin): ``type``, ``tier``, ``weight``, ``domestic``, ``max_active_jobs``."""
         body = {"id": tenant_id, **{k: v for k, v in fields.items() if v is not None}}
-        return TenantInfo.from_api(self.request("POST", "/v1/tenants", json=body))
+        return TenantOut.from_api(self.request("POST", "/v1/tenants", json=body))
 
-    def update_tenant(self, tenant_id: str, **fields: Any) -> TenantInfo:
+    def update_tenant(self, tenant_id: str, **fields: Any) -> TenantOut:
         body = {k: v for k, v in fields.items() if v is not None}
-        return TenantInfo.from_api(self.request("PATCH", f"/v1/tenants/{tenant_id}", json=body, idempotent=True))
+        return TenantOut.from_api(self.request("PATCH", f"/v1/tenants/{tenant_id}", json=body, idempotent=True))
 
     # -- users and tokens ----------------------------------------------------------------------------------
-    def users(self, tenant: str | None = None) -> list[UserInfo]:
+    def users(self, tenant: str | None = None) -> list[UserOut]:
         """Users of your tenant (tenant admins), or of every tenant or one (center admins)."""
-        return [UserInfo.from_api(u) for u in self._get("/v1/users", tenant=tenant).get("items", [])]
+        return [UserOut.from_api(u) for u in self._get("/v1/users", tenant=tenant).get("items", [])]
 
-    def create_user(self, name: str, tenant: str | None = None, role: str = "tenant-user") -> UserInfo:
+    def create_user(self, name: str, tenant: str | None = None, role: str = "tenant-user") -> UserOut:
         """Create a user (tenant admins: in their tenant; center admins: any). Its id is ``name@tenant``."""
         body: dict[str, Any] = {"name": name, "role": role}
         if tenant is not None:
             body["tenant"] = tenant
-        return UserInfo.from_api(self.request("POST", "/v1/users", json=body))
+        return UserOut.from_api(self.request("POST", "/v1/users", json=body))
 
-    def create_token(self, user: str | None = None, name: str = "", expires_in_s: float | None = None) -> TokenInfo:
+    def create_token(self, user: str | None = None, name: str = "", expires_in_s: float | None = None) -> TokenCreated:
         """A new API token for user id ``user`` (default: yourself); the secret (``.token``) is in this answer
         only."""
         body = {"user": user, "name": name, "expires_in_s": expires_in_s}
-        return TokenInfo.from_api(self.request("POST", "/v1/tokens", json=body))
+        return TokenCreated.from_api(self.request("POST", "/v1/tokens", json=body))
 
-    def tokens(self, user: str | None = None) -> list[TokenInfo]:
+    def tokens(self, user: str | None = None) -> list[TokenOut]:
         """Tokens you may manage (no secrets), optionally of one user."""
-        return [TokenInfo.from_api(t) for t in self._get("/v1/tokens", user=user).get("items", [])]
+        return [TokenOut.from_api(t) for t in self._get("/v1/tokens", user=user).get("items", [])]
 
     def revoke_token(self, token_id: str) -> None:
         self.request("DELETE", f"/v1/tokens/{token_id}")
 
-    def node_token(self, node_id: str | None = None, name: str = "", expires_in_s: float | None = None) -> TokenInfo:
+    def node_token(self, node_id: str | None = None, name: str = "", expires_in_s: float | None = None) -> TokenCreated:
         """A node-agent token (center-admin) for ``zhisuan agent run --token``; bound to ``node_id`` if given."""
         body = {"node_id": node_id, "name": name, "expires_in_s": expires_in_s}
-        return TokenInfo.from_api(self.request("POST", "/v1/nodes/tokens", json=body))
+        return TokenCreated.from_api(self.request("POST", "/v1/nodes/tokens", json=body))
 
     def whoami(self) -> WhoAmI:
         return WhoAmI.from_api(self._get("/v1/whoami"))
@@ -768,18 +495,18 @@ class ZhisuanClient:
     # -- usage and inventory -------------------------------------------------------------------------------
     def usage(
         self, tenant: str | None = None, start: float | datetime | None = None, end: float | datetime | None = None
-    ) -> Usage:
-        """Usage and bill over ``[start, end)``; default: the current calendar month (UTC)."""
-        return Usage.from_api(self._get("/v1/usage", tenant=tenant, start=_epoch(start), end=_epoch(end)))
+    ) -> UsageOut:
+        """UsageOut and bill over ``[start, end)``; default: the current calendar month (UTC)."""
+        return UsageOut.from_api(self._get("/v1/usage", tenant=tenant, start=_epoch(start), end=_epoch(end)))
 
-    def pools(self) -> list[PoolInfo]:
-        return [PoolInfo.from_api(p) for p in self._get("/v1/pools").get("items", [])]
+    def pools(self) -> list[PoolOut]:
+        return [PoolOut.from_api(p) for p in self._get("/v1/pools").get("items", [])]
 
-    def nodes(self) -> list[NodeInfo]:
-        return [NodeInfo.from_api(n) for n in self._get("/v1/nodes").get("items", [])]
+    def nodes(self) -> list[NodeOut]:
+        return [NodeOut.from_api(n) for n in self._get("/v1/nodes").get("items", [])]
 
-    def node(self, node_id: str) -> NodeInfo:
-        return NodeInfo.from_api(self._get(f"/v1/nodes/{node_id}"))
+    def node(self, node_id: str) -> NodeOut:
+        return NodeOut.from_api(self._get(f"/v1/nodes/{node_id}"))
 
     def health(self) -> bool:
         """Whether the server answers ``/healthz`` (no retries, no token needed)."""

@@ -37,17 +37,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from api.client import (
-    ApiError,
-    Eta,
-    JobInfo,
-    NodeInfo,
-    QueueInfo,
-    Reason,
-    Unreachable,
-    Usage,
-    ZhisuanClient,
-)
+from api.client import ApiError, Unreachable, ZhisuanClient
+from api.models import EtaOut, JobOut, NodeOut, QueueOut, ReasonOut, UsageOut
 from api.profiles import ConfigFileError, Profile, config_path, remove_profile, resolve, save_profile
 from scheduler.errors import ConfigError, validate_model
 from scheduler.spec import JobSpec, load_spec
@@ -211,13 +202,11 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-def job_size(job: JobInfo) -> str:
-    workers = job.spec.get("workers", 1)
-    per = job.spec.get("devices_per_worker", 1)
-    return f"{workers}×{per:g}" if isinstance(per, int | float) else str(workers)
+def job_size(job: JobOut) -> str:
+    return f"{job.spec.workers}×{job.spec.devices_per_worker:g}"
 
 
-def _reasons_line(reasons: list[Reason]) -> str:
+def _reasons_line(reasons: list[ReasonOut]) -> str:
     return "; ".join(r.message or r.code for r in reasons[:2])
 
 
@@ -320,7 +309,7 @@ def _load(file: Path, queue: str | None) -> JobSpec:
     return spec
 
 
-def _progress_line(job: JobInfo, started: float) -> str:
+def _progress_line(job: JobOut, started: float) -> str:
     parts = [f"[bold]{escape(job.id)}[/bold] {escape(job.name)}: {state_text(job.state)}"]
     if job.attempt:
         parts.append(f"attempt {job.attempt}")
@@ -385,7 +374,7 @@ def submit(
         raise fail(f"job {job.id} {job.state}{detail}{code}", EXIT_API)
 
 
-def _placement_suffix(job: JobInfo) -> str:
+def _placement_suffix(job: JobOut) -> str:
     p = job.placement
     if p is None or not p.workers:
         return ""
@@ -595,7 +584,7 @@ def why(
     emit(answer.to_dict(), output, table)
 
 
-def eta_text(eta: Eta, now: float | None = None) -> str:
+def eta_text(eta: EtaOut, now: float | None = None) -> str:
     """One line for humans: ``starts in 12 min (14:32 UTC), finishes in 2 h (16:32 UTC)``."""
     if eta.state == "pending":
         if eta.estimated_start is None:
@@ -638,7 +627,7 @@ def _amount_text(value: float) -> str:
     return f"{round(value, 2):g}"
 
 
-def _quota_text(queue: QueueInfo) -> str:
+def _quota_text(queue: QueueOut) -> str:
     lines = []
     for flavor in sorted(set(queue.quota) | set(queue.usage)):
         q = queue.quota.get(flavor)
@@ -659,7 +648,7 @@ def _quota_text(queue: QueueInfo) -> str:
     return "\n".join(lines) or "unlimited"
 
 
-def queues_table(console: Console, items: list[QueueInfo]) -> None:
+def queues_table(console: Console, items: list[QueueOut]) -> None:
     if not items:
         console.print("No queues.")
         return
@@ -710,7 +699,7 @@ def _usage_lines(console: Console, title: str, lines: dict[str, Any], currency: 
     console.print(t)
 
 
-def usage_table(console: Console, u: Usage) -> None:
+def usage_table(console: Console, u: UsageOut) -> None:
     rows = [
         ("tenant", escape(u.tenant or "-")),
         ("period", f"{when(u.start)} – {when(u.end)}"),
@@ -735,14 +724,14 @@ def usage(
     profile: ProfileOpt = None,
     output: OutputOpt = Fmt.TABLE,
 ) -> None:
-    """Usage and bill in NCU-hours, device-hours and money."""
+    """UsageOut and bill in NCU-hours, device-hours and money."""
     start, end = month_range(month) if month else (None, None)
     with connect(url, token, profile) as client:
         answer = client.usage(tenant=tenant, start=start, end=end)
     emit(answer.to_dict(), output, lambda c: usage_table(c, answer))
 
 
-def _node_detail(console: Console, n: NodeInfo) -> None:
+def _node_detail(console: Console, n: NodeOut) -> None:
     _kv(
         console,
         [

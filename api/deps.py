@@ -22,10 +22,10 @@ from sqlmodel import Session
 
 from api.auth import Authenticator, AuthError, Principal, RateLimiter, bearer
 from api.db import write_engine
+from api.enums import Role
 from api.problems import Problem, forbidden, not_found
 from api.settings import Settings
 from api.store import Snapshots, Submitter
-from api.tables import Role
 from scheduler.catalog import Catalog
 from scheduler.throughput import ThroughputMatrix
 

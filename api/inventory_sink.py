@@ -15,7 +15,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from api.db import write_engine
-from api.tables import NODES, NodeStatus
+from api.enums import NodeStatus
+from api.tables import NODES
 from scheduler.live.inventory.base import Inventory, InventoryNode, InventorySink
 
 

@@ -1,18 +1,26 @@
-"""Request and response bodies of the REST API (the contract in ``api/README.md``), as pydantic models.
+"""Request and response bodies of the REST API (the contract in ``api/README.md``), as pydantic models: the one set
+of wire models, used by the server (OpenAPI, response checks) and by the SDK (:mod:`api.client`) alike.
 
 Requests are strict (unknown fields are errors). Responses are documented by these models and built as plain
-dicts on the hot paths; the tests validate every response body against them.
+dicts on the hot paths; the tests validate every response body against them. A client reads an answer with
+``from_api``, which keeps fields it does not know (a newer server) and gives back exactly what the server sent
+with ``to_dict``::
+
+    >>> job = EtaOut.from_api({"job_id": "j1", "state": "pending", "estimated_start": 10.0,
+    ...                        "estimated_finish": None, "computed_at": 9.0, "new_field": 1})
+    >>> job.state, job.to_dict()["new_field"]
+    (<JobState.PENDING: 'pending'>, 1)
 """
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from api.tables import NodeSource, NodeStatus, Role
+from api.enums import NodeSource, NodeStatus, Role
 from scheduler.model import DomesticPreference, ServiceTier
-from scheduler.spec import JobSpec, JobState
+from scheduler.spec import TERMINAL_STATES, JobSpec, JobState
 from scheduler.tenancy import TenantType
 
 T = TypeVar("T")
@@ -24,7 +32,22 @@ class _In(BaseModel):
 
 
 class _Out(BaseModel):
+    """An answer of the API. Fields a model does not declare are kept (a newer server stays readable)."""
+
     model_config = ConfigDict(extra="allow")
+    _raw: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_api(cls, data: Any) -> Self:
+        """Read a body the server sent."""
+        obj = cls.model_validate(data)
+        if isinstance(data, dict):
+            obj._raw = data
+        return obj
+
+    def to_dict(self) -> dict[str, Any]:
+        """Exactly what the server answered (the API's keys), for ``-o json`` and scripts."""
+        return dict(self._raw) if self._raw is not None else self.model_dump(mode="json")
 
 
 class ProblemOut(_Out):
@@ -117,6 +140,11 @@ class JobOut(_Out):
     message: str
     exit_code: int | None
 
+    @property
+    def terminal(self) -> bool:
+        """Nothing more will happen to the job."""
+        return self.state in TERMINAL_STATES
+
 
 class JobPage(_Out):
     items: list[JobOut]
@@ -176,6 +204,18 @@ class QueueOut(_Out):
     pending: int
     running: int
     policy_version: int
+
+    def spec(self) -> dict[str, Any]:
+        """The queue as a ``PUT /v1/queues/{name}`` body (``scheduler.tenancy.QueueSpec``), keeping what it sets."""
+        body: dict[str, Any] = {
+            "parent": self.parent,
+            "tenant": self.tenant,  # a child's tenant is its parent's: repeating it is accepted
+            "quota": {flavor: q.model_dump(exclude_none=True) for flavor, q in self.quota.items()},
+            "weight": self.weight,
+        }
+        if self.domestic is not None:
+            body["domestic"] = self.domestic.value
+        return body
 
 
 # --------------------------------------------------------------------------------------------- tenants
@@ -342,6 +382,11 @@ class NodeOut(_Out):
     agent_version: str | None
     last_seq: int | None
     devices: list[DeviceOut] = Field(description="per device; telemetry only in GET /v1/nodes/{id}")
+
+    @property
+    def size(self) -> int:
+        """How many devices the node has."""
+        return self.device_count
 
 
 class HealthOut(_Out):

@@ -21,8 +21,9 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from api.db import write_engine
+from api.enums import NodeStatus
 from api.store import node_of, node_status
-from api.tables import DEVICES, JOB_EVENTS, JOB_LOGS, JOBS, LEADER_LOCK, LEDGER, NODES, POLICY_VERSIONS, NodeStatus
+from api.tables import DEVICES, JOB_EVENTS, JOB_LOGS, JOBS, LEADER_LOCK, LEDGER, NODES, POLICY_VERSIONS
 from scheduler.live.store import (
     LEASE_NAME,
     Fence,

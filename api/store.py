@@ -37,7 +37,8 @@ from sqlalchemy.orm import Session
 
 from agents.protocol import DeviceWork
 from api.db import is_sqlite, write_engine
-from api.tables import JOB_EVENTS, JOBS, NODES, POLICY_VERSIONS, NodeSource, NodeStatus
+from api.enums import NodeSource, NodeStatus
+from api.tables import JOB_EVENTS, JOBS, NODES, POLICY_VERSIONS
 from scheduler.catalog import Catalog
 from scheduler.model import MILLI, DomesticPreference, Job, Node, Reason
 from scheduler.placement import PlacementEngine

@@ -15,13 +15,13 @@ that), so two writers never both move one job::
 from __future__ import annotations
 
 import random
-from enum import StrEnum
 from typing import Any, cast
 
 from sqlalchemy import JSON, Column, ForeignKey, Index, MetaData, String, Table, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
+from api.enums import NodeSource, NodeStatus
 from scheduler.spec import JobState
 
 # Stable constraint names make migrations reproducible on every database.
@@ -35,24 +35,6 @@ SQLModel.metadata.naming_convention = {
 
 #: JSON everywhere, JSONB on PostgreSQL (indexable, compact).
 JSONValue = JSON().with_variant(JSONB(), "postgresql")
-
-
-class Role(StrEnum):
-    TENANT_USER = "tenant-user"
-    TENANT_ADMIN = "tenant-admin"
-    CENTER_ADMIN = "center-admin"
-    NODE_AGENT = "node-agent"
-
-
-class NodeStatus(StrEnum):
-    READY = "ready"
-    CORDONED = "cordoned"
-    DOWN = "down"
-
-
-class NodeSource(StrEnum):
-    AGENT = "agent"
-    FILE = "file"
 
 
 # Job ids need uniqueness, not secrecy: a PRNG seeded once from the OS (os.urandom per id costs a syscall, and

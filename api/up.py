@@ -28,10 +28,10 @@ from api.auth import issue_token
 from api.bootstrap import ADMIN_USER, prepare
 from api.coalescing import CoalescingHttpToolsProtocol
 from api.db import make_engine, migrate, write_session
+from api.enums import Role
 from api.profiles import Profile, save_profile
 from api.service_store import SqlServiceStore
 from api.settings import Settings
-from api.tables import Role
 from scheduler.cluster import load_cluster
 from scheduler.core import CoreConfig, SchedulerCore
 from scheduler.live.executors.base import Executor

@@ -26,9 +26,10 @@ from agents.protocol import (
 )
 from api.auth import Principal
 from api.deps import CurrentPrincipal, WriteSession, context, require, respond
+from api.enums import NodeSource, NodeStatus, Role
 from api.models import V1_PROBLEMS
 from api.problems import Problem
-from api.tables import DEVICES, NODES, NodeSource, NodeStatus, Role
+from api.tables import DEVICES, NODES
 from scheduler.catalog import Tier
 from scheduler.model import pool_id
 

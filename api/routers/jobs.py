@@ -31,10 +31,11 @@ from api.deps import (
     require,
     respond,
 )
+from api.enums import Role
 from api.models import V1_PROBLEMS, EtaOut, EventOut, Items, JobOut, JobPage, LogChunk, WhyOut
 from api.problems import Problem, from_pydantic, not_found
 from api.store import request_hash
-from api.tables import JOB_EVENTS, JOB_LOGS, JOBS, Role, new_job_id
+from api.tables import JOB_EVENTS, JOB_LOGS, JOBS, new_job_id
 from scheduler.model import JobKind, PriorityClass
 from scheduler.spec import TERMINAL_STATES, JobSpec, JobState
 from scheduler.tenancy import QueuePolicy

@@ -16,10 +16,11 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from api.deps import AppContext, CurrentPrincipal, ReadSession, context, respond
+from api.enums import NodeStatus
 from api.models import V1_PROBLEMS, Items, NodeOut, PoolOut
 from api.problems import not_found
 from api.store import device_work, node_status
-from api.tables import DEVICES, NODES, NodeStatus
+from api.tables import DEVICES, NODES
 
 router = APIRouter(prefix="/v1", tags=["inventory"], responses=V1_PROBLEMS)
 NodeId = Annotated[str, Path(min_length=1, max_length=200)]

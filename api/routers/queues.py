@@ -19,10 +19,11 @@ from sqlmodel import Session
 from api.auth import Principal
 from api.db import is_sqlite
 from api.deps import AppContext, CurrentPrincipal, ReadSession, Scope, WriteSession, context, require, respond
+from api.enums import Role
 from api.models import V1_PROBLEMS, Items, QueueOut
 from api.problems import Problem, not_found
 from api.store import PolicySnapshot
-from api.tables import JOBS, POLICY_VERSIONS, Role
+from api.tables import JOBS, POLICY_VERSIONS
 from scheduler.errors import ConfigError
 from scheduler.spec import ACTIVE_STATES, HOLDING_STATES
 from scheduler.tenancy import QueuePolicy, QueueSpec, parse_policy

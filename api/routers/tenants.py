@@ -10,10 +10,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response
 
 from api.deps import CurrentPrincipal, Scope, WriteSession, context, require, respond
+from api.enums import Role
 from api.models import NAME_PATTERN, V1_PROBLEMS, Items, TenantIn, TenantOut, TenantPatch
 from api.problems import Problem, not_found
 from api.routers.queues import update_policy
-from api.tables import Role
 from scheduler.tenancy import QueuePolicy, Tenant
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"], responses=V1_PROBLEMS)

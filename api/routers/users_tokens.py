@@ -16,9 +16,10 @@ from sqlalchemy import insert, select, update
 
 from api.auth import Principal, issue_token
 from api.deps import CurrentPrincipal, ReadSession, Scope, WriteSession, context, require, respond
+from api.enums import Role
 from api.models import V1_PROBLEMS, Items, NodeTokenIn, TokenCreated, TokenIn, TokenOut, UserIn, UserOut, WhoAmI
 from api.problems import Problem, not_found
-from api.tables import API_TOKENS, USERS, Role
+from api.tables import API_TOKENS, USERS
 
 router = APIRouter(prefix="/v1", tags=["users and tokens"], responses=V1_PROBLEMS)
 TokenId = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")]

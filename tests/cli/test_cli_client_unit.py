@@ -12,7 +12,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from api.client import ApiError, JobInfo, QueueInfo, Unreachable, ZhisuanClient
+from api.client import ApiError, Unreachable, ZhisuanClient
+from api.models import JobOut, QueueOut
 from scheduler.errors import ConfigError
 
 PROBLEM = "application/problem+json"
@@ -20,7 +21,30 @@ SPEC = {"name": "t", "entrypoint": "echo hi"}
 
 
 def job(job_id: str = "j1", state: str = "pending", **extra: object) -> dict[str, object]:
-    return {"id": job_id, "name": "t", "state": state, "kind": "training", "spec": SPEC, **extra}
+    """A job answer in the server's full shape (``JobOut``)."""
+    return {
+        "id": job_id,
+        "name": "t",
+        "tenant": "acme",
+        "user": "ann",
+        "queue": "acme",
+        "kind": "training",
+        "state": state,
+        "priority": "training",
+        "attempt": 0,
+        "spec": SPEC,
+        "submitted_at": 1.0,
+        "started_at": None,
+        "finished_at": None,
+        "updated_at": 1.0,
+        "placement": None,
+        "reasons": [],
+        "estimated_start": None,
+        "estimated_finish": None,
+        "message": "",
+        "exit_code": None,
+        **extra,
+    }
 
 
 def problem(status: int, slug: str, detail: str = "", **extra: object) -> httpx.Response:
@@ -241,27 +265,28 @@ def test_models_ignore_unknown_fields_but_keep_them_for_output() -> None:
             "model": "H100",
             "pool": "bj/H100",
             "topology": "node",
-            "workers": [{"rank": 0, "node": "n1", "devices": [0, 1]}],
+            "workers": [{"rank": 0, "node": "n1", "devices": [0, 1], "milli": 1000}],
         },
     )
-    info = JobInfo.from_api(raw)
+    info = JobOut.from_api(raw)
     assert info.placement is not None and info.placement.workers[0].devices == [0, 1]
     assert info.to_dict()["future_field"] == {"x": 1}
-    assert not info.terminal and JobInfo.from_api(job(state="failed")).terminal
+    assert not info.terminal and JobOut.from_api(job(state="failed")).terminal
 
 
 def test_queue_spec_keeps_weight_and_domestic_for_a_put_back() -> None:
-    q = QueueInfo.from_api(
+    q = QueueOut.from_api(
         {
             "name": "acme",
             "tenant": "acme",
             "parent": None,
             "weight": 2.0,
             "domestic": "preferred",
-            "quota": {"H100": {"guarantee": 0, "deserved": 8, "limit": None}},
+            "quota": {"H100": {"guarantee": 0, "deserved": 8, "limit": None, "borrowing_limit": None}},
             "usage": {"H100": 3},
             "pending": 1,
             "running": 2,
+            "policy_version": 3,
         }
     )
     assert q.spec() == {

@@ -20,7 +20,8 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner, Result
 
 from api.cli import app
-from api.client import ApiError, JobInfo
+from api.client import ApiError
+from api.models import JobOut
 from api.tables import JOBS
 from scheduler.spec import load_spec
 
@@ -134,8 +135,8 @@ def test_submit_our_specs_and_read_them_back(server: Server, name: str) -> None:
     again = as_json(zs(server, "status", job["id"], "-o", "json"))
     assert again.keys() == job.keys() and again["spec"] == job["spec"] and again["id"] == job["id"]
     assert yaml.safe_load(ok(zs(server, "status", job["id"], "-o", "yaml")).stdout)["id"] == job["id"]
-    # JobInfo parses what the CLI printed.
-    assert JobInfo.from_api(again).spec["name"] == load_spec(path).name
+    # JobOut parses what the CLI printed.
+    assert JobOut.from_api(again).spec.name == load_spec(path).name
 
 
 @pytest.mark.parametrize("path", sorted(p for p in (SEEDS / "examples").glob("*.yaml") if p.name != "demo-jobs.yaml"))

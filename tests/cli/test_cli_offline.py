@@ -11,8 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 from api.cli import app
-from api.client import Eta
 from api.commands import duration, eta_text, month_range, parse_duration, relative
+from api.models import EtaOut
 
 runner = CliRunner()
 SEEDS = Path(__file__).resolve().parents[2] / "seeds"
@@ -111,18 +111,22 @@ def test_existing_commands_still_work() -> None:
         assert runner.invoke(app, command).exit_code == 0
 
 
+def eta(state: str, start: float | None = None) -> EtaOut:
+    return EtaOut.from_api(
+        {"job_id": "j", "state": state, "estimated_start": start, "estimated_finish": None, "computed_at": None}
+    )
+
+
 def test_human_times() -> None:
     assert [duration(s) for s in (5, 59, 60, 720, 3600, 7500, 90000, 86400)] == [
         "5 s", "59 s", "1 min", "12 min", "1 h", "2 h 5 min", "1 d 1 h", "1 d",
     ]  # fmt: skip
     assert relative(1_000_720.0, now=1_000_000.0).startswith("in 12 min (")
     assert relative(1_000_000.0, now=1_010_800.0).startswith("3 h ago (")
-    assert eta_text(Eta(job_id="j", state="pending", estimated_start=1_000_720.0), now=1_000_000.0).startswith(
-        "starts in 12 min ("
-    )
-    assert "UTC)" in eta_text(Eta(job_id="j", state="pending", estimated_start=1_000_720.0), now=1_000_000.0)
-    assert eta_text(Eta(job_id="j", state="pending")).startswith("no estimate yet")
-    assert eta_text(Eta(job_id="j", state="succeeded")) == "succeeded: nothing to estimate"
+    assert eta_text(eta("pending", 1_000_720.0), now=1_000_000.0).startswith("starts in 12 min (")
+    assert "UTC)" in eta_text(eta("pending", 1_000_720.0), now=1_000_000.0)
+    assert eta_text(eta("pending")).startswith("no estimate yet")
+    assert eta_text(eta("succeeded")) == "succeeded: nothing to estimate"
 
 
 def test_month_and_duration_options() -> None:

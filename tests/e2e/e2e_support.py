@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api.client import JobInfo, ZhisuanClient
+from api.client import ZhisuanClient
+from api.models import JobOut
 from api.up import Running
 from scheduler.core import CoreConfig, QueueingConfig
 from scheduler.live.service import ServiceConfig
@@ -106,11 +107,11 @@ def spec(name: str, entrypoint: str, **fields: Any) -> dict[str, Any]:
 def wait_for(
     client: ZhisuanClient,
     job_id: str,
-    check: Callable[[JobInfo], bool],
+    check: Callable[[JobOut], bool],
     what: str,
     timeout_s: float = 60.0,
     poll_s: float = 0.1,
-) -> JobInfo:
+) -> JobOut:
     """Poll the job through the API until ``check`` holds; on timeout the error shows the job and its events."""
     deadline = time.monotonic() + timeout_s
     job = client.get_job(job_id)
@@ -128,8 +129,8 @@ def wait_for(
 
 def wait_state(
     client: ZhisuanClient, job_id: str, *states: str, attempt: int | None = None, timeout_s: float = 60.0
-) -> JobInfo:
-    def ok(job: JobInfo) -> bool:
+) -> JobOut:
+    def ok(job: JobOut) -> bool:
         return job.state in states and (attempt is None or job.attempt == attempt)
 
     label = "/".join(states) + ("" if attempt is None else f" (attempt {attempt})")
