@@ -102,6 +102,8 @@ class ShimStatus(_Record):
     state: ShimState
     reason: str = ""
     tool_version: str | None = None
+    driver_version: str | None = Field(default=None, description="driver version the tool reports, per node")
+    command: str | None = Field(default=None, description="the tool invocation the shim reads (e.g. 'cnmon')")
 
 
 class DeviceInfo(_Record):
@@ -121,6 +123,11 @@ class DeviceInfo(_Record):
     mig_enabled: bool | None = None
     driver_version: str | None = None
     notes: list[str] = Field(default_factory=list)
+    parent_uuid: str | None = Field(default=None, description="for a MIG instance: the uuid of its physical GPU")
+    fraction: float | None = Field(
+        default=None, gt=0, le=1, description="share of the parent device this one is (MIG: GPU slices / slices)"
+    )
+    profile: str | None = Field(default=None, description="partition profile as the vendor names it ('1g.10gb')")
 
 
 class DeviceWork(_Record):
@@ -162,6 +169,12 @@ class DeviceSample(_Record):
     remap_failure: bool | None = None
     xid_events: list[int] = Field(default_factory=list, description="XIDs observed since the previous sample")
     mig_enabled: bool | None = None
+    throttle_reasons: list[str] = Field(
+        default_factory=list, description="why clocks are held down now (NVML clock event reasons), informative"
+    )
+    ecc_events: list[str] = Field(
+        default_factory=list, description="ECC error events observed since the previous sample ('double-bit' ...)"
+    )
     health: Health = Health.UNKNOWN
     health_reasons: list[str] = Field(default_factory=list)
     fields_unavailable: list[str] = Field(default_factory=list)

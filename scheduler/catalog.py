@@ -109,6 +109,24 @@ class Interconnect(_Strict):
 CITED_FIELDS = ("memory_gib", "peak_tflops", "tdp_w", "interconnect")
 
 
+class DeviceName(_Strict):
+    """A name that vendor tools print for more than one part, told apart by the memory one device reports.
+
+    Ascend A3 dies and the original Ascend 910 both print ``Ascend910``; ``memory_gib`` is what one *device* (as the
+    tool enumerates it) reports, which for multi-die parts differs from the package figure in ``memory_gib`` of the
+    model. ``source`` names the capture or data sheet that shows it.
+    """
+
+    name: str = Field(min_length=1)
+    memory_gib: float = Field(gt=0)
+    source: str = Field(min_length=1)
+
+
+#: How far (as a fraction) a device's reported memory may be from a :class:`DeviceName` figure and still match:
+#: tools report usable memory, a few percent under the data-sheet size (65520 MiB for a 64 GiB part).
+DEVICE_MEMORY_TOLERANCE = 0.1
+
+
 class AcceleratorModel(_Strict):
     """One accelerator product. Numbers are per device (per package for multi-die parts such as MI300X)."""
 
@@ -128,6 +146,7 @@ class AcceleratorModel(_Strict):
     historical: bool = False
     opaque: bool = False
     aliases: tuple[str, ...] = ()
+    device_names: tuple[DeviceName, ...] = ()
     source: dict[str, str]
     notes: str | None = None
 
@@ -218,6 +237,7 @@ class Catalog:
             self._vendors[vendor.vendor] = vendor
         self._models: dict[str, AcceleratorModel] = {}
         self._names: dict[str, str] = {}
+        self._device_names: dict[str, list[tuple[float, str]]] = {}
         for index, entry in enumerate(document.models):
             if entry.model in self._models:
                 raise ConfigError(source, f"models[{index}].model", f"duplicate model {entry.model!r}")
@@ -226,6 +246,10 @@ class Catalog:
                     source, f"models[{index}].vendor", f"unknown vendor {entry.vendor!r}", allowed=sorted(self._vendors)
                 )
             self._models[entry.model] = entry
+            for printed in entry.device_names:
+                self._device_names.setdefault(normalise_name(printed.name), []).append(
+                    (printed.memory_gib, entry.model)
+                )
             for name in (entry.model, *entry.aliases):
                 key = normalise_name(name)
                 owner = self._names.get(key)
@@ -272,6 +296,28 @@ class Catalog:
         """The model a name or alias refers to, or ``None``."""
         model = self._names.get(normalise_name(name))
         return self._models[model] if model is not None else None
+
+    def lookup_device(self, name: str, memory_mib: float | None) -> AcceleratorModel | None:
+        """The model of a device as a vendor tool prints it: ``name`` plus the memory the device reports.
+
+        A name listed under some model's ``device_names`` is ambiguous by itself and resolves only when the memory
+        matches exactly one of its entries (within :data:`DEVICE_MEMORY_TOLERANCE`); otherwise it is unknown, never
+        the nearest neighbour. Other names resolve like :meth:`lookup`::
+
+            >>> catalog = load_catalog()
+            >>> catalog.lookup_device("Ascend910", 65536).model, catalog.lookup_device("Ascend910", None)
+            ('Ascend910C', None)
+            >>> catalog.lookup_device("NVIDIA A100-SXM4-80GB", None).model
+            'A100'
+        """
+        entries = self._device_names.get(normalise_name(name))
+        if entries is None:
+            return self.lookup(name)
+        if memory_mib is None or memory_mib <= 0:
+            return None
+        gib = memory_mib / 1024
+        matches = {model for size, model in entries if abs(gib - size) <= DEVICE_MEMORY_TOLERANCE * size}
+        return self._models[matches.pop()] if len(matches) == 1 else None
 
     def resolve(self, name: str, *, source: str | Path = "<input>", field: str = "model") -> AcceleratorModel:
         """Like :meth:`lookup` but raises a :class:`ConfigError` that lists the known models."""

@@ -30,7 +30,7 @@ def make_shim(vendor: str, catalog: Catalog | str | None = "default", timeout_s:
     if vendor == "nvidia":
         return NvmlShim(catalog=catalog)
     if vendor == "amd":
-        return AmdShim(catalog=catalog)
+        return AmdShim(catalog=catalog, timeout_s=timeout_s)
     cli = {
         "huawei": AscendShim,
         "cambricon": CambriconShim,

@@ -1,4 +1,8 @@
-"""AMD Instinct GPUs through the ``amdsmi`` Python library (ROCm's AMD SMI).
+"""AMD GPUs through the ``amdsmi`` Python library (ROCm's AMD SMI), else the ``amd-smi`` / ``rocm-smi`` tools.
+
+Where the library does not import (or cannot initialise), the shim falls back to
+:class:`agents.shims.amd_cli.AmdSmiCliShim` and then :class:`agents.shims.amd_cli.RocmSmiShim`, so a host with
+ROCm's tools but without the Python package still reports its GPUs.
 
 The library module is a constructor argument (default: ``import amdsmi``), so tests inject an object with the
 same function names and return shapes: ``amdsmi_get_gpu_vram_usage`` returns ``{"vram_total", "vram_used"}`` in
@@ -16,8 +20,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agents.protocol import METRIC_FIELDS, DeviceInfo, DeviceSample, Health
+from agents.protocol import METRIC_FIELDS, DeviceInfo, DeviceSample, Health, ShimState
+from agents.shims.amd_cli import AmdSmiCliShim, RocmSmiShim
 from agents.shims.base import ModelResolver, Shim
+from agents.shims.tool import Runner, ToolShim
 from scheduler.catalog import Catalog
 
 _MISSING = object()
@@ -51,6 +57,11 @@ class AmdShim(Shim):
         catalog: Catalog | str | None = "default",
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        cli: bool = True,
+        amd_smi: str | None = None,
+        rocm_smi: str | None = None,
+        timeout_s: float = 5.0,
+        runner: Runner | None = None,
     ) -> None:
         super().__init__()
         self.smi = _load_amdsmi() if module is _MISSING else module
@@ -59,16 +70,27 @@ class AmdShim(Shim):
         self._handles: list[Any] = []
         self._initialised = False
         self._slow: dict[int, dict[str, float | None]] = {}
+        tool_args: dict[str, Any] = {
+            "catalog": catalog,
+            "timeout_s": timeout_s,
+            "runner": runner,
+            "clock": clock,
+            "wall_clock": wall_clock,
+        }
+        self.fallbacks: list[ToolShim] = (
+            [AmdSmiCliShim(binary=amd_smi, **tool_args), RocmSmiShim(binary=rocm_smi, **tool_args)] if cli else []
+        )
+        self.cli: ToolShim | None = None
 
     def discover(self) -> list[DeviceInfo]:
         if self.smi is None:
-            return self._absent("amdsmi Python package not installed")
+            return self._discover_cli("amdsmi Python package not installed")
         try:
             self.smi.amdsmi_init()
             self._initialised = True
             self._handles = list(self.smi.amdsmi_get_processor_handles())
         except Exception as err:  # AmdSmiLibraryException when the amdgpu driver is not loaded
-            return self._absent(f"amdsmi unusable: {err}")
+            return self._discover_cli(f"amdsmi unusable: {err}")
         if not self._handles:
             return self._absent("amdsmi found no AMD GPUs")
         devices = []
@@ -89,7 +111,26 @@ class AmdShim(Shim):
             )
         return self._present(devices)
 
+    def _discover_cli(self, why: str) -> list[DeviceInfo]:
+        """The library is unusable: try ``amd-smi`` then ``rocm-smi``; the first that finds GPUs is used."""
+        reasons = [why]
+        for shim in self.fallbacks:
+            devices = shim.discover()
+            if shim.status.state == ShimState.PRESENT:
+                self.cli = shim
+                self.status = shim.status.model_copy(update={"reason": f"{why}; using {shim.tool}"})
+                self.devices = devices
+                return devices
+            reasons.append(shim.status.reason)
+            if shim.status.state == ShimState.ERROR:
+                self.status = shim.status.model_copy(update={"reason": "; ".join(reasons)})
+                self.devices = []
+                return []
+        return self._absent("; ".join(reasons))
+
     def sample(self, fast: bool = True) -> list[DeviceSample]:
+        if self.cli is not None:
+            return self.cli.sample(fast)
         now, wall = self.clock(), self.wall_clock()
         out = []
         for device in self.devices:

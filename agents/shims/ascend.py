@@ -1,39 +1,60 @@
 """Huawei Ascend NPUs through ``npu-smi``.
 
 Fast ticks parse the ``npu-smi info`` summary table (one call for all chips: health, power, temperature, AI core
-utilisation, HBM usage). Slow ticks add the per-chip queries ``npu-smi info -t usages|power|temp -i N -c M``,
-whose ``key : value`` lines are more precise (HBM capacity, real-time power) but cost three calls per chip.
-``npu-smi info -m`` maps (NPU, chip) to the logical id and full chip name used for the catalog::
+utilisation, memory). Slow ticks add the per-chip queries ``npu-smi info -t usages|power|temp -i N -c M``, whose
+``key : value`` lines are more precise (HBM capacity, real-time power) but cost three calls per chip.
+``npu-smi info -m`` maps (NPU, chip) to the logical id and the chip name used for the catalog.
 
-    >>> table = open("tests/fixtures/ascend/npu-smi-info-910b.txt").read()
-    >>> rows = parse_info_table(table)
-    >>> rows[0].npu, rows[0].chip, rows[0].power_w, rows[0].hbm_total_mib
-    (0, 0, 93.6, 65536.0)
+The table changed across releases and boards, and the parser follows its header rather than fixed positions:
+
+* 20.x (Atlas 300 / 310): ``Power(W) Temp(C)`` then ``Chip Device | Bus-Id | AICore(%) Memory-Usage(MB)``, the
+  NPU line repeated for each of the card's four chips;
+* 21.x adds ``Hugepages-Usage(page)`` to the first line;
+* 22.x-25.x on 910A / 910B: ``Chip | Bus-Id | AICore(%) Memory-Usage(MB) HBM-Usage(MB)``, one chip per NPU;
+* Atlas A3 (24.1.rc3 onwards): ``Chip Phy-ID``, two dies per NPU, the NPU line repeated per die and the board's
+  power printed on the first die only (``-`` on the second).
+
+::
+
+    >>> table = parse_info_table(open("tests/fixtures/ascend/vllm-ascend-2035-24.1.rc3.7-a3.excerpt.txt").read())
+    >>> [(r.npu, r.chip, r.name, r.power_w, r.hbm_total_mib) for r in table.rows]
+    [(0, 0, 'Ascend910', 178.8, 65536.0), (0, 1, 'Ascend910', None, 65536.0)]
+    >>> table.tool_version, table.second_id
+    ('24.1.rc3.7', 'phy')
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.protocol import METRIC_FIELDS, DeviceInfo, DeviceSample, Health
-from agents.shims.tool import ToolShim, nonneg, parse_number, pct
+from agents.protocol import DeviceInfo, DeviceSample, Health
+from agents.shims.tool import ToolShim, bus_id, cells, celsius, nonneg, parse_number, pct
 
 # npu-smi's health words (npu-smi source: is_unhealthy_state lists Warning, Alarm, Critical). Warning is a minor
 # alarm that MindCluster still schedules on, so it is reported as a reason on a healthy device.
 _UNHEALTHY = {"alarm", "critical", "error", "abnormal"}
 _WARNING = {"warning"}
+_EMPTY = {"", "-", "na", "n/a"}
+
+# Column labels of the two header lines, as npu-smi prints them, mapped to the values they announce.
+_FIRST_LINE = {"power(w)": "power", "temp(c)": "temp", "hugepages-usage(page)": "hugepages"}
+_SECOND_LINE = {"aicore(%)": "aicore", "memory-usage(mb)": "memory", "hbm-usage(mb)": "hbm"}
+_DEFAULT_FIRST = ["power", "temp", "hugepages"]
+_DEFAULT_SECOND = ["aicore", "memory", "hbm"]
 
 
 @dataclass
 class ChipRow:
-    """One chip of the ``npu-smi info`` table; ``None`` where the cell was ``NA`` or unreadable."""
+    """One chip of the ``npu-smi info`` table; ``None`` where the cell was ``NA``, ``-`` or unreadable."""
 
     npu: int
     chip: int
     name: str
     health: str
+    second_id: int | None = None  # the "Device" (20.x/21.x) or "Phy-ID" (A3) column
     bus_id: str | None = None
     power_w: float | None = None
     temperature_c: float | None = None
@@ -42,65 +63,193 @@ class ChipRow:
     memory_total_mib: float | None = None
     hbm_used_mib: float | None = None
     hbm_total_mib: float | None = None
+    power_on_other_chip: bool = False
     problems: list[str] = field(default_factory=list)
 
 
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
+@dataclass
+class InfoTable:
+    rows: list[ChipRow] = field(default_factory=list)
+    tool_version: str | None = None
+    driver_version: str | None = None
+    second_id: str | None = None  # "device" | "phy" | None
+    problems: list[str] = field(default_factory=list)
 
 
-def _tokens(cell: str) -> list[str]:
-    return [t for t in re.split(r"[\s/]+", cell) if t]
+def _values(cell: str) -> list[str | tuple[str, str]]:
+    """The values of a table cell: ``"0  3411 / 65536"`` → ``["0", ("3411", "65536")]`` (pairs kept together)."""
+    out: list[str | tuple[str, str]] = []
+    for match in re.finditer(r"(\S+?)\s*/\s*(\S+)|(\S+)", cell):
+        if match.group(3) is not None:
+            out.append(match.group(3))
+        else:
+            out.append((match.group(1), match.group(2)))
+    return out
 
 
-def parse_info_table(text: str) -> list[ChipRow]:
-    """Parse the chip rows of ``npu-smi info``. Rows cut off by truncated output are left out."""
-    has_hbm = "HBM-Usage" in text
-    rows: list[ChipRow] = []
-    current: tuple[int, str, str, list[str]] | None = None  # npu, name, health, first-line values
+def _labels(cell: str, known: dict[str, str]) -> list[str]:
+    labels = [known.get(token.lower(), "?") for token in cell.split()]
+    return [label for label in labels if label != "?"]
+
+
+def _num(value: str | tuple[str, str] | None, part: int | None = None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return parse_number(value[part or 0]) if part is not None else None
+    if value.strip().lower() in _EMPTY:
+        return None
+    return parse_number(value)
+
+
+def _is_int(token: str) -> bool:
+    return token.isdigit()
+
+
+def parse_info_table(text: str) -> InfoTable:
+    """Parse ``npu-smi info``. Rows cut off by truncated output are left out; rows that cannot be read are
+    reported in ``problems`` (of the row when it is known, of the table otherwise)."""
+    table = InfoTable()
+    version = re.search(r"npu-smi\s+(\d\S*)", text)
+    table.tool_version = version.group(1) if version else None
+    driver = re.search(r"Version:\s*(\d\S*)", text)
+    table.driver_version = driver.group(1) if driver else None
+    first_fields: list[str] | None = None
+    second_fields: list[str] | None = None
+    current: tuple[int, str, str, list[str | tuple[str, str]]] | None = None
     for line in text.splitlines():
         if "Process id" in line or "Process name" in line:
             break  # the process table follows; nothing of ours below
-        if not line.startswith("|"):
+        if not line.lstrip().startswith("|"):
             continue
-        cells = _cells(line)
-        if len(cells) < 3:
+        row = cells(line)
+        if len(row) < 3:
             continue
-        head = cells[0].split()
-        if len(head) >= 2 and head[0].isdigit() and not head[1].isdigit():
-            # first line of an NPU: "| 0     910B3 | OK | 93.6   45   0 / 0 |"
-            current = (int(head[0]), " ".join(head[1:]), cells[1], _tokens(cells[2]))
+        head = row[0].split()
+        if head[:2] == ["NPU", "Name"] or (head and head[0] == "NPU" and "Health" in row[1]):
+            first_fields = _labels(row[2], _FIRST_LINE)
             continue
-        if current is None or not head or not head[0].isdigit():
+        if head and head[0] == "Chip" and "Bus-Id" in row[1]:
+            second_fields = _labels(row[2], _SECOND_LINE)
+            table.second_id = {"device": "device", "phy-id": "phy"}.get(head[1].lower()) if len(head) > 1 else None
             continue
-        # chip line: "| 0 | 0000:C1:00.0 | 0   0 / 0   3398 / 65536 |"; on 310P cards head is "chip device"
-        npu, name, health, first = current
-        values = _tokens(cells[2])
-        row = ChipRow(npu=npu, chip=int(head[0]), name=name, health=health)
-        row.bus_id = cells[1] if re.fullmatch(r"[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.\d", cells[1]) else None
-        row.power_w = nonneg(parse_number(first[0])) if len(first) > 0 else None
-        row.temperature_c = parse_number(first[1]) if len(first) > 1 else None
-        row.aicore_pct = pct(parse_number(values[0])) if values else None
-        if len(values) >= 3:
-            row.memory_used_mib = nonneg(parse_number(values[1]))
-            row.memory_total_mib = nonneg(parse_number(values[2]))
-        if has_hbm and len(values) >= 5:
-            row.hbm_used_mib = nonneg(parse_number(values[3]))
-            row.hbm_total_mib = nonneg(parse_number(values[4]))
-        elif has_hbm:
-            row.problems.append("HBM usage missing from npu-smi row")
-        rows.append(row)
-    return rows
+        # A chip line carries the PCI bus id in its second cell, an NPU line its health word. (The name alone
+        # cannot tell them apart: the 310 is named "310".)
+        chip_line = bus_id(row[1]) is not None or (
+            bool(head) and all(_is_int(t) for t in head) and row[1].strip().lower() in _EMPTY
+        )
+        if not chip_line and len(head) >= 2 and _is_int(head[0]):
+            # first line of an NPU (repeated per chip on 310 and A3 boards): "| 0  910B3 | OK | 93.6  45  0 / 0 |"
+            current = (int(head[0]), " ".join(head[1:]), row[1], _values(row[2]))
+            continue
+        if not head or not all(_is_int(t) for t in head) or len(head) > 2:
+            if row[0] and not row[0].startswith("="):
+                table.problems.append(f"table row not understood: {line.strip()[:80]!r}")
+            continue
+        if current is None:
+            table.problems.append(f"chip row before any NPU row: {line.strip()[:80]!r}")
+            continue
+        if first_fields is None or second_fields is None:
+            if not any("header not found" in p for p in table.problems):
+                table.problems.append("table header not found; columns read in the 22.x-25.x order")
+            first_fields = first_fields or _DEFAULT_FIRST
+            second_fields = second_fields or _DEFAULT_SECOND
+        table.rows.append(_chip_row(current, head, row, first_fields, second_fields))
+    return table
+
+
+def _chip_row(
+    current: tuple[int, str, str, list[str | tuple[str, str]]],
+    head: list[str],
+    row: list[str],
+    first_fields: list[str],
+    second_fields: list[str],
+) -> ChipRow:
+    npu, name, health, first = current
+    chip = ChipRow(npu=npu, chip=int(head[0]), name=name, health=health)
+    chip.second_id = int(head[1]) if len(head) > 1 else None
+    chip.bus_id = bus_id(row[1])
+    if chip.bus_id is None and row[1].strip().lower() not in _EMPTY:
+        chip.problems.append(f"bus id {row[1]!r} not understood")
+    first_values = dict(zip(first_fields, first, strict=False))
+    second_values = dict(zip(second_fields, _values(row[2]), strict=False))
+    power = first_values.get("power")
+    chip.power_on_other_chip = power == "-"
+    chip.power_w = nonneg(_num(power))
+    chip.temperature_c = celsius(_num(first_values.get("temp")))
+    aicore = second_values.get("aicore")
+    chip.aicore_pct = pct(_num(aicore))
+    if aicore is not None and chip.aicore_pct is None and str(aicore).lower() not in _EMPTY:
+        chip.problems.append(f"AICore value {aicore!r} not understood")
+    for key, used_attr, total_attr in (
+        ("memory", "memory_used_mib", "memory_total_mib"),
+        ("hbm", "hbm_used_mib", "hbm_total_mib"),
+    ):
+        value = second_values.get(key)
+        if key not in second_fields:
+            continue
+        if not isinstance(value, tuple):
+            chip.problems.append(f"{key.upper() if key == 'hbm' else 'memory'} usage {value!r} not understood")
+            continue
+        setattr(chip, used_attr, nonneg(_num(value, 0)))
+        setattr(chip, total_attr, nonneg(_num(value, 1)))
+        if getattr(chip, used_attr) is None:
+            chip.problems.append(f"{'HBM' if key == 'hbm' else 'memory'} usage {'/'.join(value)!r} not understood")
+    return chip
+
+
+@dataclass
+class ChipMap:
+    """``npu-smi info -m``: (NPU id, chip id) → (logical id, chip name); MCU rows (logic id ``-``) are skipped."""
+
+    chips: dict[tuple[int, int], tuple[int, str]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+_MAP_LABELS = ("Chip Logic ID", "Chip Phy-ID", "Chip Count", "Chip Name", "Chip ID", "Slot ID", "NPU ID")
 
 
 def parse_chip_map(text: str) -> dict[tuple[int, int], tuple[int, str]]:
-    """``npu-smi info -m``: (NPU id, chip id) → (logical id, chip name). MCU rows (logic id ``-``) are skipped."""
-    mapping: dict[tuple[int, int], tuple[int, str]] = {}
+    """The mapping of :func:`parse_chip_map_full`, for callers that need only the chips."""
+    return parse_chip_map_full(text).chips
+
+
+def parse_chip_map_full(text: str) -> ChipMap:
+    """Parse ``npu-smi info -m`` by its header, so the 950-class layout (with ``Slot ID`` and ``Chip Phy-ID``)
+    reads like the older four-column one::
+
+        >>> text = "NPU ID Chip ID Chip Logic ID Chip Phy-ID Chip Name\\n0 0 0 0 Ascend910\\n0 1 - - Mcu"
+        >>> parse_chip_map_full(text).chips
+        {(0, 0): (0, 'Ascend910')}
+    """
+    out = ChipMap()
+    columns: list[str] | None = None
     for line in text.splitlines():
+        if "NPU ID" in line and "Chip" in line:
+            header = line
+            for label in _MAP_LABELS:
+                header = header.replace(label, label.replace(" ", "_"))
+            columns = header.split()
+            continue
         parts = line.split()
-        if len(parts) >= 4 and parts[0].isdigit() and parts[1].isdigit() and parts[2].isdigit():
-            mapping[(int(parts[0]), int(parts[1]))] = (int(parts[2]), " ".join(parts[3:]))
-    return mapping
+        if not parts or not parts[0].isdigit():
+            continue
+        cols = columns or ["NPU_ID", "Chip_ID", "Chip_Logic_ID", "Chip_Name"]
+        if "Chip_Name" not in cols or len(parts) < len(cols):
+            out.problems.append(f"-m row not understood: {line.strip()[:80]!r}")
+            continue
+        name_at = cols.index("Chip_Name")
+        fixed = dict(zip(cols[:name_at], parts[:name_at], strict=False))
+        name = " ".join(parts[name_at : name_at + 1 + len(parts) - len(cols)])
+        logic = fixed.get("Chip_Logic_ID", "-")
+        npu, chip = fixed.get("NPU_ID", ""), fixed.get("Chip_ID", "")
+        if logic == "-" or name.lower() == "mcu":
+            continue  # the board's management MCU, not a compute chip
+        if not (npu.isdigit() and chip.isdigit() and logic.isdigit()):
+            out.problems.append(f"-m row not understood: {line.strip()[:80]!r}")
+            continue
+        out.chips[(int(npu), int(chip))] = (int(logic), name)
+    return out
 
 
 def parse_key_values(text: str) -> dict[str, str]:
@@ -125,6 +274,7 @@ class AscendShim(ToolShim):
 
     vendor = "huawei"
     tool = "npu-smi"
+    tools = ("npu-smi",)
 
     def __init__(self, per_chip: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -135,51 +285,71 @@ class AscendShim(ToolShim):
         result = self._run("info")
         if not result.ok:
             return self._discover_failed(result)
-        rows = parse_info_table(result.stdout)
-        if not rows:
-            return self._absent("npu-smi info listed no chips (unrecognised or truncated output)")
-        chip_map = {}
+        table = parse_info_table(result.stdout)
+        self.tool_version, self.driver_version = table.tool_version, table.driver_version
+        if not table.rows:
+            what = "; ".join(table.problems) or "no chip rows recognised in 'npu-smi info'"
+            return self._nothing_understood(result, what)
+        chip_map = ChipMap()
         mapped = self._run("info", "-m")
         if mapped.ok:
-            chip_map = parse_chip_map(mapped.stdout)
-        version = re.search(r"npu-smi\s+(\S+)", result.stdout)
+            chip_map = parse_chip_map_full(mapped.stdout)
+        buses = Counter(r.bus_id for r in table.rows)
         devices = []
         self._keys = {}
-        for position, row in enumerate(rows):
-            logic, full_name = chip_map.get((row.npu, row.chip), (position, row.name))
-            notes = [] if (row.npu, row.chip) in chip_map else ["logical id not in npu-smi info -m; table order used"]
-            stand_in = row.bus_id or f"npu{row.npu}-chip{row.chip}"
+        for position, row in enumerate(table.rows):
+            logic, map_name = chip_map.chips.get((row.npu, row.chip), (position, ""))
+            notes = (
+                [] if (row.npu, row.chip) in chip_map.chips else ["logical id not in npu-smi info -m; table order used"]
+            )
+            if logic in self._keys:
+                notes.append(f"logical id {logic} repeated by npu-smi info -m; table order used")
+                logic = position
+            shared_bus = row.bus_id is None or buses[row.bus_id] > 1
+            stand_in = f"{row.bus_id}-chip{row.chip}" if shared_bus and row.bus_id else row.bus_id
+            stand_in = stand_in or f"npu{row.npu}-chip{row.chip}"
+            notes.append(
+                f"npu-smi prints no UUID; uuid is derived from {'the PCI bus id' if row.bus_id else 'npu/chip ids'}"
+            )
+            if row.power_on_other_chip:
+                notes.append("npu-smi prints this board's power on its first chip only")
+            hbm = row.hbm_total_mib is not None and row.hbm_total_mib > 0
             devices.append(
                 self.resolver.describe(
                     self.vendor,
                     logic,
                     f"ascend-{stand_in}",
-                    full_name,
+                    row.name,
                     bus_id=row.bus_id,
-                    memory_total_mib=row.hbm_total_mib or row.memory_total_mib,
-                    notes=[*notes, "npu-smi prints no UUID; uuid is derived from the PCI bus id"],
+                    memory_total_mib=row.hbm_total_mib if hbm else row.memory_total_mib,
+                    other_names=[map_name] if map_name else [],
+                    notes=notes,
                 )
             )
             self._keys[logic] = (row.npu, row.chip)
-        return self._present(devices, tool_version=version.group(1) if version else None)
+        return self._present(devices)
 
     def _sample(self, fast: bool, now: float, wall: float) -> list[DeviceSample]:
         result = self._run("info")
         if not result.ok:
-            return self.failed_samples(result.describe(), now, wall)
-        rows = {(r.npu, r.chip): r for r in parse_info_table(result.stdout)}
+            return self.failed_samples(self.reason(result.describe()), now, wall)
+        table = parse_info_table(result.stdout)
+        rows = {(r.npu, r.chip): r for r in table.rows}
         out: list[DeviceSample] = []
         for device in self.devices:
             key = self._keys.get(device.index)
             row = rows.get(key) if key else None
             if row is None:
-                failed = self.failed_samples(f"chip {key} missing from npu-smi info output", now, wall)
+                what = f"chip {key} missing from npu-smi info output"
+                if table.problems:
+                    what += f" ({'; '.join(table.problems)})"
+                failed = self.failed_samples(self.reason(what), now, wall)
                 out.extend(s for s in failed if s.index == device.index)
                 continue
             sample = self._from_row(device, row, now, wall)
             if not fast and self.per_chip:
                 self._add_per_chip(sample, row)
-            out.append(sample)
+            out.append(self._finish(sample, [*row.problems, *table.problems]))
         return out
 
     def _from_row(self, device: DeviceInfo, row: ChipRow, now: float, wall: float) -> DeviceSample:
@@ -198,9 +368,7 @@ class AscendShim(ToolShim):
             sample.health_reasons.append(f"npu-smi health {row.health} (minor alarm)")
         elif word != "ok":
             sample.health = Health.UNKNOWN
-            sample.health_reasons.append(f"npu-smi health {row.health!r} not recognised")
-        sample.health_reasons.extend(row.problems)
-        self._flag_missing(sample)
+            sample.health_reasons.append(self.reason(f"health {row.health!r} not understood"))
         return sample
 
     def _add_per_chip(self, sample: DeviceSample, row: ChipRow) -> None:
@@ -208,7 +376,7 @@ class AscendShim(ToolShim):
         usages = self._run("info", "-t", "usages", *ids)
         if usages.ok:
             kv = parse_key_values(usages.stdout)
-            capacity = _first(kv, "HBMCapacity(MB)")
+            capacity = nonneg(_first(kv, "HBMCapacity(MB)"))
             rate = pct(_first(kv, "HBMUsageRate(%)"))
             if capacity and rate is not None:
                 sample.memory_total_mib = capacity
@@ -219,7 +387,7 @@ class AscendShim(ToolShim):
             if aicore is not None:
                 sample.utilization_pct = aicore
         else:
-            sample.health_reasons.append(usages.describe())
+            sample.health_reasons.append(self.reason(f"per-chip query failed: {usages.describe()}"))
         power = self._run("info", "-t", "power", *ids)
         if power.ok:
             watts = nonneg(_first(parse_key_values(power.stdout), "NPUReal-timePower(W)", "PowerDissipation(W)"))
@@ -227,15 +395,7 @@ class AscendShim(ToolShim):
                 sample.power_w = watts
         temp = self._run("info", "-t", "temp", *ids)
         if temp.ok:
-            celsius = _first(parse_key_values(temp.stdout), "NPUTemperature(C)", "Temperature(C)")
-            if celsius is not None:
-                sample.temperature_c = celsius
+            value = celsius(_first(parse_key_values(temp.stdout), "NPUTemperature(C)", "Temperature(C)"))
+            if value is not None:
+                sample.temperature_c = value
         sample.slow_sampled_monotonic_s = sample.sampled_monotonic_s
-        sample.fields_unavailable = []
-        self._flag_missing(sample)
-
-    @staticmethod
-    def _flag_missing(sample: DeviceSample) -> None:
-        missing = [f for f in METRIC_FIELDS if f != "xid_events" and getattr(sample, f) is None]
-        # XIDs are an NVIDIA notion; npu-smi reports faults through its health word instead.
-        sample.flag_unavailable(*missing, "xid_events")

@@ -18,9 +18,8 @@ is normal on a machine without that vendor's devices and is never an error.
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from agents.protocol import METRIC_FIELDS, DeviceInfo, DeviceSample, DeviceWork, Health, ShimState, ShimStatus
@@ -116,27 +115,53 @@ class ModelResolver:
             if self.catalog is None:
                 self.error = "no accelerator catalog given"
 
-    def lookup(self, name: str) -> AcceleratorModel | None:
+    def lookup(self, name: str, memory_mib: float | None = None) -> AcceleratorModel | None:
         if self.catalog is None:
             return None
         try:
-            return self.catalog.lookup(name)
+            return self.catalog.lookup_device(name, memory_mib)
         except Exception:  # a half-written catalog must not take the agent down
             return None
 
-    def resolve(self, name: str, vendor: str) -> tuple[AcceleratorModel | None, list[str]]:
-        """The catalog entry for a product name (trying vendor-specific spellings), and notes for the record."""
-        for candidate in _name_candidates(name, vendor):
-            found = self.lookup(candidate)
+    def resolve(
+        self, name: str, vendor: str, memory_mib: float | None = None, other_names: Sequence[str] = ()
+    ) -> tuple[AcceleratorModel | None, list[str]]:
+        """The catalog entry for the names a tool printed for one device, and notes for the record.
+
+        Matching is data only: the catalog's aliases, and its ``device_names`` (with the device's memory) for
+        names that several parts print. The names are tried in the order the tool gave them; a name that matches
+        nothing never falls back to a similar-looking model::
+
+            >>> ModelResolver().resolve("Ascend910", "huawei", memory_mib=65536)[0].model
+            'Ascend910C'
+            >>> ModelResolver().resolve("MLU370-X4", "cambricon", memory_mib=23308)[0] is None
+            True
+        """
+        names = [n.strip() for n in (name, *other_names) if n and n.strip()]
+        for candidate in dict.fromkeys(names):
+            found = self.lookup(candidate, memory_mib)
             if found is not None:
-                notes = [] if candidate == name else [f"catalog model resolved from {name!r} via {candidate!r}"]
+                notes = [] if candidate == name else [f"catalog model resolved from {candidate!r} ({name!r} unknown)"]
                 return found, notes
-        why = self.error or f"catalog has no model named {name!r}"
+        why = (
+            self.error
+            or f"catalog has no model for {' / '.join(repr(n) for n in dict.fromkeys(names)) or 'an unnamed device'}"
+        )
+        if memory_mib and self.catalog is not None and any(self._ambiguous(n) for n in names):
+            why += f" with {memory_mib:.0f} MiB"
         return None, [f"device model unknown: {why}"]
+
+    def _ambiguous(self, name: str) -> bool:
+        return (
+            self.catalog is not None
+            and self.catalog.lookup_device(name, None) is None
+            and self.catalog.lookup(name) is not None
+        )
 
     def describe(self, vendor: str, index: int, uuid: str, name: str, **fields: Any) -> DeviceInfo:
         """Build a :class:`DeviceInfo` with the catalog model, kind and notes filled in."""
-        entry, notes = self.resolve(name, vendor)
+        other_names = fields.pop("other_names", ())
+        entry, notes = self.resolve(name, vendor, fields.get("memory_total_mib"), other_names)
         return DeviceInfo(
             vendor=vendor,
             index=index,
@@ -148,26 +173,6 @@ class ModelResolver:
             notes=[*notes, *fields.pop("notes", [])],
             **fields,
         )
-
-
-def _name_candidates(name: str, vendor: str) -> Iterable[str]:
-    name = name.strip()
-    yield name
-    if vendor == "huawei":
-        # npu-smi prints the chip bin ("910B3"); the catalog has one entry per part (Ascend910B). The bins
-        # differ in enabled AI cores, which the record keeps in ``name``.
-        yield f"Ascend {name}"
-        binned = re.fullmatch(r"(?:Ascend\s*)?(910B|910C|310P)\d?", name)
-        if binned:
-            yield f"Ascend{binned.group(1)}"
-    if vendor == "metax" and not name.lower().startswith("metax"):
-        yield f"MetaX {name}"
-    if vendor == "kunlunxin":
-        yield name.split()[0] if name.split() else name  # "P800 OAM": the catalog names the chip, not the form
-    if vendor == "hygon":
-        stripped = re.sub(r"^(DCU\s+)", "", name)
-        yield stripped
-        yield stripped.split("_")[0]
 
 
 def dedupe_uuids(samples: Sequence[DeviceSample]) -> list[DeviceSample]:

@@ -1,58 +1,39 @@
-"""MetaX GPUs through the ``mx-smi`` summary table (two table lines per GPU, like nvidia-smi)::
+"""MetaX GPUs through the ``mx-smi`` summary table (``ht-smi`` on hosts that install it under that name).
 
-| 0           MetaX C500             | 0000:0f:00.0        | 87%                  |
-| 36C         269W / 350W            | 52100/65536 MiB     |                      |
+Two lines per GPU, like nvidia-smi; values are read by their units, so the layouts of mx-smi 2.x releases read
+alike (``| 0   MetaX C550 | 0000:0f:00.0 | 0% |`` then ``| 29C   53W / 450W | 858/65536 MiB | Available |``).
+The header gives the versions (``mx-smi  version: 2.2.4``, ``Kernel Mode Driver Version: 2.15.9``)::
 
->>> text = open("tests/fixtures/metax/mx-smi.txt").read()
->>> [(r.index, r.name, r.values["utilization_pct"]) for r in parse_mx_smi(text)]
-[(0, 'MetaX C500', 87.0), (1, 'MetaX C500', 0.0)]
+    >>> table = parse_mx_smi_table(open("tests/fixtures/metax/ernie-docs-mx-smi-2.2.4-c550.txt").read())
+    >>> [(r.index, r.name, r.values["power_w"], r.values["memory_total_mib"]) for r in table.readings][:2]
+    [(0, 'MetaX C550', 53.0, 65536.0), (1, 'MetaX C550', 53.0, 65536.0)]
+    >>> table.tool_version, table.driver_version
+    ('2.2.4', '2.15.9')
 """
 
 from __future__ import annotations
 
 import re
 
-from agents.protocol import Health
-from agents.shims.tool import Reading, ReadingShim, ToolResult, nonneg, parse_number, pct
-
-_FIRST = re.compile(r"^\|\s*(\d+)\s+(.+?)\s*\|\s*([0-9a-fA-F:.]+)\s*\|\s*(\S+)?")
-_SECOND = re.compile(r"^\|\s*(\S+)\s+(\S+)\s*/\s*(\S+)\s*\|\s*(\S+)\s*/\s*(\S+)\s*MiB")
+from agents.shims.tool import Mode, Parsed, Reading, ReadingShim, parse_nvsmi_style
 
 
 def parse_mx_smi(text: str) -> list[Reading]:
-    readings: list[Reading] = []
-    pending: Reading | None = None
-    for line in text.splitlines():
-        first = _FIRST.match(line)
-        if first:
-            pending = Reading(
-                index=int(first.group(1)),
-                name=first.group(2),
-                bus_id=first.group(3),
-                values={"utilization_pct": pct(parse_number(first.group(4)))},
-                health=Health.HEALTHY,
-            )
-            readings.append(pending)
-            continue
-        second = _SECOND.match(line)
-        if second and pending is not None:
-            pending.values.update(
-                {
-                    "temperature_c": parse_number(second.group(1)),
-                    "power_w": nonneg(parse_number(second.group(2))),
-                    "power_limit_w": nonneg(parse_number(second.group(3))),
-                    "memory_used_mib": nonneg(parse_number(second.group(4))),
-                    "memory_total_mib": nonneg(parse_number(second.group(5))),
-                }
-            )
-            pending = None
-    return readings
+    return parse_mx_smi_table(text).readings
+
+
+def parse_mx_smi_table(text: str) -> Parsed:
+    out = Parsed(readings=parse_nvsmi_style(text))
+    tool = re.search(r"(?:mx-smi\s+version:|MX-SMI)\s*([0-9][\w.\-]*)", text, re.IGNORECASE)
+    driver = re.search(r"(?:Kernel Mode )?Driver Version:\s*([0-9][\w.\-]*)", text)
+    maca = re.search(r"MACA Version:\s*([0-9][\w.\-]*)", text)
+    out.tool_version = tool.group(1) if tool else None
+    out.driver_version = driver.group(1) if driver else (maca.group(1) if maca else None)
+    return out
 
 
 class MetaxShim(ReadingShim):
     vendor = "metax"
     tool = "mx-smi"
-
-    def _read(self) -> tuple[ToolResult, list[Reading]]:
-        result = self._run()
-        return result, parse_mx_smi(result.stdout) if result.ok else []
+    tools = ("mx-smi", "ht-smi")
+    modes = (Mode("table", (), parse_mx_smi_table),)
