@@ -13,8 +13,6 @@ It runs the policy core on files (``zhisuan place``), shows the core at work on 
 
 from __future__ import annotations
 
-import json
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +22,8 @@ from rich.table import Table
 
 from agents.cli import app as agent_app
 from api.commands import register as register_api_commands
+from api.commands.common import OutputOpt
+from api.commands.render import Fmt, emit
 from scheduler.cluster import load_cluster
 from scheduler.core import CoreConfig, SchedulerCore
 from scheduler.errors import ConfigError
@@ -44,11 +44,6 @@ console = Console(width=160) if not Console().is_terminal else Console()
 errors = Console(stderr=True)
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
-
-
-class Output(StrEnum):
-    TABLE = "table"
-    JSON = "json"
 
 
 def _decision_dict(decision: Decision) -> dict[str, object]:
@@ -105,7 +100,7 @@ def _eta_text(start: float | None) -> str:
     return "unknown" if start is None else f"{start:g}"
 
 
-def _run(cluster_path: Path, jobs_path: Path, policy_path: Path | None, scorer: str, seed: int, output: Output) -> None:
+def _run(cluster_path: Path, jobs_path: Path, policy_path: Path | None, scorer: str, seed: int, output: Fmt) -> None:
     try:
         cluster = load_cluster(cluster_path)
         state = cluster.state()
@@ -121,11 +116,12 @@ def _run(cluster_path: Path, jobs_path: Path, policy_path: Path | None, scorer: 
     decisions = core.step(state, jobs, now=0.0)
     waiting = [job for job in jobs if job.id not in state.running]
     starts = forecast(core, state, waiting, now=0.0).starts
-    if output is Output.JSON:
-        console.print_json(json.dumps([{**_decision_dict(d), "eta": starts.get(d.job_id)} for d in decisions]))
-    else:
-        console.print(f"[bold]{cluster.name}[/bold]: {len(cluster.nodes)} nodes, {cluster.devices} devices")
+
+    def table(out: Console) -> None:
+        out.print(f"[bold]{cluster.name}[/bold]: {len(cluster.nodes)} nodes, {cluster.devices} devices")
         _print_decisions(decisions, state, starts)
+
+    emit([{**_decision_dict(d), "eta": starts.get(d.job_id)} for d in decisions], output, table)
 
 
 @app.command()
@@ -137,7 +133,7 @@ def place(
     policy: Annotated[Path | None, typer.Option(help="tenants, queues and quotas (e.g. seeds/policy.yaml)")] = None,
     scorer: Annotated[str, typer.Option(help=f"node scorer: {', '.join(SCORERS)}")] = "fgd",
     seed: int = 0,
-    output: Annotated[Output, typer.Option("--output", "-o")] = Output.TABLE,
+    output: OutputOpt = Fmt.TABLE,
 ) -> None:
     """Run one scheduling step of the policy core on a cluster file and a jobs file, with ETAs for the rest."""
     _run(cluster, jobs, policy, scorer, seed, output)

@@ -11,7 +11,10 @@ import typer
 from typer.testing import CliRunner
 
 from api.cli import app
-from api.commands import duration, eta_text, month_range, parse_duration, relative
+from api.commands.admin import parse_duration
+from api.commands.jobs import eta_text
+from api.commands.render import duration, relative
+from api.commands.views import month_range
 from api.models import EtaOut
 
 runner = CliRunner()

@@ -10,14 +10,12 @@ why, virtualised resources seen; and which nodes it leaves out and why::
     zhisuan kube nodes nodes.json -o json
     zhisuan kube raycluster nodes.json > raycluster.yaml     # the RayCluster for those nodes
 
-It exits 1 when a file cannot be read or holds something other than Nodes (the message names the file), and 0
+It exits 2 when a file cannot be read or holds something other than Nodes (one line naming the file), and 0
 otherwise — nodes left out are a finding to read, not a failure of the command.
 """
 
 from __future__ import annotations
 
-import json
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,8 +25,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from api.commands.common import OutputOpt, handle_errors
+from api.commands.render import Fmt, emit, stderr
 from scheduler.errors import ConfigError
-from scheduler.live.inventory.base import Inventory, InventoryNode, LeftOut
+from scheduler.live.inventory.base import Inventory, InventoryNode
 from scheduler.live.inventory.kubernetes import NodeMapper, inventory_from_objects, node_objects
 from scheduler.live.inventory.kubernetes_names import load_kubernetes_names
 
@@ -38,11 +38,6 @@ kube_app = typer.Typer(help="Check a Kubernetes cluster against Zhisuan's invent
 @kube_app.callback()
 def _kube() -> None:
     """Check a Kubernetes cluster against Zhisuan's inventory (a group, so ``kube nodes`` keeps its name)."""
-
-
-class KubeOutput(StrEnum):
-    TABLE = "table"
-    JSON = "json"
 
 
 def read_node_files(paths: list[Path]) -> list[dict[str, Any]]:
@@ -149,27 +144,21 @@ def _print_table(console: Console, inventory: Inventory) -> None:
 
 
 @kube_app.command("nodes")
+@handle_errors
 def nodes(
     files: Annotated[list[Path], typer.Argument(help="files from `kubectl get nodes -o json|yaml`")],
-    output: Annotated[KubeOutput, typer.Option("--output", "-o", help="table or json")] = KubeOutput.TABLE,
+    output: OutputOpt = Fmt.TABLE,
     names: Annotated[Path | None, typer.Option(help="vendor name table (default: seeds/kubernetes.yaml)")] = None,
 ) -> None:
     """Show what Zhisuan's Kubernetes inventory makes of each Node, and which it leaves out and why."""
-    errors = Console(stderr=True)
-    try:
-        objects = read_node_files(files)
-        mapper = NodeMapper(load_kubernetes_names(names) if names is not None else None)
-    except ConfigError as exc:
-        errors.print(f"error: {escape(str(exc))}")
-        raise typer.Exit(code=1) from None
+    objects = read_node_files(files)
+    mapper = NodeMapper(load_kubernetes_names(names) if names is not None else None)
     inventory = inventory_from_objects(objects, mapper)
-    if output is KubeOutput.JSON:
-        typer.echo(json.dumps(inventory_report(inventory), indent=2))
-        return
-    _print_table(Console(width=200) if not Console().is_terminal else Console(), inventory)
+    emit(inventory_report(inventory), output, lambda console: _print_table(console, inventory))
 
 
 @kube_app.command("raycluster")
+@handle_errors
 def raycluster_command(
     files: Annotated[list[Path], typer.Argument(help="files from `kubectl get nodes -o json|yaml`")],
     name: Annotated[str, typer.Option(help="RayCluster name")] = "zhisuan",
@@ -179,17 +168,8 @@ def raycluster_command(
     """Print the RayCluster (YAML) for these Nodes: head without CPUs, one worker group per pool or island."""
     from scheduler.live.kuberay import KubeRayOptions, raycluster
 
-    errors = Console(stderr=True)
-    try:
-        objects = read_node_files(files)
-    except ConfigError as exc:
-        errors.print(f"error: {escape(str(exc))}")
-        raise typer.Exit(code=1) from None
-    inventory = inventory_from_objects(objects)
+    inventory = inventory_from_objects(read_node_files(files))
     for item in inventory.left_out:
-        errors.print(f"left out {escape(item.name)}: {escape(item.reason)}")
+        stderr().print(f"left out {escape(item.name)}: {escape(item.reason)}")
     options = KubeRayOptions(name=name, namespace=namespace, image=image)
     typer.echo(yaml.safe_dump(raycluster(inventory, options), sort_keys=False), nl=False)
-
-
-__all__ = ["LeftOut", "inventory_report", "kube_app", "read_node_files"]
