@@ -57,6 +57,9 @@ def evaluate(sample: DeviceSample, sticky_reasons: list[str] | None = None) -> D
 def fatal_reasons(sample: DeviceSample) -> list[str]:
     """The faults in ``sample`` that should stick to the device until it is reset."""
     reasons = [f"fatal XID {x}: {FATAL_XIDS[x]}" for x in sample.xid_events if x in FATAL_XIDS]
+    if "double-bit" in sample.ecc_events:
+        # An NVML double-bit ECC event is an uncorrectable memory error: the same verdict as XID 48.
+        reasons.append("double-bit (uncorrectable) ECC error event")
     if sample.ecc_uncorrectable_total:
         reasons.append(f"{sample.ecc_uncorrectable_total} uncorrectable ECC errors")
     if sample.remap_failure:

@@ -1,9 +1,16 @@
 """NVIDIA GPUs through NVML (the ``nvidia-ml-py`` package, imported as ``pynvml``).
 
-Fast ticks read utilisation, memory, power, temperature and SM clock (2-11 µs per call on an H100). Slow ticks
-add total energy (~2.8 ms), PCIe throughput (~21 ms), ECC counters, remapped rows, the enforced power limit and
-MIG mode; between slow ticks the last slow readings are carried with ``slow_sampled_monotonic_s`` saying how old
-they are. XID critical errors arrive through an NVML event set and are drained, without waiting, every tick.
+Fast ticks read utilisation, memory, power, temperature, SM clock and the clock event (throttle) reasons (2-11 µs
+per call on an H100). Slow ticks add total energy (~2.8 ms), PCIe throughput (~21 ms), ECC counters, remapped
+rows, the enforced power limit and MIG mode; between slow ticks the last slow readings are carried with
+``slow_sampled_monotonic_s`` saying how old they are. XID critical errors and ECC error events arrive through an
+NVML event set and are drained, without waiting, every tick.
+
+A GPU in MIG mode is reported with its MIG devices: each is a device of its own (``MIG-...`` uuid,
+``parent_uuid``, ``profile`` such as ``1g.10gb`` and ``fraction`` = its GPU slices over the parent's), with the
+parent's catalog model; NVML reads memory per MIG device and utilisation, power and temperature only per GPU, so
+those are unavailable on the MIG records and the parent carries them. NVLink peers come from NVML's P2P status
+(on NVSwitch baseboards every GPU of the board), and links that end on an NVSwitch are noted.
 
 The NVML module is a constructor argument so tests can inject a fake with the same function names and return
 types. On a machine without the NVIDIA driver the real module raises ``NVMLError_LibraryNotFound`` (or
@@ -33,7 +40,22 @@ _MIB = 1024 * 1024
 _NOT_SUPPORTED = 3
 _TIMEOUT = 10
 _GPU_IS_LOST = 15
+_NOT_FOUND = 6
 _EVENT_DRAIN_LIMIT = 1024  # bound the per-tick drain if a broken GPU floods events
+
+# Clock event ("throttle") reasons by NVML constant name (nvml.h nvmlClocksEventReason*), reported as lower-case
+# names. Resolved against the module at run time so an older pynvml without a constant simply lacks that reason.
+_THROTTLE_REASONS = (
+    ("GpuIdle", "gpu_idle"),
+    ("ApplicationsClocksSetting", "applications_clocks_setting"),
+    ("SwPowerCap", "sw_power_cap"),
+    ("HwSlowdown", "hw_slowdown"),
+    ("SyncBoost", "sync_boost"),
+    ("SwThermalSlowdown", "sw_thermal_slowdown"),
+    ("HwThermalSlowdown", "hw_thermal_slowdown"),
+    ("HwPowerBrakeSlowdown", "hw_power_brake_slowdown"),
+    ("DisplayClockSetting", "display_clock_setting"),
+)
 
 
 class NvmlShim(Shim):
@@ -57,9 +79,11 @@ class NvmlShim(Shim):
         self.clock, self.wall_clock = clock, wall_clock
         self.want_xid_events = xid_events
         self._handles: list[Any] = []
+        self._mig_handles: dict[str, tuple[Any, int]] = {}  # MIG uuid -> (MIG handle, parent index)
         self._initialised = False
         self._event_set: Any = None
         self._xid_capable: set[int] = set()
+        self._ecc_event_capable: set[int] = set()
         self._unsupported: set[tuple[int, str]] = set()  # (device, call) pairs that raised NotSupported once
         self._slow: dict[int, dict[str, Any]] = {}
         self._slow_at: dict[int, float] = {}
@@ -81,30 +105,97 @@ class NvmlShim(Shim):
         driver = self._plain(nvml.nvmlSystemGetDriverVersion)
         uuids = [str(self._plain(nvml.nvmlDeviceGetUUID, h) or f"nvidia-index{i}") for i, h in enumerate(self._handles)]
         devices = []
+        self._mig_handles = {}
         for index, handle in enumerate(self._handles):
             pci = self._plain(nvml.nvmlDeviceGetPciInfo, handle)
             memory = self._plain(nvml.nvmlDeviceGetMemoryInfo, handle)
             peers = self._nvlink_peers(index, uuids)
-            devices.append(
-                self.resolver.describe(
-                    self.vendor,
-                    index,
-                    uuids[index],
-                    str(self._plain(nvml.nvmlDeviceGetName, handle) or "unknown"),
-                    bus_id=_text(pci.busId) if pci is not None else None,
-                    memory_total_mib=memory.total / _MIB if memory is not None else None,
-                    interconnect="nvlink" if peers else None,
-                    peers=peers,
-                    mig_enabled=self._mig_enabled(handle),
-                    driver_version=str(driver) if driver else None,
-                )
+            switch_links = self._nvswitch_links(handle)
+            mig = self._mig_enabled(handle)
+            parent = self.resolver.describe(
+                self.vendor,
+                index,
+                uuids[index],
+                str(self._plain(nvml.nvmlDeviceGetName, handle) or "unknown"),
+                bus_id=_text(pci.busId) if pci is not None else None,
+                memory_total_mib=memory.total / _MIB if memory is not None else None,
+                interconnect="nvlink" if peers else None,
+                peers=peers,
+                mig_enabled=mig,
+                driver_version=str(driver) if driver else None,
             )
+            if switch_links:
+                parent.notes.append(f"{switch_links} NVLink links end on an NVSwitch")
+            devices.append(parent)
+            if mig:
+                children = self._mig_devices(parent, handle)
+                devices.extend(children)
+                parent.notes.append(f"MIG enabled: offered as {len(children)} MIG devices")
         if self.want_xid_events:
-            self._register_xid_events()
+            self._register_events()
         for device in devices:
-            if device.index not in self._xid_capable:
+            if device.parent_uuid is None and device.index not in self._xid_capable:
                 device.notes.append("XID critical-error events not available through NVML on this device")
         return self._present(devices, tool_version=str(driver) if driver else None)
+
+    def _mig_devices(self, parent: DeviceInfo, handle: Any) -> list[DeviceInfo]:
+        """The MIG devices of a GPU in MIG mode, each a fraction of its parent with the parent's model."""
+        nvml = self.nvml
+        slots = self._call("nvmlDeviceGetMaxMigDeviceCount", handle) or 0
+        out = []
+        for slot in range(int(slots)):
+            try:
+                mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+            except nvml.NVMLError:
+                continue  # NOT_FOUND: no MIG device in this slot
+            uuid = self._plain(nvml.nvmlDeviceGetUUID, mig)
+            if uuid is None:
+                continue
+            name = str(self._plain(nvml.nvmlDeviceGetName, mig) or f"{parent.name} MIG")
+            memory = self._plain(nvml.nvmlDeviceGetMemoryInfo, mig)
+            attrs = self._call("nvmlDeviceGetAttributes", mig)
+            slices = getattr(attrs, "gpuInstanceSliceCount", None)
+            profile = name.rsplit("MIG", 1)[1].strip() if "MIG" in name else None
+            out.append(
+                DeviceInfo(
+                    vendor=self.vendor,
+                    index=parent.index,
+                    uuid=str(uuid),
+                    name=name,
+                    model=parent.model,
+                    model_known=parent.model_known,
+                    kind=parent.kind,
+                    memory_total_mib=memory.total / _MIB if memory is not None else None,
+                    bus_id=parent.bus_id,
+                    interconnect=parent.interconnect,
+                    mig_enabled=True,
+                    driver_version=parent.driver_version,
+                    parent_uuid=parent.uuid,
+                    profile=profile,
+                    fraction=min(1.0, slices / slots) if slices and slots else None,
+                    notes=[f"MIG device {slot} of {parent.uuid}"],
+                )
+            )
+            self._mig_handles[str(uuid)] = (mig, parent.index)
+        return out
+
+    def _nvswitch_links(self, handle: Any) -> int:
+        """How many of this GPU's active NVLink links end on an NVSwitch (0 without NVLink or NVSwitch)."""
+        nvml = self.nvml
+        switch = getattr(nvml, "NVML_NVLINK_DEVICE_TYPE_SWITCH", None)
+        links = int(getattr(nvml, "NVML_NVLINK_MAX_LINKS", 0))
+        if switch is None:
+            return 0
+        count = 0
+        for link in range(links):
+            try:
+                if not nvml.nvmlDeviceGetNvLinkState(handle, link):
+                    continue
+                if nvml.nvmlDeviceGetNvLinkRemoteDeviceType(handle, link) == switch:
+                    count += 1
+            except (nvml.NVMLError, AttributeError):
+                break  # NotSupported (no NVLink), past the last link of this GPU, or an older pynvml
+        return count
 
     def _nvlink_peers(self, index: int, uuids: list[str]) -> list[str]:
         nvml = self.nvml
@@ -124,9 +215,13 @@ class NvmlShim(Shim):
         modes = self._plain(self.nvml.nvmlDeviceGetMigMode, handle)
         return None if modes is None else bool(modes[0] == self.nvml.NVML_DEVICE_MIG_ENABLE)
 
-    def _register_xid_events(self) -> None:
+    def _register_events(self) -> None:
+        """XID critical errors and single/double-bit ECC errors, on every GPU that supports them."""
         nvml = self.nvml
         xid_type = nvml.nvmlEventTypeXidCriticalError
+        ecc_types = getattr(nvml, "nvmlEventTypeDoubleBitEccError", 0) | getattr(
+            nvml, "nvmlEventTypeSingleBitEccError", 0
+        )
         try:
             self._event_set = nvml.nvmlEventSetCreate()
         except nvml.NVMLError:
@@ -134,9 +229,14 @@ class NvmlShim(Shim):
             return
         for index, handle in enumerate(self._handles):
             try:
-                if nvml.nvmlDeviceGetSupportedEventTypes(handle) & xid_type:
-                    nvml.nvmlDeviceRegisterEvents(handle, xid_type, self._event_set)
+                supported = int(nvml.nvmlDeviceGetSupportedEventTypes(handle))
+                wanted = supported & (xid_type | ecc_types)
+                if wanted:
+                    nvml.nvmlDeviceRegisterEvents(handle, wanted, self._event_set)
+                if wanted & xid_type:
                     self._xid_capable.add(index)
+                if wanted & ecc_types:
+                    self._ecc_event_capable.add(index)
             except nvml.NVMLError:
                 continue  # NotSupported on this SKU/driver: the device is flagged, not failed
 
@@ -144,8 +244,46 @@ class NvmlShim(Shim):
 
     def sample(self, fast: bool = True) -> list[DeviceSample]:
         now, wall = self.clock(), self.wall_clock()
-        xids = self._drain_xid_events()
-        return [self._sample_device(d, fast, now, wall, xids.get(d.uuid, [])) for d in self.devices]
+        xids, ecc = self._drain_events()
+        out: list[DeviceSample] = []
+        parents: dict[str, DeviceSample] = {}
+        for device in self.devices:
+            if device.parent_uuid is not None:
+                out.append(self._sample_mig(device, now, wall, parents.get(device.parent_uuid)))
+                continue
+            sample = self._sample_device(device, fast, now, wall, xids.get(device.uuid, []))
+            sample.ecc_events = ecc.get(device.uuid, [])
+            parents[device.uuid] = sample
+            out.append(sample)
+        return out
+
+    def _sample_mig(self, device: DeviceInfo, now: float, wall: float, parent: DeviceSample | None) -> DeviceSample:
+        """A MIG device: its own memory; the parent's faults (XIDs, ECC events, lost GPU) are its faults too."""
+        handle, _index = self._mig_handles[device.uuid]
+        sample = DeviceSample(
+            vendor=self.vendor,
+            index=device.index,
+            uuid=device.uuid,
+            model=device.model,
+            sampled_monotonic_s=now,
+            sampled_wall_time=wall,
+            health=Health.HEALTHY,
+            mig_enabled=True,
+        )
+        memory = self._read(device.index, "nvmlDeviceGetMemoryInfo", sample.health_reasons, handle)
+        if memory is not None:
+            sample.memory_used_mib = memory.used / _MIB
+            sample.memory_total_mib = memory.total / _MIB
+        if parent is not None:
+            sample.xid_events = list(parent.xid_events)
+            sample.ecc_events = list(parent.ecc_events)
+            sample.throttle_reasons = list(parent.throttle_reasons)
+            if parent.health == Health.UNHEALTHY:
+                sample.health = Health.UNHEALTHY
+                sample.health_reasons.append(f"parent GPU {device.parent_uuid} unhealthy")
+        missing = [f for f in METRIC_FIELDS if f not in ("xid_events", "mig_enabled") and getattr(sample, f) is None]
+        sample.flag_unavailable(*missing)
+        return sample
 
     def _sample_device(self, device: DeviceInfo, fast: bool, now: float, wall: float, xids: list[int]) -> DeviceSample:
         nvml, i = self.nvml, device.index
@@ -174,6 +312,7 @@ class NvmlShim(Shim):
         sample.temperature_c = float(temp) if temp is not None else None
         sm = self._read(i, "nvmlDeviceGetClockInfo", reasons, handle, nvml.NVML_CLOCK_SM)
         sample.sm_clock_mhz = float(sm) if sm is not None else None
+        sample.throttle_reasons = self._throttle_reasons(i, handle, reasons)
         if not fast:
             self._slow[i] = self._read_slow(i, handle, reasons)
             self._slow_at[i] = now
@@ -233,21 +372,47 @@ class NvmlShim(Shim):
         slow["mig_enabled"] = None if mig is None else bool(mig[0] == nvml.NVML_DEVICE_MIG_ENABLE)
         return slow
 
-    def _drain_xid_events(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = defaultdict(list)
-        if self._event_set is None:
-            return out
+    def _throttle_reasons(self, index: int, handle: Any, reasons: list[str]) -> list[str]:
         nvml = self.nvml
+        call = "nvmlDeviceGetCurrentClocksEventReasons"
+        if not hasattr(nvml, call):  # renamed in NVML 12.2; older bindings have only the throttle name
+            call = "nvmlDeviceGetCurrentClocksThrottleReasons"
+        mask = self._read(index, call, reasons, handle)
+        if mask is None:
+            return []
+        names = []
+        for constant, name in _THROTTLE_REASONS:
+            bit = getattr(
+                nvml, f"nvmlClocksEventReason{constant}", getattr(nvml, f"nvmlClocksThrottleReason{constant}", 0)
+            )
+            if bit and int(mask) & int(bit):
+                names.append(name)
+        return names
+
+    def _drain_events(self) -> tuple[dict[str, list[int]], dict[str, list[str]]]:
+        """XIDs and ECC events queued since the last tick, by GPU uuid."""
+        xids: dict[str, list[int]] = defaultdict(list)
+        ecc: dict[str, list[str]] = defaultdict(list)
+        if self._event_set is None:
+            return xids, ecc
+        nvml = self.nvml
+        double = getattr(nvml, "nvmlEventTypeDoubleBitEccError", 0)
+        single = getattr(nvml, "nvmlEventTypeSingleBitEccError", 0)
         for _ in range(_EVENT_DRAIN_LIMIT):
             try:
                 data = nvml.nvmlEventSetWait(self._event_set, 0)
             except nvml.NVMLError:
                 break  # NVML_ERROR_TIMEOUT: no more events queued
+            uuid = self._plain(nvml.nvmlDeviceGetUUID, data.device)
+            if uuid is None:
+                continue
             if data.eventType & nvml.nvmlEventTypeXidCriticalError:
-                uuid = self._plain(nvml.nvmlDeviceGetUUID, data.device)
-                if uuid is not None:
-                    out[str(uuid)].append(int(data.eventData))
-        return out
+                xids[str(uuid)].append(int(data.eventData))
+            if double and data.eventType & double:
+                ecc[str(uuid)].append("double-bit")
+            if single and data.eventType & single:
+                ecc[str(uuid)].append("single-bit")
+        return xids, ecc
 
     # --------------------------------------------------------------------------------------------- helpers
 
@@ -256,8 +421,12 @@ class NvmlShim(Shim):
         key = (index, f"{call}{args[1:]}")
         if key in self._unsupported:
             return None
+        function = getattr(self.nvml, call, None)
+        if function is None:  # an older pynvml without this call: as good as NotSupported
+            self._unsupported.add(key)
+            return None
         try:
-            return getattr(self.nvml, call)(*args)
+            return function(*args)
         except self.nvml.NVMLError as err:
             code = getattr(err, "value", None)
             if code == _NOT_SUPPORTED:
@@ -273,6 +442,11 @@ class NvmlShim(Shim):
             return fn(*args)
         except self.nvml.NVMLError:
             return None
+
+    def _call(self, name: str, *args: Any) -> Any:
+        """``_plain`` for calls an older pynvml may lack."""
+        function = getattr(self.nvml, name, None)
+        return None if function is None else self._plain(function, *args)
 
     def close(self) -> None:
         nvml = self.nvml

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
@@ -86,6 +87,17 @@ def make_test_catalog() -> Catalog:
 
 
 @dataclass
+class FakeMig:
+    """One MIG device of a :class:`FakeGpu` (what NVML answers for its MIG device handle)."""
+
+    uuid: str
+    name: str
+    gpu_instance_slices: int = 1
+    mem_total: int = 9728 * 1024**2
+    mem_used: int = 13 * 1024**2
+
+
+@dataclass
 class FakeGpu:
     name: str = "NVIDIA H100 80GB HBM3"
     uuid: str = "GPU-00000000-0000-0000-0000-000000000000"
@@ -107,6 +119,11 @@ class FakeGpu:
     not_supported: set[str] = field(default_factory=set)
     lost: bool = False
     xid_capable: bool = True
+    ecc_events_capable: bool = True
+    throttle: int = 0  # nvmlClocksEventReason* bit mask
+    nvlink_remote: list[int] = field(default_factory=list)  # remote device type of each active NVLink link
+    mig_devices: list[FakeMig] = field(default_factory=list)
+    max_mig_devices: int = 7
 
 
 class FakeNvml:
@@ -114,13 +131,14 @@ class FakeNvml:
 
     def __init__(self, gpus: list[FakeGpu], nvlink: bool = True) -> None:
         for name in dir(pynvml):
-            if name.startswith(("NVML_", "NVMLError", "nvmlEventType")) or name == "NVMLError":
+            if name.startswith(("NVML_", "NVMLError", "nvmlEventType", "nvmlClocks")) or name == "NVMLError":
                 setattr(self, name, getattr(pynvml, name))
         self.gpus = gpus
         self.nvlink = nvlink
         self.calls: dict[str, int] = {}
-        self.events: list[tuple[int, int]] = []  # (gpu index, xid) queued in the event set
+        self.events: list[tuple[int, ...]] = []  # (gpu index, xid[, event type]) queued in the event set
         self.registered: set[int] = set()
+        self.registered_types: dict[int, int] = {}
         self.initialised = False
 
     def _count(self, name: str) -> None:
@@ -129,6 +147,8 @@ class FakeNvml:
     def _gpu(self, handle: Any, call: str) -> FakeGpu:
         self._count(call)
         gpu = self.gpus[handle.index]
+        if getattr(handle, "mig", None) is not None and call not in _MIG_CALLS:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)  # per-GPU metrics are not per MIG device
         if gpu.lost:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
         if call in gpu.not_supported:
@@ -141,8 +161,10 @@ class FakeNvml:
     def nvmlShutdown(self) -> None:
         self.initialised = False
 
+    driver_version = "580.65.06"
+
     def nvmlSystemGetDriverVersion(self) -> str:
-        return "580.65.06"
+        return self.driver_version
 
     def nvmlDeviceGetCount(self) -> int:
         return len(self.gpus)
@@ -151,10 +173,47 @@ class FakeNvml:
         return SimpleNamespace(index=index)
 
     def nvmlDeviceGetName(self, h: Any) -> str:
-        return self._gpu(h, "nvmlDeviceGetName").name
+        gpu = self._gpu(h, "nvmlDeviceGetName")
+        return gpu.mig_devices[h.mig].name if getattr(h, "mig", None) is not None else gpu.name
 
     def nvmlDeviceGetUUID(self, h: Any) -> str:
-        return self.gpus[h.index].uuid
+        gpu = self.gpus[h.index]
+        return gpu.mig_devices[h.mig].uuid if getattr(h, "mig", None) is not None else gpu.uuid
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, h: Any) -> int:
+        return self._gpu(h, "nvmlDeviceGetMaxMigDeviceCount").max_mig_devices
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, h: Any, index: int) -> SimpleNamespace:
+        gpu = self._gpu(h, "nvmlDeviceGetMigDeviceHandleByIndex")
+        if gpu.mig[0] != pynvml.NVML_DEVICE_MIG_ENABLE:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if index >= len(gpu.mig_devices):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        return SimpleNamespace(index=h.index, mig=index)
+
+    def nvmlDeviceGetAttributes(self, h: Any) -> Any:
+        gpu = self._gpu(h, "nvmlDeviceGetAttributes")
+        attrs = pynvml.c_nvmlDeviceAttributes()
+        if getattr(h, "mig", None) is not None:
+            mig = gpu.mig_devices[h.mig]
+            attrs.gpuInstanceSliceCount = mig.gpu_instance_slices
+            attrs.computeInstanceSliceCount = mig.gpu_instance_slices
+            attrs.memorySizeMB = mig.mem_total // 1024**2
+        return attrs
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: Any) -> int:
+        return self._gpu(h, "nvmlDeviceGetCurrentClocksEventReasons").throttle
+
+    def nvmlDeviceGetNvLinkState(self, h: Any, link: int) -> int:
+        gpu = self._gpu(h, "nvmlDeviceGetNvLinkState")
+        if not gpu.nvlink_remote:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if link >= len(gpu.nvlink_remote):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return pynvml.NVML_FEATURE_ENABLED
+
+    def nvmlDeviceGetNvLinkRemoteDeviceType(self, h: Any, link: int) -> int:
+        return self._gpu(h, "nvmlDeviceGetNvLinkRemoteDeviceType").nvlink_remote[link]
 
     def nvmlDeviceGetPciInfo(self, h: Any) -> Any:
         info = pynvml.nvmlPciInfo_t()
@@ -163,6 +222,9 @@ class FakeNvml:
 
     def nvmlDeviceGetMemoryInfo(self, h: Any) -> Any:
         gpu = self._gpu(h, "nvmlDeviceGetMemoryInfo")
+        if getattr(h, "mig", None) is not None:
+            mig = gpu.mig_devices[h.mig]
+            return pynvml.c_nvmlMemory_t(total=mig.mem_total, free=mig.mem_total - mig.mem_used, used=mig.mem_used)
         return pynvml.c_nvmlMemory_t(total=gpu.mem_total, free=gpu.mem_total - gpu.mem_used, used=gpu.mem_used)
 
     def nvmlDeviceGetUtilizationRates(self, h: Any) -> Any:
@@ -209,23 +271,67 @@ class FakeNvml:
         return "event-set"
 
     def nvmlDeviceGetSupportedEventTypes(self, h: Any) -> int:
-        return pynvml.nvmlEventTypeXidCriticalError if self.gpus[h.index].xid_capable else 0
+        gpu = self.gpus[h.index]
+        ecc = pynvml.nvmlEventTypeSingleBitEccError | pynvml.nvmlEventTypeDoubleBitEccError
+        return (pynvml.nvmlEventTypeXidCriticalError if gpu.xid_capable else 0) | (ecc if gpu.ecc_events_capable else 0)
 
     def nvmlDeviceRegisterEvents(self, h: Any, types: int, event_set: Any) -> None:
-        assert types == pynvml.nvmlEventTypeXidCriticalError
+        assert types & ~self.nvmlDeviceGetSupportedEventTypes(h) == 0, "registered an unsupported event type"
         self.registered.add(h.index)
+        self.registered_types[h.index] = types
 
     def nvmlEventSetWait(self, event_set: Any, timeout_ms: int) -> Any:
         self._count("nvmlEventSetWait")
         if not self.events:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_TIMEOUT)
-        index, xid = self.events.pop(0)
-        return SimpleNamespace(
-            device=SimpleNamespace(index=index), eventType=pynvml.nvmlEventTypeXidCriticalError, eventData=xid
-        )
+        event = self.events.pop(0)
+        index, data = event[0], event[1]
+        kind = event[2] if len(event) > 2 else pynvml.nvmlEventTypeXidCriticalError  # type: ignore[misc]
+        return SimpleNamespace(device=SimpleNamespace(index=index), eventType=kind, eventData=data)
 
     def nvmlEventSetFree(self, event_set: Any) -> None:
         self._count("nvmlEventSetFree")
+
+
+#: Calls NVML answers for a MIG device handle; every other (per-GPU) call is NotSupported on one.
+_MIG_CALLS = {"nvmlDeviceGetName", "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetAttributes"}
+
+
+def recorded_nvml(path: str | Path) -> FakeNvml:
+    """A :class:`FakeNvml` answering with the values recorded in a ``tests/fixtures/nvml/*.json`` file."""
+    doc = json.loads(Path(path).read_text())
+    gpus = []
+    for entry in doc["gpus"]:
+        migs = [
+            FakeMig(
+                uuid=m["uuid"],
+                name=m["name"],
+                gpu_instance_slices=m["gpu_instance_slices"],
+                mem_total=int(m["memory_total_mib"] * 1024**2),
+                mem_used=int(m["memory_used_mib"] * 1024**2),
+            )
+            for m in entry.get("mig_devices", [])
+        ]
+        gpus.append(
+            FakeGpu(
+                name=entry["name"],
+                uuid=entry["uuid"],
+                bus_id=entry["bus_id"],
+                util_gpu=entry.get("utilization_gpu", 0),
+                mem_total=int(entry["memory_total_mib"] * 1024**2),
+                mem_used=int(entry["memory_used_mib"] * 1024**2),
+                power_mw=entry["power_mw"],
+                limit_mw=entry["power_limit_mw"],
+                temp_c=entry["temperature_c"],
+                mig=tuple(entry.get("mig", (0, 0))),  # type: ignore[arg-type]
+                mig_devices=migs,
+                max_mig_devices=entry.get("max_mig_devices", 7),
+                not_supported=set(entry.get("not_supported", [])),
+            )
+        )
+    fake = FakeNvml(gpus, nvlink=doc.get("nvlink", False))
+    fake.driver_version = doc["driver_version"]
+    return fake
 
 
 class FakeAmdSmi:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pynvml  # type: ignore[import-untyped]
 import pytest
-from agent_fakes import FakeGpu, FakeNvml
+from agent_fakes import FakeGpu, FakeMig, FakeNvml, recorded_nvml
 
 from agents.health import evaluate
 from agents.protocol import Health, ShimState
 from agents.shims.nvml import NvmlShim
-from scheduler.catalog import Catalog
+from scheduler.catalog import Catalog, load_catalog
 
 
 def _gpus(n: int = 2) -> list[FakeGpu]:
@@ -147,6 +149,70 @@ def test_close_frees_event_set_and_shuts_down(catalog: Catalog) -> None:
     shim.close()
     shim.close()
     assert fake.calls["nvmlEventSetFree"] == 1 and not fake.initialised
+
+
+def test_recorded_a100_in_mig_mode_reports_fractional_mig_devices(fixtures: Path) -> None:
+    fake = recorded_nvml(fixtures / "nvml/a100-sxm4-80gb-mig-7x1g.json")
+    shim = NvmlShim(nvml=fake, catalog=load_catalog())
+    devices = shim.discover()
+    parent, migs = devices[0], devices[1:]
+    assert shim.status.tool_version == "535.216.01" and parent.driver_version == "535.216.01"
+    assert parent.uuid == "GPU-7fdaf0a5-179b-f636-d15d-daf243e3ff16" and parent.model == "A100"
+    assert parent.mig_enabled is True and "offered as 7 MIG devices" in " ".join(parent.notes)
+    assert len(migs) == 7 and migs[0].uuid == "MIG-feb88891-0321-5fef-9c87-d4af3b54259e"
+    assert {m.parent_uuid for m in migs} == {parent.uuid} and {m.profile for m in migs} == {"1g.10gb"}
+    assert all(m.model == "A100" and m.fraction == pytest.approx(1 / 7) and m.memory_total_mib == 9728 for m in migs)
+    samples = shim.sample(fast=False)
+    gpu, first_mig = samples[0], samples[1]
+    assert gpu.power_w == 258.0 and gpu.temperature_c == 37.0 and gpu.power_limit_w == 400.0
+    assert gpu.utilization_pct is None and "utilization_pct" in gpu.fields_unavailable  # NVML: N/A under MIG
+    assert first_mig.memory_total_mib == 9728 and first_mig.memory_used_mib == 13
+    assert first_mig.power_w is None and {"power_w", "temperature_c"} <= set(first_mig.fields_unavailable)
+    fake.events.append((0, 79))
+    after = [evaluate(s) for s in shim.sample(fast=True)]
+    assert all(s.health == Health.UNHEALTHY for s in after)  # a fatal XID on the GPU takes its MIG devices too
+    assert "fatal XID 79" in after[3].health_reasons[0]
+
+
+def test_nvswitch_links_and_p2p_peers_form_one_island(catalog: Catalog) -> None:
+    gpus = _gpus(8)
+    for gpu in gpus:
+        gpu.nvlink_remote = [pynvml.NVML_NVLINK_DEVICE_TYPE_SWITCH] * 18
+    devices = NvmlShim(nvml=FakeNvml(gpus), catalog=catalog).discover()
+    assert all(len(d.peers) == 7 and d.interconnect == "nvlink" for d in devices)
+    assert "18 NVLink links end on an NVSwitch" in devices[0].notes
+
+
+def test_ecc_events_arrive_through_the_event_set(catalog: Catalog) -> None:
+    fake = FakeNvml(_gpus(2))
+    shim = NvmlShim(nvml=fake, catalog=catalog)
+    shim.discover()
+    assert fake.registered_types[0] & pynvml.nvmlEventTypeDoubleBitEccError
+    fake.events.append((0, 0, pynvml.nvmlEventTypeSingleBitEccError))
+    fake.events.append((1, 0, pynvml.nvmlEventTypeDoubleBitEccError))
+    a, b = (evaluate(s) for s in shim.sample(fast=True))
+    assert a.ecc_events == ["single-bit"] and a.health == Health.HEALTHY
+    assert b.ecc_events == ["double-bit"] and b.health == Health.UNHEALTHY
+    assert "double-bit (uncorrectable) ECC error event" in b.health_reasons
+
+
+def test_clock_throttle_reasons_are_decoded_without_changing_health(catalog: Catalog) -> None:
+    gpus = _gpus(1)
+    gpus[0].throttle = pynvml.nvmlClocksEventReasonSwPowerCap | pynvml.nvmlClocksEventReasonHwThermalSlowdown
+    shim = NvmlShim(nvml=FakeNvml(gpus), catalog=catalog)
+    shim.discover()
+    (s,) = shim.sample(fast=True)
+    assert s.throttle_reasons == ["sw_power_cap", "hw_thermal_slowdown"]
+    assert evaluate(s).health == Health.HEALTHY
+
+
+def test_mig_slots_without_instances_are_skipped(catalog: Catalog) -> None:
+    gpus = _gpus(1)
+    gpus[0].mig = (1, 1)
+    gpus[0].mig_devices = [FakeMig(uuid="MIG-a", name="NVIDIA H100 80GB HBM3 MIG 3g.40gb", gpu_instance_slices=3)]
+    devices = NvmlShim(nvml=FakeNvml(gpus), catalog=catalog).discover()
+    assert [d.uuid for d in devices] == ["GPU-0", "MIG-a"]
+    assert devices[1].fraction == pytest.approx(3 / 7) and devices[1].profile == "3g.40gb"
 
 
 def _real_gpus() -> int:
