@@ -14,7 +14,7 @@
 # or a target was missed (the `FINDING` lines); 2 bad options.
 #
 # A machine with no package registry (the workplace's lent GPU machines): on a machine with one, run
-#   python3 benchmarks/gpu_check/prepare_wheels.py --dest .whl     (CPython 3.12 wheels; ~55 MiB)
+#   python3 benchmarks/gpu_check/prepare_wheels.py        (.whl/wheels.tar.xz: CPython 3.12 wheels, ~35 MiB)
 # carry .whl to the GPU machine and pass --wheels .whl. torch is not among them (the GPU image brings its own,
 # with CUDA): without a registry, the interpreter given by --python must already have torch.
 set -uo pipefail
@@ -22,7 +22,8 @@ set -uo pipefail
 usage() {
   cat <<'EOF'
 usage: benchmarks/gpu_check.sh [options]
-  --wheels DIR       install offline from the wheels in DIR (benchmarks/gpu_check/prepare_wheels.py makes them)
+  --wheels PATH      install offline from PATH: a folder of wheels, or of wheels.tar.xz, or that file
+                     (benchmarks/gpu_check/prepare_wheels.py makes them)
   --venv DIR         virtual environment to use; created if missing, reused if it already has `zhisuan`
                      (default: $ZHISUAN_GPU_CHECK_VENV, else ${TMPDIR:-/tmp}/zhisuan-gpu-check/venv)
   --reinstall        recreate the virtual environment first
@@ -66,8 +67,8 @@ while (($#)); do
   esac
 done
 if [[ -n $WHEELS ]]; then
-  [[ -d $WHEELS ]] || { echo "gpu_check.sh: --wheels $WHEELS is not a folder" >&2; exit 2; }
-  WHEELS=$(cd "$WHEELS" && pwd)
+  [[ -e $WHEELS ]] || { echo "gpu_check.sh: --wheels $WHEELS does not exist" >&2; exit 2; }
+  WHEELS=$(cd "$(dirname "$WHEELS")" && pwd)/$(basename "$WHEELS")
 fi
 mkdir -p "$(dirname "$LOG")" "$WORK" || exit 2
 LOG=$(cd "$(dirname "$LOG")" && pwd)/$(basename "$LOG")
@@ -112,8 +113,21 @@ install() {
     fi
   fi
   "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || fail "no pip in $VENV, nor in the packages of $PY"
-  local pip=("$VENV/bin/python" -m pip install --progress-bar off --quiet)
-  [[ -n $WHEELS ]] && pip+=(--no-index --find-links "$WHEELS")
+  local pip=("$VENV/bin/python" -m pip install --progress-bar off --quiet) archive=""
+  if [[ -f $WHEELS ]]; then archive=$WHEELS; elif [[ -f $WHEELS/wheels.tar.xz ]]; then archive=$WHEELS/wheels.tar.xz; fi
+  if [[ -n $archive ]]; then  # prepare_wheels.py's one-file form: uncompressed wheels in one xz archive
+    WHEELS="$WORK/wheels"
+    echo "    unpacking $archive into $WHEELS"
+    "$PY" - "$archive" "$WHEELS" <<'EOF' || fail "could not unpack $archive"
+import sys, tarfile
+with tarfile.open(sys.argv[1], "r:xz") as tar:
+    tar.extractall(sys.argv[2], **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+EOF
+  fi
+  if [[ -n $WHEELS ]]; then
+    compgen -G "$WHEELS/*.whl" >/dev/null || fail "no wheels (*.whl or wheels.tar.xz) in $WHEELS"
+    pip+=(--no-index --find-links "$WHEELS")
+  fi
   echo "    \$ ${pip[*]} -e .    (from ${WHEELS:-the package registry})"
   (cd "$ROOT" && "${pip[@]}" -e .) || fail "pip install -e . failed (its error is above)${WHEELS:+; a wheel missing from $WHEELS? prepare_wheels.py --extra NAME==VERSION adds one}"
   if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then

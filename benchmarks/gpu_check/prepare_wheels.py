@@ -1,21 +1,24 @@
-"""Fill a folder with the wheels ``benchmarks/gpu_check.sh --wheels DIR`` installs on a GPU machine with no registry.
+"""Make the wheels ``benchmarks/gpu_check.sh --wheels PATH`` installs on a GPU machine with no package registry.
 
-Run it where ``pip download`` reaches a package registry; it needs only the standard library and pip::
+Run it where ``pip download`` reaches a registry; it needs only the standard library and pip::
 
-    python3 benchmarks/gpu_check/prepare_wheels.py --dest .whl               # CPython 3.12, manylinux x86_64
-    python3 benchmarks/gpu_check/prepare_wheels.py --dest .whl --python-version 3.11 --keep uvloop,pygments
+    python3 benchmarks/gpu_check/prepare_wheels.py                    # .whl/wheels.tar.xz for CPython 3.12
+    python3 benchmarks/gpu_check/prepare_wheels.py --loose --python-version 3.11 --dest /tmp/wheels311
 
 It downloads every runtime dependency of the project (``[project] dependencies`` of ``pyproject.toml``, with
-their own dependencies, resolved for the target Python and platform) plus the build backend ``pip install -e .``
-needs (setuptools, wheel). Ray's wheel is rebuilt smaller, because a machine lent through this workplace's device
-tool receives at most 64 MiB of working tree and carried files together: ``ray/jars`` (Java workers), RLlib, Tune,
-``ray.llm`` and the dashboard's web client are dropped (Zhisuan starts Ray without a dashboard and imports none of
-them), and, where ``strip`` is installed, the symbol tables of Ray's three native binaries are removed; the
-wheel's ``RECORD`` is rewritten with the new hashes and sizes. Packages the GPU image already ships, and that no
-exact pin of ours names, can be left out (``--skip``; by default ``uvloop`` and ``pygments``, 5.6 MB). A folder
-inside the repository is added to ``.git/info/exclude`` unless git ignores it already.
+their own dependencies, resolved for the target Python on manylinux x86_64) and the build backend that
+``pip install -e .`` needs (setuptools, wheel). A machine lent through this workplace's device tool receives at
+most 64 MiB of working tree and carried files together, and the wheels as downloaded are about 80 MiB, so:
 
-Prints one JSON object: the wheels, their total size and what was dropped.
+* Ray's wheel is rebuilt without what Zhisuan never uses — ``ray/jars`` (Java workers), RLlib, Tune, ``ray.llm``
+  and the dashboard's web client (Ray is started without its dashboard) — and, where ``strip`` is installed, with
+  the symbol tables of its three native binaries removed;
+* by default every wheel is rewritten uncompressed and the lot packed into one ``wheels.tar.xz`` (about 35 MiB,
+  against 65 MiB of deflated wheels: xz over the whole set compresses the binaries far better than zip does).
+  ``gpu_check.sh`` unpacks it (two seconds) before installing. ``--loose`` leaves plain wheel files instead.
+
+Each rewritten wheel gets a ``RECORD`` with the new hashes and sizes. A folder inside the repository is added to
+``.git/info/exclude`` unless git ignores it already. Prints one JSON object: what is in it and how big it is.
 """
 
 from __future__ import annotations
@@ -26,16 +29,20 @@ import csv
 import hashlib
 import io
 import json
+import lzma
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import tomllib
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+ARCHIVE = "wheels.tar.xz"
 PLATFORMS = (
     "manylinux_2_28_x86_64",
     "manylinux_2_27_x86_64",
@@ -50,8 +57,6 @@ PLATFORMS = (
 RAY_DROP = ("ray/jars/", "ray/rllib/", "ray/tune/", "ray/llm/", "ray/dashboard/client/build/")
 #: Ray's native binaries: the Python extension, the raylet and the GCS server (symbols only are stripped).
 RAY_BINARIES = ("ray/_raylet.so", "ray/core/src/ray/raylet/raylet", "ray/core/src/ray/gcs/gcs_server")
-#: On this workplace's GPU image (KINDS.md lists it) and only ever required with a lower bound by our dependencies.
-DEFAULT_SKIP = ("uvloop", "pygments")
 BUILD = ("setuptools>=77", "wheel")
 
 
@@ -120,41 +125,49 @@ def _strip(data: bytes, strip: str) -> bytes:
         return Path(tmp.name).read_bytes()
 
 
-def slim_ray(wheel: Path, strip_binaries: bool) -> dict[str, object]:
-    """Rewrite Ray's wheel in place without :data:`RAY_DROP`, binaries stripped; returns what changed."""
-    strip = shutil.which("strip") if strip_binaries else None
-    before = wheel.stat().st_size
+def rewrite_wheel(
+    wheel: Path, *, drop: Sequence[str] = (), binaries: Sequence[str] = (), strip: str | None = None, stored: bool
+) -> int:
+    """Rewrite a wheel in place: without the files under ``drop``, ``binaries`` stripped (with ``strip``), every
+    entry stored uncompressed (``stored``) or deflated, and a fresh ``RECORD``. Returns the files dropped."""
     dropped = 0
+    method = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
     out = io.BytesIO()
-    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(out, "w", method) as dst:
         record_name = next(n for n in src.namelist() if n.endswith(".dist-info/RECORD"))
         rows: list[list[str]] = []
         for info in src.infolist():
             name = info.filename
             if name == record_name:
                 continue
-            if name.startswith(RAY_DROP):
+            if name.startswith(tuple(drop)):
                 dropped += 1
                 continue
             data = src.read(info)
-            if strip and name in RAY_BINARIES:
+            if strip and name in binaries:
                 data = _strip(data, strip)
             kept = zipfile.ZipInfo(name, date_time=info.date_time)
             kept.external_attr = info.external_attr  # keeps the executables' mode bits
-            kept.compress_type = zipfile.ZIP_DEFLATED
-            dst.writestr(kept, data, compresslevel=9)
+            kept.compress_type = method
+            dst.writestr(kept, data, compresslevel=None if stored else 9)
             rows.append([name, _record_hash(data), str(len(data))])
         rows.append([record_name, "", ""])
         text = io.StringIO()
         csv.writer(text, lineterminator="\n").writerows(rows)
         dst.writestr(record_name, text.getvalue())
     wheel.write_bytes(out.getvalue())
-    return {
-        "ray_wheel_bytes_before": before,
-        "ray_wheel_bytes_after": wheel.stat().st_size,
-        "ray_files_dropped": dropped,
-        "ray_binaries_stripped": bool(strip),
-    }
+    return dropped
+
+
+def pack(dest: Path, wheels: list[Path]) -> Path:
+    """Pack the (uncompressed) wheels into ``dest/wheels.tar.xz`` and remove them; returns the archive."""
+    archive = dest / ARCHIVE
+    with tarfile.open(archive, "w:xz", preset=9 | lzma.PRESET_EXTREME) as tar:
+        for wheel in wheels:
+            tar.add(wheel, arcname=wheel.name)
+    for wheel in wheels:
+        wheel.unlink()
+    return archive
 
 
 def ignore_in_git(dest: Path) -> str | None:
@@ -181,21 +194,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dest", type=Path, default=ROOT / ".whl", help="folder to fill (created; default .whl)")
     parser.add_argument("--python-version", default="3.12", help="CPython of the GPU machine (default 3.12)")
-    parser.add_argument(
-        "--skip",
-        default=",".join(DEFAULT_SKIP),
-        help="comma-separated packages the GPU image already has, left out (default: %(default)s; '' keeps all)",
-    )
+    parser.add_argument("--loose", action="store_true", help=f"plain wheel files, no {ARCHIVE}")
+    parser.add_argument("--skip", default="", help="comma-separated packages the GPU image has, left out")
     parser.add_argument("--extra", action="append", default=[], help="another requirement to carry (repeatable)")
     parser.add_argument("--no-strip", action="store_true", help="keep the symbols of Ray's native binaries")
-    parser.add_argument("--limit-mib", type=float, default=60.0, help="warn above this total (default 60 MiB)")
+    parser.add_argument("--limit-mib", type=float, default=60.0, help="warn above this size (default 60 MiB)")
     args = parser.parse_args()
 
     dest: Path = args.dest
     dest.mkdir(parents=True, exist_ok=True)
     excluded = ignore_in_git(dest)
-    for old in dest.glob("*.whl"):
-        old.unlink()  # two versions of one package in the folder would stop the install there
+    for old in [*dest.glob("*.whl"), dest / ARCHIVE]:
+        old.unlink(missing_ok=True)  # two versions of one package in the folder would stop the install there
     requirements = [*project_requirements(ROOT / "pyproject.toml"), *BUILD, *args.extra]
     download(requirements, dest, args.python_version)
 
@@ -211,22 +221,33 @@ def main() -> int:
     rays = sorted(dest.glob("ray-*.whl"))
     if len(rays) != 1:
         raise SystemExit(f"expected one Ray wheel in {dest}, found {[w.name for w in rays]}")
-    slimmed = slim_ray(rays[0], strip_binaries=not args.no_strip)
-
+    downloaded = sum(w.stat().st_size for w in dest.glob("*.whl"))
+    strip = None if args.no_strip else shutil.which("strip")
+    ray_dropped = rewrite_wheel(rays[0], drop=RAY_DROP, binaries=RAY_BINARIES, strip=strip, stored=not args.loose)
     wheels = sorted(dest.glob("*.whl"))
-    total = sum(w.stat().st_size for w in wheels)
+    if not args.loose:
+        for wheel in wheels:
+            if wheel not in rays:
+                rewrite_wheel(wheel, stored=True)
+        made = [pack(dest, wheels)]
+    else:
+        made = wheels
+    size = sum(p.stat().st_size for p in made)
     report = {
         "dest": str(dest),
         "python_version": args.python_version,
         "wheels": [w.name for w in wheels],
-        "total_mib": round(total / 2**20, 1),
-        "skipped_as_on_the_image": skipped,
+        "files": [p.name for p in made],
+        "mib": round(size / 2**20, 1),
+        "downloaded_mib": round(downloaded / 2**20, 1),
+        "ray_files_dropped": ray_dropped,
+        "ray_binaries_stripped": bool(strip),
+        "skipped": skipped,
         "added_to_git_info_exclude": excluded,
-        **slimmed,
     }
     print(json.dumps(report, indent=2))
-    if total / 2**20 > args.limit_mib:
-        print(f"warning: {total / 2**20:.1f} MiB of wheels is over {args.limit_mib} MiB", file=sys.stderr)
+    if size / 2**20 > args.limit_mib:
+        print(f"warning: {size / 2**20:.1f} MiB is over {args.limit_mib} MiB", file=sys.stderr)
     return 0
 
 

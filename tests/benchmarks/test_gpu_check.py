@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 from types import ModuleType
@@ -193,14 +194,15 @@ def _fake_ray_wheel(path: Path) -> None:
         )
 
 
-def test_slim_ray_drops_the_unused_trees_and_rewrites_record(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stored", [True, False], ids=["stored", "deflated"])
+def test_rewrite_wheel_drops_the_unused_trees_and_rewrites_record(tmp_path: Path, stored: bool) -> None:
     prepare = _module("prepare_wheels")
     wheel = tmp_path / "ray-0.0.1-py3-none-any.whl"
     _fake_ray_wheel(wheel)
-    report = prepare.slim_ray(wheel, strip_binaries=False)
-    assert report["ray_files_dropped"] == 3
+    assert prepare.rewrite_wheel(wheel, drop=prepare.RAY_DROP, stored=stored) == 3
     with zipfile.ZipFile(wheel) as slim:
         names = set(slim.namelist())
+        methods = {info.compress_type for info in slim.infolist()}
         record = list(csv.reader(io.StringIO(slim.read("ray-0.0.1.dist-info/RECORD").decode())))
         for name, digest, size in record:
             if name.endswith("RECORD"):
@@ -208,11 +210,27 @@ def test_slim_ray_drops_the_unused_trees_and_rewrites_record(tmp_path: Path) -> 
             data = slim.read(name)
             expected = "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
             assert (digest, int(size)) == (expected, len(data)), name
+    assert methods == {zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED}
     assert "ray/dashboard/agent.py" in names and not any("jars" in n or "rllib" in n or "build" in n for n in names)
-    # pip installs what it wrote (offline, nothing else needed).
-    target = tmp_path / "site"
+    # Packed the way prepare_wheels.py packs, unpacked the way gpu_check.sh does, pip installs it offline.
+    archive = prepare.pack(tmp_path, [wheel])
+    assert not wheel.exists()
+    with tarfile.open(archive, "r:xz") as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    target, unpacked = tmp_path / "site", tmp_path / "unpacked" / wheel.name
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(target), str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(unpacked),
+        ],
         check=True,
         capture_output=True,
     )
