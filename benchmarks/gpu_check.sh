@@ -92,25 +92,27 @@ install() {
     || fail "the project needs Python >= 3.11; $PY is $("$PY" -V 2>&1)"
   echo "    interpreter $(command -v "$PY"): $("$PY" -V 2>&1)"
   if [[ ! -x $VENV/bin/python ]]; then
+    local existed=0
+    [[ -e $VENV ]] && existed=1
     echo "    \$ $PY -m venv --system-site-packages $VENV"
     if ! "$PY" -m venv --system-site-packages "$VENV"; then
       # An interpreter without ensurepip (Debian without python3-venv, some uv-made ones): no pip of its own in the
       # venv; the pip of the interpreter's packages, visible through the .pth file below, installs into it instead.
       echo "    \$ $PY -m venv --system-site-packages --without-pip $VENV    (ensurepip failed)"
-      [[ -f $VENV/pyvenv.cfg ]] && rm -rf "$VENV"
+      [[ $existed == 0 && -f $VENV/pyvenv.cfg ]] && rm -rf "$VENV"  # only what this attempt made
       "$PY" -m venv --system-site-packages --without-pip "$VENV" || fail "could not create the virtual environment $VENV"
     fi
-    # An interpreter that is itself a venv (the GPU image's python3, which holds torch) lends only its base
-    # interpreter's packages to --system-site-packages; its own site-packages join through a .pth file, after ours.
-    local outer purelib
-    outer=$("$PY" -c 'import site, sys; print("\n".join(site.getsitepackages()) if sys.prefix != sys.base_prefix else "")')
-    if [[ -n $outer ]]; then
-      purelib=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-      while IFS= read -r dir; do
-        [[ -n $dir ]] && echo "import site; site.addsitedir('$dir')"
-      done <<<"$outer" >"$purelib/zz_gpu_check_outer_env.pth"
-      echo "    $PY is a virtual environment: its packages are visible through $purelib/zz_gpu_check_outer_env.pth"
-    fi
+  fi
+  # An interpreter that is itself a venv (the GPU image's python3, which holds torch) lends only its base
+  # interpreter's packages to --system-site-packages; its own site-packages join through a .pth file, after ours.
+  local outer purelib
+  outer=$("$PY" -c 'import site, sys; print("\n".join(site.getsitepackages()) if sys.prefix != sys.base_prefix else "")')
+  if [[ -n $outer ]]; then
+    purelib=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    while IFS= read -r dir; do
+      [[ -n $dir ]] && echo "import site; site.addsitedir('$dir')"
+    done <<<"$outer" >"$purelib/zz_gpu_check_outer_env.pth"
+    echo "    $PY is a virtual environment: its packages are visible through $purelib/zz_gpu_check_outer_env.pth"
   fi
   "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || fail "no pip in $VENV, nor in the packages of $PY"
   local pip=("$VENV/bin/python" -m pip install --progress-bar off --quiet) archive=""
@@ -145,7 +147,7 @@ EOF
 }
 
 main() {
-  local started install_started install_s source
+  local started install_started install_s
   started=$(now)
   echo "Zhisuan GPU check, $(date -u '+%Y-%m-%d %H:%M:%S UTC'), from $ROOT"
   echo "log $LOG; work directory $WORK"
@@ -162,7 +164,7 @@ main() {
   echo "-- install: ok in $install_s s"
   cd "$ROOT" || return 1
   PYTHONUNBUFFERED=1 "$VENV/bin/python" "$ROOT/benchmarks/gpu_check/steps.py" --venv "$VENV" --work "$WORK" \
-    --started-at "$started" --install-s "$install_s" "${STEP_ARGS[@]}"
+    --started-at "$started" --install-s "$install_s" ${STEP_ARGS[@]+"${STEP_ARGS[@]}"}
 }
 
 main 2>&1 | tee -a "$LOG"
