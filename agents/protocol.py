@@ -113,6 +113,9 @@ class DeviceInfo(_Record):
     index: int = Field(ge=0, description="the vendor tool's device index on this node")
     uuid: str = Field(min_length=1, description="vendor UUID, or a stable '<vendor>-<bus id|index>' stand-in")
     name: str = Field(description="the product name exactly as the vendor tool printed it")
+    other_names: list[str] = Field(
+        default_factory=list, description="further names the tool printed for the part (npu-smi info -m chip name)"
+    )
     model: str | None = Field(default=None, description="catalog model id; None when the catalog has no match")
     model_known: bool = False
     kind: str | None = Field(default=None, description="gpu | npu | mlu | xpu | dcu, from the catalog")

@@ -295,5 +295,5 @@ class AmdSmiCliShim(ToolShim):
             static = getattr(self, "_static", {}).get(device.index)
             for name, value in {**(static.values if static else {}), **reading.values}.items():
                 setattr(sample, name, int(value) if value is not None and name.startswith("ecc_") else value)
-            out.append(self._finish(sample, [*reading.problems, *parsed.problems]))
+            out.append(self._finish(sample, reading.problems, parsed.problems))
         return out

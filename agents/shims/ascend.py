@@ -252,6 +252,19 @@ def parse_chip_map_full(text: str) -> ChipMap:
     return out
 
 
+def _unique_chips(table: InfoTable) -> list[ChipRow]:
+    """The chip rows with each (NPU, chip) once; a repeat is dropped and recorded as a problem of the table."""
+    seen: set[tuple[int, int]] = set()
+    rows = []
+    for row in table.rows:
+        if (row.npu, row.chip) in seen:
+            table.problems.append(f"NPU {row.npu} chip {row.chip} is listed twice; the second row was ignored")
+            continue
+        seen.add((row.npu, row.chip))
+        rows.append(row)
+    return rows
+
+
 def parse_key_values(text: str) -> dict[str, str]:
     """The ``\\tKey (unit)    : value`` lines of ``npu-smi info -t ...``; keys are compared without spaces."""
     values: dict[str, str] = {}
@@ -294,10 +307,12 @@ class AscendShim(ToolShim):
         mapped = self._run("info", "-m")
         if mapped.ok:
             chip_map = parse_chip_map_full(mapped.stdout)
-        buses = Counter(r.bus_id for r in table.rows)
+        rows = _unique_chips(table)
+        buses = Counter(r.bus_id for r in rows)
         devices = []
+        uuids: set[str] = set()
         self._keys = {}
-        for position, row in enumerate(table.rows):
+        for position, row in enumerate(rows):
             logic, map_name = chip_map.chips.get((row.npu, row.chip), (position, ""))
             notes = (
                 [] if (row.npu, row.chip) in chip_map.chips else ["logical id not in npu-smi info -m; table order used"]
@@ -308,6 +323,9 @@ class AscendShim(ToolShim):
             shared_bus = row.bus_id is None or buses[row.bus_id] > 1
             stand_in = f"{row.bus_id}-chip{row.chip}" if shared_bus and row.bus_id else row.bus_id
             stand_in = stand_in or f"npu{row.npu}-chip{row.chip}"
+            if f"ascend-{stand_in}" in uuids:  # two chips claiming one bus id: keep both, tell them apart
+                stand_in = f"{stand_in}-npu{row.npu}-chip{row.chip}"
+            uuids.add(f"ascend-{stand_in}")
             notes.append(
                 f"npu-smi prints no UUID; uuid is derived from {'the PCI bus id' if row.bus_id else 'npu/chip ids'}"
             )
@@ -334,7 +352,7 @@ class AscendShim(ToolShim):
         if not result.ok:
             return self.failed_samples(self.reason(result.describe()), now, wall)
         table = parse_info_table(result.stdout)
-        rows = {(r.npu, r.chip): r for r in table.rows}
+        rows = {(r.npu, r.chip): r for r in _unique_chips(table)}
         out: list[DeviceSample] = []
         for device in self.devices:
             key = self._keys.get(device.index)
@@ -349,7 +367,7 @@ class AscendShim(ToolShim):
             sample = self._from_row(device, row, now, wall)
             if not fast and self.per_chip:
                 self._add_per_chip(sample, row)
-            out.append(self._finish(sample, [*row.problems, *table.problems]))
+            out.append(self._finish(sample, row.problems, table.problems))
         return out
 
     def _from_row(self, device: DeviceInfo, row: ChipRow, now: float, wall: float) -> DeviceSample:

@@ -160,13 +160,14 @@ class ModelResolver:
 
     def describe(self, vendor: str, index: int, uuid: str, name: str, **fields: Any) -> DeviceInfo:
         """Build a :class:`DeviceInfo` with the catalog model, kind and notes filled in."""
-        other_names = fields.pop("other_names", ())
+        other_names = [n for n in fields.pop("other_names", ()) if n and n != name]
         entry, notes = self.resolve(name, vendor, fields.get("memory_total_mib"), other_names)
         return DeviceInfo(
             vendor=vendor,
             index=index,
             uuid=uuid,
             name=name,
+            other_names=other_names,
             model=entry.model if entry else None,
             model_known=entry is not None,
             kind=entry.kind.value if entry else None,

@@ -102,10 +102,17 @@ def parse_cnmon_table(text: str) -> Parsed:
         if not line.startswith("|") or line.startswith("|="):
             continue
         row = cells(line)
-        if len(row) < 3 or row[0].startswith(("Card", "Fan", "CNMON")):
+        if row[0].startswith(("Card", "Fan", "CNMON")):
+            continue
+        if len(row) < 3:
+            if pending is not None:
+                pending.problems.append(f"metrics line not understood: {line.strip()[:80]!r}")
+                pending = None
             continue
         head = row[0].split()
         if len(head) >= 3 and head[0].isdigit():
+            if pending is not None:
+                pending.problems.append("metrics line missing")
             pending = _card_line(head, row)
             if pending.notes and out.driver_version is None:
                 out.driver_version = pending.notes[0]
@@ -117,6 +124,8 @@ def parse_cnmon_table(text: str) -> Parsed:
             pending = None
         elif any(c for c in row):
             out.problems.append(f"table row not understood: {line.strip()[:80]!r}")
+    if pending is not None:
+        pending.problems.append("metrics line missing (output cut short?)")
     return out
 
 

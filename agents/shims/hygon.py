@@ -175,6 +175,7 @@ class HygonShim(ReadingShim):
     vendor = "hygon"
     tool = "hy-smi"
     tools = ("hy-smi", "rocm-smi")
+    uuid_prefix = "hygon-"
     modes = (
         Mode("json", HY_SMI_ARGS, parse_rocm_smi_json),
         Mode("table", (), parse_smi_table),

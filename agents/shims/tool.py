@@ -252,14 +252,20 @@ class ToolShim(Shim):
             health=Health.HEALTHY,
         )
 
-    def _finish(self, sample: DeviceSample, problems: Sequence[str] = ()) -> DeviceSample:
-        """Apply the rules every tool shim shares: problems become named reasons (logged once), a device the
-        parser read nothing from is ``unknown`` rather than healthy, and unread metrics are listed."""
-        for problem in problems:
+    def _finish(
+        self, sample: DeviceSample, problems: Sequence[str] = (), output_problems: Sequence[str] = ()
+    ) -> DeviceSample:
+        """Apply the rules every tool shim shares: problems become named reasons (logged once); a device whose own
+        lines were not fully understood, or that the parser read nothing from, is ``unknown`` rather than healthy
+        (a vendor's ``unhealthy`` stands); problems elsewhere in the output are reasons only; unread metrics are
+        listed."""
+        for problem in [*problems, *output_problems]:
             message = self.reason(problem)
             self.log_once(message)
             if message not in sample.health_reasons:
                 sample.health_reasons.append(message)
+        if problems and sample.health == Health.HEALTHY:
+            sample.health = Health.UNKNOWN
         if all(getattr(sample, name) is None for name in CORE_METRICS) and sample.health == Health.HEALTHY:
             sample.health = Health.UNKNOWN
             sample.health_reasons.append(self.reason("no utilisation, memory, power or temperature could be read"))
@@ -449,7 +455,7 @@ def safe_parse(parse: Callable[[str], Parsed], text: str) -> Parsed:
     try:
         return parse(text)
     except Exception as err:
-        return Parsed(problems=[f"output not understood ({type(err).__name__}: {err})"[:200]])
+        return Parsed(problems=[f"{type(err).__name__}: {err}"[:200]])
 
 
 def unique_readings(parsed: Parsed) -> list[Reading]:
@@ -523,17 +529,23 @@ class ReadingShim(ToolShim):
 
     def _describe(self, readings: list[Reading], parsed: Parsed) -> list[DeviceInfo]:
         devices = []
+        used: set[str] = set()
         for reading in readings:
             stand_in = reading.bus_id or f"index{reading.index}"
             total = reading.values.get("memory_total_mib")
             notes = list(reading.notes)
             if not reading.uuid:
                 notes.append(f"{self.tool} prints no UUID; uuid derived from {stand_in}")
+            uuid = f"{self.uuid_prefix}{reading.uuid}" if reading.uuid else f"{self.vendor}-{stand_in}"
+            if uuid in used:  # two devices claiming one id (cloned VFs, a garbled bus id): keep both, apart
+                notes.append(self.reason(f"{uuid} is also claimed by another device; index appended"))
+                uuid = f"{uuid}#index{reading.index}"
+            used.add(uuid)
             devices.append(
                 self.resolver.describe(
                     self.vendor,
                     reading.index,
-                    f"{self.uuid_prefix}{reading.uuid}" if reading.uuid else f"{self.vendor}-{stand_in}",
+                    uuid,
                     reading.name,
                     bus_id=reading.bus_id,
                     memory_total_mib=total,
@@ -565,5 +577,5 @@ class ReadingShim(ToolShim):
                 setattr(sample, name, int(value) if value is not None and name.startswith("ecc_") else value)
             sample.health = reading.health
             sample.health_reasons = list(reading.reasons)
-            out.append(self._finish(sample, [*reading.problems, *parsed.problems]))
+            out.append(self._finish(sample, reading.problems, parsed.problems))
         return out

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -59,11 +59,11 @@ def make_test_catalog() -> Catalog:
             64,
             400,
             interconnect={"type": "hccs", "domain_size": 8},
-            aliases=["Ascend 910B", "910B"],
+            aliases=["Ascend 910B", "910B", "910B3", "Ascend 910B3"],
         ),
         _model("MLU370", "cambricon", "mlu", 48, 250, aliases=["MLU370-X8"]),
-        _model("P800", "kunlunxin", "xpu", 96, 400),
-        _model("K100", "hygon", "dcu", 64, 300, aliases=["K100_AI", "DCU K100"]),
+        _model("P800", "kunlunxin", "xpu", 96, 400, aliases=["P800 OAM"]),
+        _model("K100", "hygon", "dcu", 64, 300, aliases=["K100_AI", "DCU K100", "DCU K100_AI"]),
         _model("BI-V150", "iluvatar", "gpu", 32, 350, aliases=["Iluvatar BI-V150"]),
         _model("C500", "metax", "gpu", 64, 350, aliases=["MetaX C500"]),
         _model("S4000", "moorethreads", "gpu", 48, 450, aliases=["MTT S4000"]),
