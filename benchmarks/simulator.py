@@ -16,7 +16,7 @@
     .venv/bin/python benchmarks/simulator.py --part b --timeline-jobs 5000 --profile   # top functions to stderr
     .venv/bin/python benchmarks/simulator.py --part b --timeline-jobs 50000 --profile-out b.pstats  # for pstats
 
-The traces are read from ``../shared/traces/`` (next to the repository); part (a) is skipped when absent.
+The public traces are the ones the repository ships in ``tests/fixtures/traces/`` (sources in its README).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any, Literal, cast
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import scheduler.core as core_module  # noqa: E402
+import scheduler.backfill as backfill_module  # noqa: E402
 from scheduler.catalog import load_catalog  # noqa: E402
 from scheduler.core import CoreConfig, SchedulerCore  # noqa: E402
 from scheduler.model import Node  # noqa: E402
@@ -51,7 +51,7 @@ from simulations.schema import write_native  # noqa: E402
 from simulations.synthetic import pai_like  # noqa: E402
 from simulations.timeline import SimConfig, TimelineSimulation  # noqa: E402
 
-TRACES = ROOT.parent / "shared" / "traces"
+TRACES = ROOT / "tests" / "fixtures" / "traces"
 
 #: 6,000 devices in PAI-like pools: 8-GPU V100/A10 servers and 2-GPU T4/P100 servers (1,312 nodes).
 PAI_POOLS = [
@@ -262,7 +262,7 @@ def part_b(
     return out
 
 
-_ORIGINAL_PLAN = getattr(core_module, "plan_reservation")  # noqa: B009 (re-exported from scheduler.backfill)
+_ORIGINAL_PLAN = backfill_module.plan_reservation
 
 
 def _instrument(core: SchedulerCore) -> dict[str, Any]:
@@ -297,12 +297,12 @@ def _instrument(core: SchedulerCore) -> dict[str, Any]:
 
     core.step = timed_step  # type: ignore[method-assign]
     core.finish = timed_finish  # type: ignore[method-assign]
-    setattr(core_module, "plan_reservation", timed_plan)  # noqa: B010
+    setattr(backfill_module, "plan_reservation", timed_plan)  # noqa: B010
     return timing
 
 
 def _restore() -> None:
-    setattr(core_module, "plan_reservation", _ORIGINAL_PLAN)  # noqa: B010
+    setattr(backfill_module, "plan_reservation", _ORIGINAL_PLAN)  # noqa: B010
 
 
 def main() -> None:

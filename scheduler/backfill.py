@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from itertools import groupby
 from operator import itemgetter
 
-from scheduler.model import MILLI, Job, Placement, TopologyLevel, WorkerPlacement
+from scheduler.model import MILLI, Job, Placement, Reason, ReasonCode, TopologyLevel, WorkerPlacement
 from scheduler.placement import PlacementEngine
 from scheduler.state import ClusterState, RunningJob
 
@@ -190,3 +190,111 @@ def plan_reservation(
         )
     finally:
         state.occupy(running.placement for running in released)
+
+
+class ReservationBook:
+    """The reservations of one step, and the plans kept from the last step while nothing they depend on changed.
+
+    A step begins with :meth:`begin`, reserves room for at most one blocked head job per queue
+    (:meth:`reserve`), and ends with :meth:`end`, which lifts every phantom (the caller's state shows real usage
+    between steps) and keeps the step's plans for the next one::
+
+        >>> book = ReservationBook()
+        >>> book.begin(ClusterState(), same_state=False)
+        >>> book.may_reserve("acme", max_reservations=8), book.current
+        (True, {})
+    """
+
+    def __init__(self) -> None:
+        #: The reservations of the current (or last) step, by job id.
+        self.current: dict[str, Reservation] = {}
+        #: The last step's reservations with the pool and node epochs they were planned on.
+        self._kept: dict[str, tuple[Reservation, dict[str, int], dict[str, int]]] = {}
+        self._next: dict[str, tuple[Reservation, dict[str, int], dict[str, int]]] = {}
+        self._grown: dict[str, int] = {}
+        self._heads: set[str | None] = set()
+        self._held: Reason | None = None
+        #: Job shapes that failed to backfill this step: within a step free capacity only shrinks (until a
+        #: preemption frees some), so a shape that could not backfill still cannot.
+        self.backfill_misses: set[tuple[object, ...]] = set()
+
+    def begin(self, state: ClusterState, same_state: bool) -> None:
+        if not same_state:
+            self._kept = {}
+        self.current = {}
+        self._next = {}
+        # Where capacity last grew, as the step begins: the step's own lifts and projections do not count.
+        self._grown = {pool_id: pool.grown for pool_id, pool in state.pools.items()}
+        self._heads = set()
+        self._held = None
+        self.backfill_misses = set()
+
+    def may_reserve(self, queue: str | None, max_reservations: int) -> bool:
+        """Only a queue's first blocked job gets a reservation, and at most ``max_reservations`` per step."""
+        return queue not in self._heads and len(self.current) < max_reservations
+
+    def reserve(
+        self, placement: PlacementEngine, state: ClusterState, job: Job, queue: str | None, now: float
+    ) -> Reservation | None:
+        """Hold room for ``job`` (the head of ``queue``) from the earliest start the running jobs' ends allow."""
+        self._heads.add(queue)
+        reservation = self._plan(placement, state, job, now)
+        if reservation is not None:
+            reservation.hide(state)
+            self.current[job.id] = reservation
+            self._held = None
+            pools = {pool_id: self._grown[pool_id] for pool_id in reservation.pools}
+            nodes = {node_id: state.nodes[node_id].epoch for node_id in reservation.placement.nodes}
+            self._next[job.id] = (reservation, pools, nodes)
+        return reservation
+
+    def held_reason(self) -> Reason:
+        """ "Room is held for ..." naming the earliest reservation (built once per set of reservations)."""
+        if self._held is None:
+            first = min(self.current.values(), key=lambda r: r.start)
+            self._held = reservation_reason(first, own=False)
+        return self._held
+
+    def end(self, state: ClusterState) -> None:
+        for reservation in self.current.values():
+            reservation.lift(state)
+        self._kept = self._next
+
+    def _plan(self, placement: PlacementEngine, state: ClusterState, job: Job, now: float) -> Reservation | None:
+        """The reservation kept from the last step if nothing it depends on changed since, else a new plan.
+
+        A kept plan still holds while nothing started or stopped on its nodes since it was hidden (their slack
+        is what it was), and is still the earliest start while no capacity came back in the job's pools (starts
+        elsewhere only push starts later); when capacity did come back, a new plan looks for an earlier start
+        and keeps the old one otherwise. It is never reused once its start has come.
+        """
+        kept = self._kept.get(job.id)
+        if kept is not None:
+            reservation, pools, nodes = kept
+            if (
+                reservation.job is job
+                and reservation.start > now
+                and all(state.nodes[node_id].epoch == epoch for node_id, epoch in nodes.items())
+            ):
+                if all(self._grown.get(pool_id) == epoch for pool_id, epoch in pools.items()):
+                    return reservation
+                # Capacity came back elsewhere in its pools: only an earlier start can replace it.
+                return plan_reservation(placement, state, job, now, known=reservation)
+        return plan_reservation(placement, state, job, now)
+
+
+def reservation_reason(reservation: Reservation, own: bool) -> Reason:
+    """Why a job waits because of a reservation: its own (``own``), or another job's that holds the room."""
+    if own:
+        return Reason(
+            ReasonCode.RESERVATION,
+            "reserved from t={start:g} on {nodes} node(s) of {pool}",
+            reservation.placement.pool,
+            {"start": reservation.start, "nodes": len(reservation.placement.nodes)},
+        )
+    return Reason(
+        ReasonCode.RESERVATION,
+        "room is held for {job} from t={start:g}; only jobs that end before then may use it",
+        reservation.placement.pool,
+        {"job": reservation.job.id, "start": reservation.start},
+    )

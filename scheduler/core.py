@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from scheduler.backfill import Reservation, plan_reservation
+from scheduler.backfill import Reservation, ReservationBook, reservation_reason
 from scheduler.catalog import Catalog, load_catalog
-from scheduler.fairshare import FairShare, UsageHistory
+from scheduler.fairshare import FairShare, ShareBook, UsageHistory
 from scheduler.metering import Meter
 from scheduler.model import (
     Decision,
@@ -45,9 +45,9 @@ from scheduler.model import (
 from scheduler.placement import Admission, PlacementConfig, PlacementEngine, PlacementResult, shape_key
 from scheduler.preemption import Preemptor
 from scheduler.queueing import DrfOrder, FifoOrder
-from scheduler.quota import QuotaCheck, demand_for, tenant_account, user_account
+from scheduler.quota import QuotaCheck, demand_for
 from scheduler.state import ClusterState, PoolState, RunningJob
-from scheduler.tenancy import NCU, QueuePolicy, empty_policy
+from scheduler.tenancy import NCU, QueuePolicy, empty_policy, tenant_account, user_account
 from scheduler.throughput import JobClass, ThroughputMatrix, load_throughput
 
 
@@ -98,6 +98,15 @@ class RuntimeEstimator:
         return self._median.get(job.job_class)
 
 
+@dataclass
+class _Walk:
+    """What one step's walk over the queue remembers from job to job."""
+
+    preemption_attempts: int = 0
+    #: Job shapes that found no victims: victims only get scarcer as the step goes on.
+    preemption_misses: set[tuple[object, ...]] = field(default_factory=set)
+
+
 class SchedulerCore:
     """One scheduling pass over a cluster state. Deterministic for a given state, input, ``now`` and config."""
 
@@ -122,24 +131,24 @@ class SchedulerCore:
         self.quota = QuotaCheck(self.policy)
         self.meter = Meter(self.catalog, self.policy)
         self.preemptor = Preemptor(self.placement, self.quota, queueing.min_runtime_s, queueing.max_victim_candidates)
-        #: Reservations made by the last step (reported as why-pending; rebuilt every step).
-        self.reservations: dict[str, Reservation] = {}
-        #: The last step's reservations with the pool and node epochs they hold for (see ``_reservation``).
-        self._kept: dict[str, tuple[Reservation, dict[str, int], dict[str, int]]] = {}
+        #: The reservations of a step, and the plans kept from the last one.
+        self.books = ReservationBook()
+        #: The fair-share keys of a step, and dominant shares kept across steps.
+        self.shares = ShareBook(self.fairshare)
         #: The state the last step ran on: kept reservations and the history's rates describe it. Another state
         #: (a fork for a forecast, a rebuilt state) starts both over.
         self._stepped: ClusterState | None = None
         self._domestic_jobs: dict[tuple[str, str, DomesticPreference], Job] = {}
         #: The policy's domestic preference per (queue, tenant) a job names (cleared with a new policy).
         self._domestic_policy: dict[tuple[str, str], DomesticPreference] = {}
-        self._share_cache: dict[str, float] = {}
-        #: Each account's dominant share of current usage, kept across steps until its usage changes (the
-        #: state's ``usage_touched``, a start or preemption in a step) or installed capacity does.
-        self._dominant: dict[str, float] = {}
-        self._dominant_capacity: dict[str, float] = {}
         self._ncu_state: ClusterState | None = None
         self._ncu_nodes = 0
         self._ncu_value = 0.0
+
+    @property
+    def reservations(self) -> dict[str, Reservation]:
+        """Reservations made by the last step (reported as why-pending; rebuilt every step)."""
+        return self.books.current
 
     # ------------------------------------------------------------------------------------------ policy
 
@@ -162,146 +171,68 @@ class SchedulerCore:
 
     def step(self, state: ClusterState, pending: Iterable[Job], now: float) -> list[Decision]:
         """Decide for every pending job: ``start`` (applied), ``preempt`` (victims released) or ``reject``."""
+        # 1. Follow the state: history accrues to now; a state other than the last step's starts shares and
+        #    kept reservations over.
         same_state = state is self._stepped
-        if not same_state:
-            self._stepped, self._kept = state, {}
-            self._dominant.clear()
-        else:
-            for account in state.usage_touched:
-                self._dominant.pop(account, None)
+        self._stepped = state
+        self.books.begin(state, same_state)
+        self.shares.begin(state, self.policy, self._ncu_capacity(state))
         self._advance_history(state, now, same_state)
-        jobs = [self._effective(job) for job in pending]
-        ordering = self.config.queueing
-        ncu_capacity = self._ncu_capacity(state)
-        capacity = self.fairshare.capacities(state, ncu_capacity)
-        if capacity != self._dominant_capacity:
-            self._dominant.clear()
-            self._dominant_capacity = capacity
-        dominant = self._dominant
-        totals = {"tenant": self.history.total("tenant:"), "user": self.history.total("user:")}
-
-        # Shares change only when an account's usage does: _start and _preempt drop the entries they touch.
-        cache = self._share_cache = {}
-
-        def share(job: Job, tenant_level: bool) -> float:
-            account = tenant_account(job.tenant) if tenant_level else user_account(job.tenant, job.user)
-            value = cache.get(account)
-            if value is None:
-                if tenant_level:
-                    weight, total = self.policy.weight(job.tenant), totals["tenant"]
-                else:
-                    weight, total = 1.0, totals["user"]
-                current = dominant.get(account)
-                if current is None:
-                    current = dominant[account] = self.fairshare.current(state, account, capacity)
-                value = cache[account] = self.fairshare.key(state, account, weight, capacity, total, current)
-            return value
-
-        order = self._make_order(jobs, share)
+        # 2. Order the queue: each job with its queue's domestic policy, by priority, then weighted DRF or FIFO.
+        order = self._make_order([self._effective(job) for job in pending], self.shares.share)
+        # 3. Walk it: admit by quota and place all-or-nothing; a job blocked by capacity backfills, preempts, or
+        #    reserves room as its queue's head; every other job is told why it waits.
+        walk = _Walk()
         decisions: list[Decision] = []
-        self.reservations = {}
-        # Where capacity last grew, as the step begins: the step's own lifts and projections do not count.
-        grown = {pool_id: pool.grown for pool_id, pool in state.pools.items()}
-        kept: dict[str, tuple[Reservation, dict[str, int], dict[str, int]]] = {}
-        # Shapes that failed to backfill this step. Within a step free capacity only shrinks (until a
-        # preemption frees some), so a shape that could not backfill still cannot.
-        self._backfill_misses: set[tuple[object, ...]] = set()
-        heads: set[str | None] = set()
-        # "Room is held for ..." names the earliest reservation; rebuilt only when one is added.
-        held_reason: Reason | None = None
-        # Job shapes that found no victims this step: victims only get scarcer as the step goes on.
-        preemption_misses: set[tuple[object, ...]] = set()
-        preemption_attempts = 0
         try:
             for job in order:
-                if job.id in state.allocations:
-                    decisions.append(self._already_running(job))
-                    continue
-                queue = self.quota.queue_of(job)
-                admit = self._admission(state, queue, job)
-                result = self.placement.place(state, job, admit)
-                if result.placement is not None:
-                    decisions.append(self._start(state, job, queue, result, now))
-                    continue
-                if not result.capacity_blocked:
-                    decisions.append(Decision(DecisionKind.REJECT, job.id, reasons=tuple(result.reasons)))
-                    continue
-                backfilled = self._backfill(state, job, queue, admit, now) if self.reservations else None
-                if backfilled is not None:
-                    decisions.append(backfilled)
-                    continue
-                miss_key = (shape_key(job), queue, job.priority, job.tenant)
-                if (
-                    ordering.preemption
-                    and preemption_attempts < ordering.max_preemption_attempts
-                    and miss_key not in preemption_misses
-                ):
-                    preemption_attempts += 1
-                    preempted = self._preempt(state, job, queue, now)
-                    if not preempted:
-                        preemption_misses.add(miss_key)
-                    else:
-                        preemption_misses.clear()
-                        self._backfill_misses.clear()
-                        decisions.extend(preempted)
-                        continue
-                reasons = list(result.reasons)
-                if (
-                    ordering.backfill
-                    and queue not in heads
-                    and len(self.reservations) < ordering.max_reservations
-                    and self.runtimes.estimate(job) is not None
-                ):
-                    heads.add(queue)
-                    reservation = self._reservation(state, job, now, grown)
-                    if reservation is not None:
-                        reservation.hide(state)
-                        self.reservations[job.id] = reservation
-                        held_reason = None
-                        kept[job.id] = self._kept_entry(state, reservation, grown)
-                        reasons.insert(0, _reservation_reason(reservation, own=True))
-                elif self.reservations:
-                    if held_reason is None:
-                        first = min(self.reservations.values(), key=lambda r: r.start)
-                        held_reason = _reservation_reason(first, own=False)
-                    reasons.append(held_reason)
-                decisions.append(Decision(DecisionKind.REJECT, job.id, reasons=tuple(reasons)))
+                decisions.extend(self._decide(state, job, now, walk))
         finally:
-            for reservation in self.reservations.values():
-                reservation.lift(state)
-            self._kept = kept
+            # 4. Lift the reservations (the caller's state shows real usage between steps) and keep their plans.
+            self.books.end(state)
         return decisions
 
-    def _reservation(self, state: ClusterState, job: Job, now: float, grown: dict[str, int]) -> Reservation | None:
-        """The reservation kept from the last step if nothing it depends on changed since, else a new plan.
-
-        A kept plan still holds while nothing started or stopped on its nodes since it was hidden (their slack
-        is what it was), and is still the earliest start while no capacity came back in the job's pools (starts
-        elsewhere only push starts later); when capacity did come back, a new plan looks for an earlier start
-        and keeps the old one otherwise. It is never reused once its start has come.
-        """
-        kept = self._kept.get(job.id)
-        if kept is not None:
-            reservation, pools, nodes = kept
-            if (
-                reservation.job is job
-                and reservation.start > now
-                and all(state.nodes[node_id].epoch == epoch for node_id, epoch in nodes.items())
-            ):
-                if all(grown.get(pool_id) == epoch for pool_id, epoch in pools.items()):
-                    return reservation
-                # Capacity came back elsewhere in its pools: only an earlier start can replace it.
-                return plan_reservation(self.placement, state, job, now, known=reservation)
-        return plan_reservation(self.placement, state, job, now)
-
-    @staticmethod
-    def _kept_entry(
-        state: ClusterState, reservation: Reservation, grown: dict[str, int]
-    ) -> tuple[Reservation, dict[str, int], dict[str, int]]:
-        """A reservation with the epochs it is valid for. Taken as it is hidden: any later start on its nodes
-        (which may eat into the room it counted on) or capacity back in its pools makes the next step re-plan."""
-        pools = {pool_id: grown[pool_id] for pool_id in reservation.pools}
-        return reservation, pools, {node_id: state.nodes[node_id].epoch for node_id in reservation.placement.nodes}
+    def _decide(self, state: ClusterState, job: Job, now: float, walk: _Walk) -> list[Decision]:
+        """One job of the walk: start, backfill, preempt for it, or reject with its reasons (and maybe reserve)."""
+        if job.id in state.allocations:
+            return [self._already_running(job)]
+        queueing = self.config.queueing
+        queue = self.quota.queue_of(job)
+        admit = self._admission(state, queue, job)
+        result = self.placement.place(state, job, admit)
+        if result.placement is not None:
+            return [self._start(state, job, queue, result, now)]
+        if not result.capacity_blocked:
+            return [Decision(DecisionKind.REJECT, job.id, reasons=tuple(result.reasons))]
+        backfilled = self._backfill(state, job, queue, admit, now) if self.books.current else None
+        if backfilled is not None:
+            return [backfilled]
+        # Job shapes that found no victims this step: victims only get scarcer as the step goes on.
+        miss_key = (shape_key(job), queue, job.priority, job.tenant)
+        if (
+            queueing.preemption
+            and walk.preemption_attempts < queueing.max_preemption_attempts
+            and miss_key not in walk.preemption_misses
+        ):
+            walk.preemption_attempts += 1
+            preempted = self._preempt(state, job, queue, now)
+            if preempted:
+                walk.preemption_misses.clear()
+                self.books.backfill_misses.clear()
+                return preempted
+            walk.preemption_misses.add(miss_key)
+        reasons = list(result.reasons)
+        if (
+            queueing.backfill
+            and self.books.may_reserve(queue, queueing.max_reservations)
+            and self.runtimes.estimate(job) is not None
+        ):
+            reservation = self.books.reserve(self.placement, state, job, queue, now)
+            if reservation is not None:
+                reasons.insert(0, reservation_reason(reservation, own=True))
+        elif self.books.current:
+            reasons.append(self.books.held_reason())
+        return [Decision(DecisionKind.REJECT, job.id, reasons=tuple(reasons))]
 
     def decide(self, state: ClusterState, job: Job, now: float) -> Decision:
         """One job through :meth:`step` (a convenience for callers that place jobs one at a time)."""
@@ -350,9 +281,7 @@ class SchedulerCore:
         running = self._running(job, queue, result, started_at)
         running.last_checkpoint = last_checkpoint
         state.start(running)
-        for account in running.accounts:
-            self._share_cache.pop(account, None)
-            self._dominant.pop(account, None)
+        self.shares.touched(running.accounts)
         return running
 
     def remember_usage(self, tenant: str, user: str, ncu: float, start: float, end: float, now: float) -> None:
@@ -420,9 +349,7 @@ class SchedulerCore:
     def _start(self, state: ClusterState, job: Job, queue: str | None, result: PlacementResult, now: float) -> Decision:
         running = self._running(job, queue, result, now)
         state.start(running)
-        for account in running.accounts:
-            self._share_cache.pop(account, None)
-            self._dominant.pop(account, None)
+        self.shares.touched(running.accounts)
         self.placement.observe(job)
         return Decision(
             DecisionKind.START,
@@ -444,30 +371,30 @@ class SchedulerCore:
         if estimate is None:
             return None
         shape = (shape_key(job), job.queue, job.tenant)
-        if shape in self._backfill_misses:
+        if shape in self.books.backfill_misses:
             return None
         earliest_end = now + estimate / _fastest(self, job)
         # Lifting helps only where a reservation the job would end before hides at least one worker's worth of
         # devices, in a pool the job may use.
         lifted = [
-            r for r in self.reservations.values() if r.start >= earliest_end and r.hidden_milli >= job.device_milli
+            r for r in self.books.current.values() if r.start >= earliest_end and r.hidden_milli >= job.device_milli
         ]
         if lifted:
             pools = {pool.id for pool, _ in self.placement.candidate_pools(state, job)}
             lifted = [r for r in lifted if r.placement.pool in pools]
         if not lifted:
-            self._backfill_misses.add(shape)
+            self.books.backfill_misses.add(shape)
             return None
         for reservation in lifted:
             reservation.lift(state)
         try:
             result = self.placement.place(state, job, admit)
             if result.placement is None:
-                self._backfill_misses.add(shape)
+                self.books.backfill_misses.add(shape)
                 return None
             end = now + estimate / result.relative_throughput
             nodes = set(result.placement.nodes)
-            for reservation in self.reservations.values():
+            for reservation in self.books.current.values():
                 touches = nodes & {w.node for w in reservation.placement.workers}
                 if touches and (reservation not in lifted or end > reservation.start):
                     return None
@@ -481,8 +408,7 @@ class SchedulerCore:
         if plan is None:
             return []
         decisions: list[Decision] = []
-        self._share_cache.clear()
-        self._dominant.clear()
+        self.shares.reset()
         for victim in plan.victims:
             state.release(victim.job.id)
             reason = Reason(
@@ -533,19 +459,3 @@ _DOMESTIC_RANK = {DomesticPreference.ANY: 0, DomesticPreference.PREFERRED: 1, Do
 def _fastest(core: SchedulerCore, job: Job) -> float:
     models = core.placement.acceptable_models(job)
     return models[0][1] if models else 1.0
-
-
-def _reservation_reason(reservation: Reservation, own: bool) -> Reason:
-    if own:
-        return Reason(
-            ReasonCode.RESERVATION,
-            "reserved from t={start:g} on {nodes} node(s) of {pool}",
-            reservation.placement.pool,
-            {"start": reservation.start, "nodes": len(reservation.placement.nodes)},
-        )
-    return Reason(
-        ReasonCode.RESERVATION,
-        "room is held for {job} from t={start:g}; only jobs that end before then may use it",
-        reservation.placement.pool,
-        {"job": reservation.job.id, "start": reservation.start},
-    )

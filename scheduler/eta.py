@@ -66,9 +66,9 @@ from typing import Literal
 from scheduler.core import SchedulerCore
 from scheduler.model import MILLI, DecisionKind, DomesticPreference, Job
 from scheduler.queueing import DrfOrder, FifoOrder
-from scheduler.quota import demand_for, tenant_account, user_account
+from scheduler.quota import demand_for
 from scheduler.state import ClusterState, PoolState
-from scheduler.tenancy import NCU
+from scheduler.tenancy import NCU, tenant_account, user_account
 
 Method = Literal["exact", "aggregate"]
 

@@ -18,10 +18,11 @@ fair-share factor decay the same way: ``U = 0.5 ** (Δt / half_life) · A``). Or
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
+from scheduler.model import Job
 from scheduler.state import ClusterState
-from scheduler.tenancy import NCU
+from scheduler.tenancy import NCU, QueuePolicy, tenant_account, user_account
 
 
 class UsageHistory:
@@ -184,3 +185,76 @@ class FairShare:
             current = self.current(state, account, capacity)
         historical = self.history.value(account) / history_total if history_total > 0 else 0.0
         return ((1 - self.history_weight) * current + self.history_weight * historical) / weight
+
+
+class ShareBook:
+    """The fair-share keys of one step, and each account's dominant share kept *across* steps.
+
+    A key is computed once per account per step; an account's dominant share of current usage is kept until its
+    usage changes (a start or preemption, or the state's ``usage_touched``) or installed capacity does, so a step
+    over a long queue costs O(accounts that changed), not O(accounts)::
+
+        >>> from scheduler.model import Job
+        >>> from scheduler.state import ClusterState
+        >>> from scheduler.tenancy import empty_policy
+        >>> book = ShareBook(FairShare(UsageHistory(3600.0), 0.5))
+        >>> book.begin(ClusterState(), empty_policy(), ncu_capacity=0.0)
+        >>> book.share(Job(id="a", tenant="acme"), tenant_level=True)
+        0.0
+    """
+
+    def __init__(self, fairshare: FairShare) -> None:
+        self.fairshare = fairshare
+        self.history = fairshare.history
+        #: Account -> key, this step only.
+        self._keys: dict[str, float] = {}
+        #: Account -> dominant share of current usage, kept across steps (see the class docstring).
+        self._dominant: dict[str, float] = {}
+        self._capacity: dict[str, float] = {}
+        self._state: ClusterState | None = None
+        self._policy: QueuePolicy | None = None
+        self._totals = (0.0, 0.0)
+
+    def begin(self, state: ClusterState, policy: QueuePolicy, ncu_capacity: float) -> None:
+        """Start a step on ``state`` (its history advanced to the step's now)."""
+        if state is not self._state:
+            self._dominant.clear()
+        else:
+            for account in state.usage_touched:
+                self._dominant.pop(account, None)
+        capacity = self.fairshare.capacities(state, ncu_capacity)
+        if capacity != self._capacity:
+            self._dominant.clear()
+            self._capacity = capacity
+        self._state, self._policy = state, policy
+        self._keys = {}
+        self._totals = (self.history.total("tenant:"), self.history.total("user:"))
+
+    def share(self, job: Job, tenant_level: bool) -> float:
+        """The fair-share key of the job's tenant (or of its user within the tenant): lower goes first."""
+        account = tenant_account(job.tenant) if tenant_level else user_account(job.tenant, job.user)
+        value = self._keys.get(account)
+        if value is None:
+            assert self._state is not None and self._policy is not None, "begin() a step first"
+            if tenant_level:
+                weight, total = self._policy.weight(job.tenant), self._totals[0]
+            else:
+                weight, total = 1.0, self._totals[1]
+            current = self._dominant.get(account)
+            if current is None:
+                current = self._dominant[account] = self.fairshare.current(self._state, account, self._capacity)
+            value = self._keys[account] = self.fairshare.key(
+                self._state, account, weight, self._capacity, total, current
+            )
+        return value
+
+    def touched(self, accounts: Iterable[str]) -> None:
+        """These accounts' usage changed (a start): their keys and dominant shares are computed again."""
+        for account in accounts:
+            self._keys.pop(account, None)
+            self._dominant.pop(account, None)
+
+    def reset(self) -> None:
+        """Every account's usage may have changed (preemption released victims): compute everything again."""
+        self._keys.clear()
+        self._dominant.clear()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from scheduler.model import Job, Reason, ReasonCode
 from scheduler.state import ClusterState
-from scheduler.tenancy import NCU, ROOT, QueuePolicy
+from scheduler.tenancy import NCU, ROOT, QueuePolicy, tenant_account, user_account
 
 EPSILON = 1e-9
 
@@ -29,14 +29,6 @@ EPSILON = 1e-9
 def demand_for(model: str, devices: float, relative: float) -> dict[str, float]:
     """Usage per flavor of ``devices`` of ``model`` whose class runs at ``relative`` × the reference."""
     return {model: float(devices), NCU: float(devices) * relative}
-
-
-def tenant_account(tenant: str) -> str:
-    return f"tenant:{tenant}"
-
-
-def user_account(tenant: str, user: str) -> str:
-    return f"user:{tenant}/{user}"
 
 
 class QuotaCheck:

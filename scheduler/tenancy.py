@@ -43,6 +43,16 @@ class TenantType(StrEnum):
     INDIVIDUAL = "individual"
 
 
+def tenant_account(tenant: str) -> str:
+    """The usage account of a tenant: ``tenant_account("acme") == "tenant:acme"``."""
+    return f"tenant:{tenant}"
+
+
+def user_account(tenant: str, user: str) -> str:
+    """The usage account of a user within a tenant: ``user_account("acme", "ann") == "user:acme/ann"``."""
+    return f"user:{tenant}/{user}"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

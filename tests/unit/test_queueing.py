@@ -275,16 +275,16 @@ def test_backfill_never_delays_the_reserved_head_job() -> None:
 
 
 def test_reservation_is_kept_across_steps_until_capacity_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    import scheduler.core as core_module
+    import scheduler.backfill as backfill_module
 
     plans: list[str] = []
-    original = core_module.plan_reservation
+    original = backfill_module.plan_reservation
 
     def counting(*args: object, **kwargs: object) -> object:
         plans.append(args[2].id)  # type: ignore[attr-defined]
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(core_module, "plan_reservation", counting)
+    monkeypatch.setattr(backfill_module, "plan_reservation", counting)
     core = core_with(preemption=False)
     state = ClusterState(nodes(count=3) + nodes(model="H100", count=1, prefix="h"))  # 24 A100s, 8 H100s
     core.step(state, [Job(id="long", devices_per_worker=8, runtime_s=1000, models=("A100",))], now=0)
