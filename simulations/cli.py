@@ -2,8 +2,8 @@
 
 The console script mounts :data:`app`; standalone it runs as ``python -m simulations.cli simulate ...``::
 
-    zhisuan simulate --cluster ../shared/traces/alibaba-openb/openb_node_list_gpu_node.csv \\
-        --trace ../shared/traces/alibaba-openb/openb_pod_list_default.csv --format alibaba-openb \\
+    zhisuan simulate --cluster tests/fixtures/traces/alibaba-openb/openb_node_list_gpu_node.csv \\
+        --trace tests/fixtures/traces/alibaba-openb/openb_pod_list_default.csv --format alibaba-openb \\
         --mode packing --policy fgd,binpack,random --inflation 1.3 --seed 1 --report packing.html
     zhisuan simulate --scenario seeds/scenarios/ascend-expansion.yaml --report ascend.html --json ascend.json
 

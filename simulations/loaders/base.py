@@ -15,6 +15,7 @@ reason (the first location of each reason is kept for the message); a problem wi
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -162,8 +163,11 @@ def integer(row: dict[str, str], column: str, *, default: int | None = None, min
 
 
 def open_text(path: str | Path) -> TextIO:
-    """Open a trace file for reading (UTF-8, universal newlines); a clear :class:`TraceError` if it cannot."""
+    """Open a trace file for reading (UTF-8, universal newlines; ``.gz`` files decompressed as they stream); a
+    clear :class:`TraceError` if it cannot."""
     try:
+        if str(path).endswith(".gz"):
+            return gzip.open(path, "rt", encoding="utf-8", newline="")
         return Path(path).open(encoding="utf-8", newline="")
     except OSError as exc:
         raise TraceError(path, f"cannot read file: {exc.strerror or exc}") from exc

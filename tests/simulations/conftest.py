@@ -1,22 +1,20 @@
-"""Shared helpers for the simulator tests: small clusters and traces built here, shared traces when present."""
+"""Helpers for the simulator tests: small clusters built here, and the public traces shipped in tests/fixtures."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from scheduler.model import Node
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED_TRACES = ROOT.parent / "shared" / "traces"
+#: The public traces shipped with the repository (sources and licenses in its README).
+TRACES = ROOT / "tests" / "fixtures" / "traces"
 
 
-def shared(*parts: str) -> Path:
-    """A file of ``../shared/traces``; the test is skipped when the shared folder is absent."""
-    path = SHARED_TRACES.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} not present")
+def public_trace(*parts: str) -> Path:
+    """A file of ``tests/fixtures/traces`` (it must exist: the repository ships it)."""
+    path = TRACES.joinpath(*parts)
+    assert path.exists(), f"{path} is missing from the repository"
     return path
 
 

@@ -1,4 +1,4 @@
-"""Trace loaders: each format from small files built here, the shared samples when present, bad input."""
+"""Trace loaders: each format from small files built here, the public traces shipped in tests/fixtures, bad input."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import shared
+from conftest import public_trace
 
 from scheduler.model import JobKind, PriorityClass
 from simulations.loaders import LoadOptions, TraceError, load_nodes, open_trace
@@ -78,9 +78,9 @@ def test_openb_with_and_without_time_columns(tmp_path: Path) -> None:
 
 
 def test_openb_shared_sample() -> None:
-    pods = list(open_trace(shared("alibaba-openb", "openb_pod_list_default.csv"), "alibaba-openb"))
+    pods = list(open_trace(public_trace("alibaba-openb", "openb_pod_list_default.csv"), "alibaba-openb"))
     assert len(pods) == 8152
-    nodes = load_nodes(shared("alibaba-openb", "openb_node_list_gpu_node.csv"))
+    nodes = load_nodes(public_trace("alibaba-openb", "openb_node_list_gpu_node.csv"))
     assert (len(nodes), sum(n.devices for n in nodes)) == (1213, 6212)
     assert {n.model for n in nodes} >= {"G2", "T4", "V100-16G"}
 
@@ -114,14 +114,14 @@ def test_pai_headerless_tables_with_job_table_and_machines(tmp_path: Path) -> No
 
 
 def test_pai_header_files_match_the_loader() -> None:
-    header = shared("alibaba-pai-2020", "pai_task_table.header").read_text().strip().split(",")
     from simulations.loaders.pai import JOB_COLUMNS, MACHINE_COLUMNS, TASK_COLUMNS
 
-    assert tuple(header) == TASK_COLUMNS
-    assert tuple(shared("alibaba-pai-2020", "pai_job_table.header").read_text().strip().split(",")) == JOB_COLUMNS
-    assert (
-        tuple(shared("alibaba-pai-2020", "pai_machine_spec.header").read_text().strip().split(",")) == MACHINE_COLUMNS
-    )
+    def header(table: str) -> tuple[str, ...]:
+        return tuple(public_trace("alibaba-pai-2020", f"{table}.header").read_text().strip().split(","))
+
+    assert header("pai_task_table") == TASK_COLUMNS
+    assert header("pai_job_table") == JOB_COLUMNS
+    assert header("pai_machine_spec") == MACHINE_COLUMNS
 
 
 def test_philly_csv_and_json(tmp_path: Path) -> None:
@@ -171,8 +171,8 @@ def test_philly_csv_and_json(tmp_path: Path) -> None:
     assert source.report.skipped == {"never ran (no complete attempt)": 1}
 
 
-def test_philly_shared_sample_counts() -> None:
-    source = open_trace(shared("philly", "philly.csv"), "philly")
+def test_philly_public_trace_counts() -> None:
+    source = open_trace(public_trace("philly", "philly.csv.gz"), "philly")
     assert sum(1 for _ in source) + source.report.total_skipped == 82247
 
 
@@ -216,10 +216,10 @@ def test_gavel_job_list_uses_measured_steps_per_second(tmp_path: Path) -> None:
 
 
 def test_tiresias_shared_jobs_and_cluster() -> None:
-    source = open_trace(shared("tiresias", "60_job.csv"), "tiresias", LoadOptions(max_devices_per_worker=4))
+    source = open_trace(public_trace("tiresias", "60_job.csv"), "tiresias", LoadOptions(max_devices_per_worker=4))
     jobs = list(source)
     assert len(jobs) == 60 and all(j.devices_per_worker <= 4 for j in jobs)
-    cluster = load_nodes(shared("tiresias", "n32g4.csv"))
+    cluster = load_nodes(public_trace("tiresias", "n32g4.csv"))
     assert (len(cluster), sum(n.devices for n in cluster)) == (32, 128)
 
 

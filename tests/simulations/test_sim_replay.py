@@ -6,7 +6,7 @@ import itertools
 from pathlib import Path
 
 import pytest
-from conftest import nodes, shared
+from conftest import nodes, public_trace
 
 from scheduler.model import Decision, DecisionKind, Job
 from scheduler.state import ClusterState
@@ -166,9 +166,9 @@ def test_packing_on_a_small_cluster_fills_and_stops_at_inflation() -> None:
         run_packing(nodes(count=4), pods, _default_core("fgd", 1, None, None))
 
 
-def test_packing_on_the_shared_openb_trace() -> None:
-    cluster = load_nodes(shared("alibaba-openb", "openb_node_list_gpu_node.csv"))
-    pods = list(open_trace(shared("alibaba-openb", "openb_pod_list_default.csv"), "alibaba-openb", LoadOptions()))
+def test_packing_on_the_public_openb_trace() -> None:
+    cluster = load_nodes(public_trace("alibaba-openb", "openb_node_list_gpu_node.csv"))
+    pods = list(open_trace(public_trace("alibaba-openb", "openb_pod_list_default.csv"), "alibaba-openb", LoadOptions()))
     result = run_packing(cluster, pods, packing_core("binpack", 2), inflation=1.0, seed=2)
     assert result.cluster_gpus == 6212
     assert 0.88 <= result.at(1.0)["allocated"] <= 1.0
