@@ -14,7 +14,7 @@
 # or a target was missed (the `FINDING` lines); 2 bad options.
 #
 # A machine with no package registry (the workplace's lent GPU machines): on a machine with one, run
-#   python3 benchmarks/gpu_check/prepare_wheels.py        (.whl/wheels.tar.xz: CPython 3.12 wheels, ~35 MiB)
+#   python3 benchmarks/gpu_check/prepare_wheels.py        (.whl/wheels.tar.xz: CPython 3.12 wheels, ~38 MiB)
 # carry .whl to the GPU machine and pass --wheels .whl. torch is not among them (the GPU image brings its own,
 # with CUDA): without a registry, the interpreter given by --python must already have torch.
 set -uo pipefail

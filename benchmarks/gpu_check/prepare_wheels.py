@@ -13,7 +13,7 @@ most 64 MiB of working tree and carried files together, and the wheels as downlo
 * Ray's wheel is rebuilt without what Zhisuan never uses — ``ray/jars`` (Java workers), RLlib, Tune, ``ray.llm``
   and the dashboard's web client (Ray is started without its dashboard) — and, where ``strip`` is installed, with
   the symbol tables of its three native binaries removed;
-* by default every wheel is rewritten uncompressed and the lot packed into one ``wheels.tar.xz`` (about 35 MiB,
+* by default every wheel is rewritten uncompressed and the lot packed into one ``wheels.tar.xz`` (about 38 MiB,
   against 65 MiB of deflated wheels: xz over the whole set compresses the binaries far better than zip does).
   ``gpu_check.sh`` unpacks it (two seconds) before installing. ``--loose`` leaves plain wheel files instead.
 
@@ -29,7 +29,6 @@ import csv
 import hashlib
 import io
 import json
-import lzma
 import re
 import shutil
 import subprocess
@@ -162,7 +161,7 @@ def rewrite_wheel(
 def pack(dest: Path, wheels: list[Path]) -> Path:
     """Pack the (uncompressed) wheels into ``dest/wheels.tar.xz`` and remove them; returns the archive."""
     archive = dest / ARCHIVE
-    with tarfile.open(archive, "w:xz", preset=9 | lzma.PRESET_EXTREME) as tar:
+    with tarfile.open(archive, "w:xz", preset=9) as tar:
         for wheel in wheels:
             tar.add(wheel, arcname=wheel.name)
     for wheel in wheels:
