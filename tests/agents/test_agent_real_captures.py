@@ -4,6 +4,7 @@ and no device is reported healthy without metrics or twice."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,17 @@ def test_versions_are_recorded_per_node(tmp_path: Path) -> None:
     assert versions["ernie-docs-mx-smi-2.2.4-c550.txt"] == ("2.2.4", "2.15.9", "2.15.9")
     assert versions["gpustack-21.0.4-atlas800-3000-info.txt"][1] == "21.0.4.B030"
     assert versions["vllm-omni-2337-mthreads-gmi-2.3.2-s5000.excerpt.txt"][:2] == ("2.3.2", "3.3.5-server")
+
+
+def test_coverage_script_reports_every_capture_fully_read() -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "shim_coverage.py"
+    spec = importlib.util.spec_from_file_location("shim_coverage", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["shim_coverage"] = module  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(module)
+    rows = module.coverage_rows()
+    assert len(rows) == len(CAPTURES) and all(r.ok for r in rows), [r for r in rows if not r.ok]
+    assert "| huawei | 12 | 12 |" in module.render(rows)
