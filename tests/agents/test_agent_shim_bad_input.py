@@ -80,6 +80,16 @@ REPLAYS: list[Replay] = [
     Replay("xpu-smi-m-partial.txt", KunlunxinShim, {"-m": "kunlunxin/xpu-smi-m-partial.txt"}),
     Replay("mx-smi.txt", MetaxShim, {"": "metax/mx-smi.txt"}),
     Replay("mthreads-gmi-q.json", MooreThreadsShim, {"-q --json": "moorethreads/mthreads-gmi-q.json"}),
+    Replay(
+        "amd-smi-list",
+        AmdSmiCliShim,
+        {"static --json": "amd/amd-smi-list-static.json", "metric --json": "amd/amd-smi-list-metric.json"},
+    ),
+    Replay(
+        "amd-smi-gpu-data",
+        AmdSmiCliShim,
+        {"static --json": "amd/amd-smi-gpu-data-static.json", "metric --json": "amd/amd-smi-gpu-data-metric.json"},
+    ),
 ]
 
 

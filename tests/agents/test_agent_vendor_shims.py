@@ -265,6 +265,40 @@ def test_amd_through_injected_amdsmi(catalog: Catalog) -> None:
     assert fake.shut
 
 
+def _amd_smi(make_tool: MakeTool, fixtures: Path, shape: str) -> str:
+    d = fixtures / "amd"
+    return make_tool(
+        "amd-smi",
+        f"""case "$*" in
+  "static --json") {_cat(d / f"amd-smi-{shape}-static.json")} ;;
+  "metric --json") {_cat(d / f"amd-smi-{shape}-metric.json")} ;;
+  "version") echo "AMDSMI Tool: 24.6.2+2b02a07 | AMDSMI Library version: 24.6.2.0 | ROCm version: 6.2.0" ;;
+  *) echo "amd-smi: unknown $*" >&2; exit 2 ;;
+esac""",
+    )
+
+
+def test_amd_smi_json_in_the_list_shape(fixtures: Path, make_tool: MakeTool) -> None:
+    shim = AmdShim(module=None, amd_smi=_amd_smi(make_tool, fixtures, "list"), catalog="default")
+    devices = shim.discover()
+    assert [d.model for d in devices] == ["MI300X", "MI300X"] and devices[1].bus_id == "0000:26:00.0"
+    assert shim.status.tool_version == "24.6.2+2b02a07" and devices[0].driver_version == "6.7.0"
+    a, b = shim.sample()
+    assert (a.utilization_pct, a.power_w, a.temperature_c, a.sm_clock_mhz) == (42, 345, 55, 2100)
+    assert (a.memory_used_mib, a.memory_total_mib, a.power_limit_w) == (1024, 196592, 750)
+    assert a.energy_j == pytest.approx(1500000.5) and a.ecc_correctable_total == 3
+    assert b.utilization_pct is None and {"utilization_pct", "power_w"} <= set(b.fields_unavailable)  # "N/A"
+    assert evaluate(b).health == Health.UNHEALTHY  # one uncorrectable ECC error
+
+
+def test_amd_smi_json_in_the_gpu_data_shape(fixtures: Path, make_tool: MakeTool) -> None:
+    shim = AmdShim(module=None, amd_smi=_amd_smi(make_tool, fixtures, "gpu-data"), catalog="default")
+    (device,) = shim.discover()
+    assert device.name == "AMD Instinct MI210" and device.model is None  # not in the catalog: unknown
+    (s,) = shim.sample()
+    assert (s.utilization_pct, s.power_w, s.temperature_c, s.memory_total_mib) == (0, 41, 38, 65520)
+
+
 def test_amd_absent_without_library_or_driver(catalog: Catalog) -> None:
     assert AmdShim(module=None, catalog=catalog).discover() == []
     shim = AmdShim(module=FakeAmdSmi(fail_init=True), catalog=catalog)
