@@ -23,6 +23,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -479,8 +480,8 @@ class ReadingShim(ToolShim):
     #: An extra call that prints the driver version when the modes' output does not (``hy-smi --showdriverversion``).
     version_mode: Mode | None = None
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.mode: Mode | None = None
 
     def _read(self) -> tuple[ToolResult, Parsed]:
