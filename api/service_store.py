@@ -13,19 +13,24 @@ database that cannot be reached surfaces as :class:`~scheduler.live.store.StoreU
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from api.db import write_engine
-from api.enums import NodeStatus
+from api.db import is_sqlite, write_engine
+from api.enums import NodeSource, NodeStatus
 from api.store import node_of, node_status
-from api.tables import DEVICES, JOB_EVENTS, JOB_LOGS, JOBS, LEADER_LOCK, LEDGER, NODES, POLICY_VERSIONS
+from api.tables import CHANGES, DEVICES, JOB_EVENTS, JOB_LOGS, JOBS, LEADER_LOCK, LEDGER, NODES, POLICY_VERSIONS
 from scheduler.live.store import (
     LEASE_NAME,
+    Changes,
+    FeedCursor,
     Fence,
     FinishedRun,
     JobRecord,
@@ -53,6 +58,9 @@ from scheduler.spec import HOLDING_STATES, JobSpec, JobState
 MESSAGE_CHARS = 4000
 #: Rows per IN (...) list or multi-row statement.
 CHUNK = 500
+#: The PostgreSQL channel the change triggers notify (``api/migrations/versions/0002_change_feed.py``).
+CHANNEL = "zhisuan_changes"
+log = logging.getLogger("zhisuan.store")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -85,6 +93,9 @@ class SqlServiceStore:
         self.heartbeat_interval_s = heartbeat_interval_s
         #: A job's spec never changes: parsed once per job, not once per cycle.
         self._specs: dict[str, JobSpec] = {}
+        self.feed = ChangeFeed(engine)
+        #: The estimated starts last written, so that a refresh writes only the ones that moved.
+        self._estimates: dict[str, float | None] = {}
 
     # ------------------------------------------------------------------------------------------ the lease
 
@@ -150,13 +161,22 @@ class SqlServiceStore:
         return int(row.id), row.document
 
     @_unavailable_as_store_error
-    def nodes(self, now: float) -> list[NodeRecord]:
+    def nodes(self, now: float, ids: Collection[str] | None = None) -> list[NodeRecord]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(NODES)).all()
-            # Unpacked by position: ``Row.index`` is tuple's method, not the column.
             unhealthy: dict[str, set[int]] = {}
-            for node_id, index in conn.execute(select(DEVICES.c.node_id, DEVICES.c.index).where(~DEVICES.c.healthy)):
-                unhealthy.setdefault(node_id, set()).add(index)
+            sick = select(DEVICES.c.node_id, DEVICES.c.index).where(~DEVICES.c.healthy)
+            statements = [(select(NODES), sick)]
+            if ids is not None:
+                statements = [
+                    (select(NODES).where(NODES.c.id.in_(chunk)), sick.where(DEVICES.c.node_id.in_(chunk)))
+                    for chunk in _chunks(sorted(ids), CHUNK)
+                ]
+            rows: list[Any] = []
+            for nodes, devices in statements:
+                rows.extend(conn.execute(nodes))
+                # Unpacked by position: ``Row.index`` is tuple's method, not the column.
+                for node_id, index in conn.execute(devices):
+                    unhealthy.setdefault(node_id, set()).add(index)
         return [
             NodeRecord(
                 node=node_of(row._mapping),
@@ -165,6 +185,24 @@ class SqlServiceStore:
             )
             for row in rows
         ]
+
+    @_unavailable_as_store_error
+    def changes(self, cursor: FeedCursor | None) -> Changes:
+        return self.feed.read(cursor)
+
+    @_unavailable_as_store_error
+    def lapsed_nodes(self, after: float, until: float) -> list[str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(NODES.c.id).where(
+                    NODES.c.source == NodeSource.AGENT.value,
+                    and_(NODES.c.lease_expires_at > after, NODES.c.lease_expires_at <= until),
+                )
+            ).all()
+        return [r.id for r in rows]
+
+    def watch(self, wake: Callable[[], None]) -> Callable[[], None]:
+        return self.feed.watch(lambda entity: wake() if entity in ("", "job", "node", "policy") else None)
 
     @_unavailable_as_store_error
     def holding_jobs(self) -> list[JobRecord]:
@@ -191,6 +229,16 @@ class SqlServiceStore:
                     self._record(row._mapping) for row in conn.execute(select(JOBS).where(JOBS.c.id.in_(chunk)))
                 )
         return records
+
+    @_unavailable_as_store_error
+    def job_states(self, ids: Sequence[str]) -> dict[str, tuple[JobState, int]]:
+        states: dict[str, tuple[JobState, int]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(ids), CHUNK * 4):
+                statement = select(JOBS.c.id, JOBS.c.state, JOBS.c.version).where(JOBS.c.id.in_(chunk))
+                for job_id, state, version in conn.execute(statement):
+                    states[job_id] = (JobState(state), int(version))
+        return states
 
     @_unavailable_as_store_error
     def finished_runs(self, limit: int) -> list[FinishedRun]:
@@ -388,13 +436,24 @@ class SqlServiceStore:
 
     @_unavailable_as_store_error
     def set_estimated_starts(self, starts: Mapping[str, float | None]) -> None:
+        # Only the estimates that moved by a second or more (an ETA is advice: a whole queue's worth of rows
+        # rewritten every few seconds would be most of the database's work), in multi-row statements.
+        moved = [
+            {"job": job_id, "start": start}
+            for job_id, start in starts.items()
+            if not _close(self._estimates.get(job_id, -1.0), start)
+        ]
+        if not moved:
+            return
+        statement = (
+            update(JOBS)
+            .where(JOBS.c.id == bindparam("job"), JOBS.c.state == JobState.PENDING.value)
+            .values(estimated_start=bindparam("start"))
+        )
         with self._writer.begin() as conn:
-            for job_id, start in starts.items():
-                conn.execute(
-                    update(JOBS)
-                    .where(JOBS.c.id == job_id, JOBS.c.state == JobState.PENDING.value)
-                    .values(estimated_start=start)
-                )
+            for chunk in _chunks(moved, CHUNK * 4):
+                conn.execute(statement, chunk)
+        self._estimates = {job_id: start for job_id, start in starts.items()}
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -421,6 +480,142 @@ class SqlServiceStore:
             placement=placement_from_json(row["id"], row["placement"]) if row["placement"] else None,
             last_checkpoint_at=row["last_checkpoint_at"],
         )
+
+
+# ---------------------------------------------------------------------------------------------- change feed
+
+
+class ChangeFeed:
+    """Reads the ``changes`` outbox (filled by triggers on every writer's tables) from a :class:`FeedCursor`.
+
+    A change number (``seq``) is handed out when a row is written, not when its transaction commits, so on
+    PostgreSQL a reader can see 105 before 104 commits. The cursor therefore remembers the numbers it skipped
+    (gaps) and asks for them again until they appear or ``gap_timeout_s`` passes (a rolled-back transaction leaves
+    its numbers unused for good). On SQLite writers are serialised and numbers appear in order: the gaps stay
+    empty and the read is one indexed range scan from the high-water mark. Rows older than ``retention_s`` are
+    pruned; a reader that did not read for half of that reads everything again (``resync``)::
+
+        feed = ChangeFeed(engine)                                  # doctest: +SKIP
+        first = feed.read(None)          # resync: read everything, then follow first.cursor
+        later = feed.read(first.cursor)  # later.jobs: ids of the jobs to read again
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        retention_s: float = 600.0,
+        gap_timeout_s: float = 60.0,
+        prune_every_s: float = 30.0,
+        max_gaps: int = 5000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self._writer = write_engine(engine)
+        self.retention_s = retention_s
+        self.gap_timeout_s = gap_timeout_s
+        self.prune_every_s = prune_every_s
+        self.max_gaps = max_gaps
+        self.clock = clock
+        self._last_prune = clock()
+
+    def read(self, cursor: FeedCursor | None) -> Changes:
+        now = self.clock()
+        if now - self._last_prune >= self.prune_every_s:
+            self._last_prune = now
+            self.prune()
+        with self.engine.connect() as conn:
+            if cursor is None or now - cursor.read_at > self.retention_s / 2:
+                return Changes(self._head(conn, now), resync=True)
+            gaps = dict(cursor.gaps)
+            wanted = CHANGES.c.seq > cursor.seen
+            if gaps:
+                wanted = or_(wanted, CHANGES.c.seq.in_(list(gaps)))
+            rows = conn.execute(
+                select(CHANGES.c.seq, CHANGES.c.entity, CHANGES.c.key).where(wanted).order_by(CHANGES.c.seq)
+            ).all()
+        ids: dict[str, set[str]] = {"job": set(), "node": set(), "policy": set(), "token": set(), "user": set()}
+        seen = cursor.seen
+        found: set[int] = set()
+        for seq, entity, key in rows:
+            found.add(seq)
+            gaps.pop(seq, None)
+            seen = max(seen, seq)
+            ids.setdefault(entity, set()).add(key)
+        for missing in range(cursor.seen + 1, seen):
+            if missing not in found:
+                gaps[missing] = now
+        open_gaps = tuple((seq, since) for seq, since in sorted(gaps.items()) if now - since < self.gap_timeout_s)
+        if len(open_gaps) > self.max_gaps:
+            return Changes(FeedCursor(seen, read_at=now), resync=True)
+        return Changes(
+            FeedCursor(seen, open_gaps, now),
+            jobs=frozenset(ids["job"]),
+            nodes=frozenset(ids["node"]),
+            policy=bool(ids["policy"]),
+            tokens=frozenset(ids["token"]),
+            users=frozenset(ids["user"]),
+        )
+
+    def _head(self, conn: Connection, now: float) -> FeedCursor:
+        """A cursor at the newest change, with the numbers below it not visible yet as gaps: a transaction still
+        open holds them, and what it changed is in neither the full read that follows nor the rows after it."""
+        head = int(conn.execute(select(func.max(CHANGES.c.seq))).scalar() or 0)
+        low = max(0, head - self.max_gaps)
+        present = set(conn.execute(select(CHANGES.c.seq).where(CHANGES.c.seq > low)).scalars())
+        floor = conn.execute(select(func.min(CHANGES.c.seq))).scalar()
+        start = max(low, int(floor or head) - 1)
+        gaps = tuple((seq, now) for seq in range(start + 1, head) if seq not in present)
+        return FeedCursor(head, gaps, now)
+
+    def prune(self) -> None:
+        """Delete the rows older than the retention (any reader may; deleting twice is harmless)."""
+        try:
+            with self._writer.begin() as conn:
+                conn.execute(delete(CHANGES).where(CHANGES.c.at < time.time() - self.retention_s))
+        except OperationalError as exc:
+            log.debug("could not prune the change feed: %s", exc)
+
+    def watch(self, wake: Callable[[str], None], poll_s: float = 0.05) -> Callable[[], None]:
+        """Call ``wake(entity)`` when a change is written, from any process: ``LISTEN`` on PostgreSQL, a poll of
+        the high-water mark every ``poll_s`` on SQLite. Runs in a daemon thread; returns its stop function."""
+        stop = threading.Event()
+        target = self._listen if not is_sqlite(self.engine) else self._poll
+        thread = threading.Thread(target=target, args=(wake, stop, poll_s), name="zhisuan-change-watch", daemon=True)
+        thread.start()
+
+        def stop_watching() -> None:
+            stop.set()
+            thread.join(timeout=5)
+
+        return stop_watching
+
+    def _poll(self, wake: Callable[[str], None], stop: threading.Event, poll_s: float) -> None:
+        last: int | None = None
+        while not stop.wait(poll_s):
+            try:
+                with self.engine.connect() as conn:
+                    head = conn.execute(select(func.max(CHANGES.c.seq))).scalar()
+            except OperationalError:
+                continue
+            if last is not None and head != last:
+                wake("")
+            last = head
+
+    def _listen(self, wake: Callable[[str], None], stop: threading.Event, poll_s: float) -> None:
+        import psycopg
+
+        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not stop.is_set():
+            try:
+                with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    wake("")  # changes written while we were not listening
+                    while not stop.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            wake(note.payload)
+            except psycopg.Error as exc:
+                log.debug("change listener reconnecting: %s", exc)
+                stop.wait(1.0)
 
 
 # ---------------------------------------------------------------------------------------------- conversions
@@ -481,6 +676,12 @@ def _write_ledger(conn: Connection, entries: Iterable[LedgerEntry]) -> None:
 
 def _event(conn: Connection, job_id: str, at: float, kind: str, message: str, data: dict[str, Any]) -> None:
     conn.execute(insert(JOB_EVENTS).values(job_id=job_id, at=at, kind=kind, message=message, data=data))
+
+
+def _close(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(a - b) < 1.0
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:

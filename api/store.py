@@ -93,11 +93,21 @@ MISSED_HEARTBEATS = 3
 
 
 def node_status(row: Mapping[Any, Any], now: float, interval_s: float) -> str:
-    """A node's state as users and the scheduler see it: an agent's node silent too long is ``down``."""
+    """A node's state as users and the scheduler see it: an agent's node whose lease ran out is ``down``.
+
+    The lease is what the API granted with the node's last heartbeat (``lease_expires_at``, a few of the
+    intervals it asked for, which grow with the fleet); a row written before leases existed falls back to
+    ``MISSED_HEARTBEATS`` of ``interval_s`` after its last heartbeat.
+    """
     if row["source"] == NodeSource.AGENT.value:
-        last = row["last_heartbeat"] or row["registered_at"]
-        if now - last > MISSED_HEARTBEATS * interval_s:
-            return NodeStatus.DOWN.value
+        lease = row.get("lease_expires_at")
+        if lease is not None:
+            if now > lease:
+                return NodeStatus.DOWN.value
+        else:
+            last = row["last_heartbeat"] or row["registered_at"]
+            if now - last > MISSED_HEARTBEATS * interval_s:
+                return NodeStatus.DOWN.value
     return str(row["state"])
 
 

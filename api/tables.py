@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from typing import Any, cast
 
-from sqlalchemy import JSON, Column, ForeignKey, Index, MetaData, String, Table, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, MetaData, String, Table, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -144,6 +144,9 @@ class NodeRow(SQLModel, table=True):
     last_heartbeat: float | None = None
     agent_version: str | None = None
     last_seq: int | None = None
+    #: An agent's node is up until its lease ends (``last_heartbeat`` + the lease the API granted with it);
+    #: indexed so the scheduler finds the leases that lapsed since it last looked without reading every node.
+    lease_expires_at: float | None = Field(default=None, index=True)
 
 
 class DeviceRow(SQLModel, table=True):
@@ -162,6 +165,43 @@ class DeviceRow(SQLModel, table=True):
     health_reason: str = ""
     telemetry: dict[str, Any] = Field(default_factory=dict, sa_type=JSONValue)
     updated_at: float
+
+
+class DeviceHealthEventRow(SQLModel, table=True):
+    """A change of a device's health as its agent reported it (the history; ``devices`` has the latest)."""
+
+    __tablename__ = "device_health_events"
+    __table_args__ = (Index("ix_device_health_events_node_id_at", "node_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    node_id: str = Field(sa_column=Column(String, ForeignKey("nodes.id", ondelete="CASCADE"), nullable=False))
+    index: int
+    uuid: str
+    at: float
+    healthy: bool
+    reason: str = ""
+
+
+# ------------------------------------------------------------------------------------------------ changes
+
+
+class ChangeRow(SQLModel, table=True):
+    """The change feed (an outbox filled by database triggers, ``api/migrations/versions/0002_change_feed.py``).
+
+    One row per change that a cache or the scheduler must follow: ``entity`` is ``job`` (inserted, or its state or
+    version moved), ``node`` (inserted, deleted, its description or a device's health changed, or its lease came
+    back after lapsing), ``policy``, ``token`` or ``user``; ``key`` is the id. A lease renewal, a reason or an
+    estimated start writes none. Readers keep ``seq`` high-water marks (``api.service_store.ChangeFeed``).
+    """
+
+    __tablename__ = "changes"
+
+    seq: int | None = Field(
+        default=None, sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    )
+    entity: str
+    key: str
+    at: float = Field(index=True)
 
 
 # -------------------------------------------------------------------------------------------------- ledger
@@ -266,6 +306,21 @@ POLICY_VERSIONS = table(PolicyVersionRow)
 USERS = table(UserRow)
 API_TOKENS = table(ApiTokenRow)
 LEADER_LOCK = table(LeaderLockRow)
+DEVICE_HEALTH_EVENTS = table(DeviceHealthEventRow)
+CHANGES = table(ChangeRow)
 #: The tables this module defines (the migration must create exactly these).
-TABLES = (JOBS, JOB_EVENTS, JOB_LOGS, NODES, DEVICES, LEDGER, POLICY_VERSIONS, USERS, API_TOKENS, LEADER_LOCK)
+TABLES = (
+    JOBS,
+    JOB_EVENTS,
+    JOB_LOGS,
+    NODES,
+    DEVICES,
+    LEDGER,
+    POLICY_VERSIONS,
+    USERS,
+    API_TOKENS,
+    LEADER_LOCK,
+    DEVICE_HEALTH_EVENTS,
+    CHANGES,
+)
 TABLE_NAMES = frozenset(t.name for t in TABLES)

@@ -18,11 +18,13 @@ writes, starts conditional on the version they were decided on, reasons that bum
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from scheduler.live.store import (
+    Changes,
+    FeedCursor,
     Fence,
     FinishedRun,
     JobRecord,
@@ -76,17 +78,22 @@ class MemoryStore:
         self.ledger: list[LedgerEntry] = []
         self.logs: list[LogChunkRow] = []
         self._lease: _Lease | None = None
+        #: The change feed: (entity, id) per change, its number its index + 1.
+        self._changes: list[tuple[str, str]] = []
+        self._watchers: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------------------------------ what the API does
 
     def set_policy(self, document: object) -> int:
         """Store a new policy version (validated by whoever calls, as the API does); returns its version."""
         self.policies.append(copy.deepcopy(document))
+        self._changed("policy", str(len(self.policies)))
         return len(self.policies)
 
     def put_node(self, node: Node, usable: bool = True, unhealthy: frozenset[int] = frozenset()) -> None:
         """Add or change a node of the inventory."""
         self.node_records[node.id] = NodeRecord(node, usable, unhealthy)
+        self._changed("node", node.id)
 
     def submit(
         self, job_id: str, spec: JobSpec, *, tenant: str, user: str, now: float, queue: str | None = None
@@ -106,6 +113,7 @@ class MemoryStore:
             submitted_at=now,
         )
         self.stored[job_id] = StoredJob(record)
+        self._changed("job", job_id)
         self._event(job_id, now, "submitted", "", {})
 
     def cancel(self, job_id: str, now: float) -> JobRecord:
@@ -155,8 +163,32 @@ class MemoryStore:
             return None
         return len(self.policies), copy.deepcopy(self.policies[-1])
 
-    def nodes(self, now: float) -> list[NodeRecord]:
-        return list(self.node_records.values())
+    def nodes(self, now: float, ids: Collection[str] | None = None) -> list[NodeRecord]:
+        if ids is None:
+            return list(self.node_records.values())
+        return [self.node_records[i] for i in ids if i in self.node_records]
+
+    def changes(self, cursor: FeedCursor | None) -> Changes:
+        head = len(self._changes)
+        if cursor is None or cursor.seen > head:
+            return Changes(FeedCursor(head), resync=True)
+        new = self._changes[cursor.seen :]
+        ids: dict[str, set[str]] = {"job": set(), "node": set(), "policy": set(), "token": set(), "user": set()}
+        for entity, key in new:
+            ids[entity].add(key)
+        return Changes(
+            FeedCursor(head),
+            jobs=frozenset(ids["job"]),
+            nodes=frozenset(ids["node"]),
+            policy=bool(ids["policy"]),
+        )
+
+    def lapsed_nodes(self, after: float, until: float) -> list[str]:
+        return []  # no leases here: put_node says whether a node is usable
+
+    def watch(self, wake: Callable[[], None]) -> Callable[[], None]:
+        self._watchers.append(wake)
+        return lambda: self._watchers.remove(wake) if wake in self._watchers else None
 
     def holding_jobs(self) -> list[JobRecord]:
         return [s.record for s in self.stored.values() if s.record.state in HOLDING_STATES]
@@ -166,6 +198,9 @@ class MemoryStore:
 
     def jobs(self, ids: Sequence[str]) -> list[JobRecord]:
         return [self.stored[i].record for i in ids if i in self.stored]
+
+    def job_states(self, ids: Sequence[str]) -> dict[str, tuple[JobState, int]]:
+        return {i: (self.stored[i].record.state, self.stored[i].record.version) for i in ids if i in self.stored}
 
     def finished_runs(self, limit: int) -> list[FinishedRun]:
         done = [
@@ -309,7 +344,13 @@ class MemoryStore:
     def _move(self, job_id: str, **changes: Any) -> JobRecord:
         stored = self.stored[job_id]
         stored.record = replace(stored.record, version=stored.record.version + 1, **changes)
+        self._changed("job", job_id)
         return stored.record
+
+    def _changed(self, entity: str, key: str) -> None:
+        self._changes.append((entity, key))
+        for wake in list(self._watchers):
+            wake()
 
     def _event(self, job_id: str, at: float, kind: str, message: str, data: dict[str, Any]) -> None:
         self.events.append(Event(job_id, at, kind, message, data))

@@ -39,9 +39,12 @@ from scheduler.core import SchedulerCore
 from scheduler.eta import forecast
 from scheduler.live.executors.base import ExecutionStatus, Executor, ExecutorError, LaunchRequest, Phase
 from scheduler.live.store import (
+    Changes,
+    FeedCursor,
     Fence,
     JobRecord,
     LogChunkRow,
+    NodeRecord,
     NotLeader,
     ServiceStore,
     StoreUnavailable,
@@ -55,7 +58,7 @@ from scheduler.model import (
     Reason,
     StopCause,
 )
-from scheduler.spec import JobSpec, JobState
+from scheduler.spec import HOLDING_STATES, JobSpec, JobState
 from scheduler.state import CapacityError, ClusterState
 from scheduler.tenancy import NCU, parse_policy
 
@@ -171,14 +174,23 @@ class SchedulerService:
         self._last_liveness = float("-inf")
         self._held: dict[str, float] = {}
         self._inventory_stale = False
-        self._unhealthy: set[tuple[str, int]] = set()
+        self._unhealthy: dict[str, frozenset[int]] = {}
+        #: Where the change feed was read up to; None: read everything next cycle.
+        self._cursor: FeedCursor | None = None
+        #: The last record read of every node, and until when the lapsed leases were looked for.
+        self._records: dict[str, NodeRecord] = {}
+        self._lease_checked = float("-inf")
+        #: Pending job id -> version, kept from the change feed (read whole only on a resync).
+        self._pending: dict[str, int] = {}
+        #: Jobs newly pending since the last step (a step is due when there are any).
+        self._new_pending: set[str] = set()
         self._jobs: dict[tuple[str, int], Job] = {}
+        self._job_version: dict[str, int] = {}
         self._active: dict[str, _Active] = {}
         self._hold_until: dict[str, float] = {}
         self._log_offsets: dict[tuple[str, int, int], int] = {}
         self._reasons_written: dict[str, tuple[str, ...]] = {}
         self._missing: dict[str, int] = {}
-        self._pending_seen: frozenset[str] = frozenset()
         self._last_step = float("-inf")
         self._last_eta = float("-inf")
         self._last_logs = float("-inf")
@@ -201,6 +213,14 @@ class SchedulerService:
     def run(self, stop: threading.Event) -> None:
         """Cycle until ``stop`` is set; a store or cluster outage is logged and retried, never fatal."""
         last = float("-inf")
+        # A submission or cancel through any API process, a node joining or failing: cycle now, not at the next tick.
+        unwatch = self.store.watch(self.poke)
+        try:
+            self._loop(stop, last)
+        finally:
+            unwatch()
+
+    def _loop(self, stop: threading.Event, last: float) -> None:
         while not stop.is_set():
             gap = self.config.min_interval_s - (time.monotonic() - last)
             if gap > 0 and stop.wait(gap):
@@ -244,20 +264,25 @@ class SchedulerService:
                 self._lose_leadership()
             return report
         report.leader = True
+        # What changed since the last cycle, from the change feed: an idle cycle reads nothing else.
+        changes = self.store.changes(self._cursor)
+        self._cursor = changes.cursor
+        states = self.store.job_states(sorted(changes.jobs)) if changes.jobs and not changes.resync else {}
         # 2. Sync the policy in force and the inventory into the core's state.
-        self._sync_policy()
-        self._sync_inventory(now, report)
+        if changes.resync or changes.policy:
+            self._sync_policy()
+        self._sync_inventory(now, report, changes)
         if not self._adopted:
             self._adopt(now, report)
             self._adopted = True
         # 3. Reconcile what the executor reports with what the records want.
-        self._reconcile(now, report)
+        self._reconcile(now, report, changes, states)
         if self._inventory_stale:
             # A worker was lost this cycle: learn which node died before placing anything (its retry included).
             self._inventory_stale = False
-            self._sync_inventory(now, report)
+            self._sync_inventory(now, report, None)
         # 4-5. Step the core, persist its decisions, then act on them.
-        self._schedule(now, report)
+        self._schedule(now, report, changes, states)
         # 6. Copy logs and refresh estimated starts now and then.
         if now - self._last_logs >= self.config.logs_every_s:
             self._copy_logs()
@@ -300,16 +325,39 @@ class SchedulerService:
         self._policy_version = version
         self._dirty = True
 
-    def _sync_inventory(self, now: float, report: CycleReport) -> None:
-        """Add new nodes, take lost or cordoned ones out of service, follow device health."""
-        records = self.store.nodes(now)
-        unhealthy = {(r.node.id, index) for r in records for index in r.unhealthy}
-        lost: list[str] = []
-        alive = self._alive_nodes(now, [r.node.id for r in records])
+    def _sync_inventory(self, now: float, report: CycleReport, changes: Changes | None) -> None:
+        """Add new nodes, take lost or cordoned ones out of service, follow device health.
+
+        ``changes`` says which nodes to read again (those the feed names, and those whose lease lapsed since the
+        last look); a resync reads them all; None re-judges the nodes already read (after a lost worker)."""
+        affected: set[str]
+        if changes is not None and changes.resync:
+            records = self.store.nodes(now)
+            self._records = {r.node.id: r for r in records}
+            affected = set(self._records)
+        else:
+            affected = set()
+            if changes is not None:
+                ids = set(changes.nodes)
+                ids.update(self.store.lapsed_nodes(self._lease_checked, now))
+                if ids:
+                    for record in self.store.nodes(now, ids):
+                        self._records[record.node.id] = record
+                affected = ids & set(self._records)
+            else:
+                affected = set(self._records)
+        self._lease_checked = now
+        before = self._alive
+        alive = self._alive_nodes(now, list(self._records))
+        if alive != before:
+            # The executor's word changed: judge again the nodes whose answer moved (all of them on the first).
+            affected |= set(self._records) if before is None or alive is None else (alive ^ before)
         held = {node for node, until in self._held.items() if until > now} if alive is None else set()
+        affected |= set(self._held)  # a hold that ends here makes its node schedulable again
         self._held = {node: until for node, until in self._held.items() if node in held}
-        for record in records:
-            node_id = record.node.id
+        lost: list[str] = []
+        for node_id in sorted(affected & set(self._records)):
+            record = self._records[node_id]
             # The records' rule (what `zhisuan nodes` shows as down is what the scheduler treats as lost), and the
             # executor's word, when it can tell, that it can still run work there.
             usable = record.usable
@@ -334,12 +382,16 @@ class SchedulerService:
                     self._dirty = True
                     self.state.set_schedulable(node_id, schedulable)
             self._nodes[node_id] = (record.node.model, usable, schedulable)
-        for node_id, index in unhealthy ^ self._unhealthy:
-            if node_id in self.state.nodes and index < len(self.state.nodes[node_id].free):
-                health = DeviceHealth.UNHEALTHY if (node_id, index) in unhealthy else DeviceHealth.HEALTHY
-                self.state.set_device_health(node_id, index, health)
-                self._dirty = True
-        self._unhealthy = unhealthy
+            was = self._unhealthy.get(node_id, frozenset())
+            for index in record.unhealthy ^ was:
+                if node_id in self.state.nodes and index < len(self.state.nodes[node_id].free):
+                    health = DeviceHealth.UNHEALTHY if index in record.unhealthy else DeviceHealth.HEALTHY
+                    self.state.set_device_health(node_id, index, health)
+                    self._dirty = True
+            if record.unhealthy:
+                self._unhealthy[node_id] = record.unhealthy
+            else:
+                self._unhealthy.pop(node_id, None)
         for job_id in dict.fromkeys(lost):
             if job_id in self._active:
                 self.executor.stop(job_id, "node lost")
@@ -409,11 +461,10 @@ class SchedulerService:
 
     # ------------------------------------------------------------------------------------------ reconcile
 
-    def _reconcile(self, now: float, report: CycleReport) -> None:
-        wanted: dict[str, _Active] = {
-            r.id: _Active(r.id, r.version, r.state, r.attempt, r.started_at or now, r.spec)
-            for r in self.store.holding_jobs()
-        }
+    def _reconcile(
+        self, now: float, report: CycleReport, changes: Changes, states: dict[str, tuple[JobState, int]]
+    ) -> None:
+        wanted = self._wanted(now, changes, states)
         # Jobs the service thought active but the records moved on (the API cancelled a starting job...).
         for job_id in set(self._active) - set(wanted):
             self.executor.stop(job_id, "no longer active")
@@ -453,6 +504,32 @@ class SchedulerService:
             elif status.terminal:
                 self._finish(active, status, now, report)
 
+    def _wanted(self, now: float, changes: Changes, states: dict[str, tuple[JobState, int]]) -> dict[str, _Active]:
+        """The jobs that hold devices by the records: read whole on a resync, else the active ones updated with
+        the jobs the feed says moved (a cancel through the API, a job another writer moved on)."""
+        if changes.resync:
+            return {
+                r.id: _Active(r.id, r.version, r.state, r.attempt, r.started_at or now, r.spec)
+                for r in self.store.holding_jobs()
+            }
+        wanted = dict(self._active)
+        stale: list[str] = []
+        for job_id, (state, version) in states.items():
+            known = wanted.get(job_id)
+            if state not in HOLDING_STATES:
+                wanted.pop(job_id, None)
+            elif known is None or known.version != version or known.state is not state:
+                stale.append(job_id)
+        for record in self.store.jobs(stale) if stale else ():
+            if record.state in HOLDING_STATES:
+                started = record.started_at or now
+                wanted[record.id] = _Active(
+                    record.id, record.version, record.state, record.attempt, started, record.spec
+                )
+            else:
+                wanted.pop(record.id, None)
+        return wanted
+
     def _finish(self, active: _Active, status: ExecutionStatus, now: float, report: CycleReport) -> None:
         self._copy_logs_of(active.job_id)
         exit_code = _exit_code(status)
@@ -475,22 +552,24 @@ class SchedulerService:
 
     # ------------------------------------------------------------------------------------------ schedule
 
-    def _schedule(self, now: float, report: CycleReport) -> None:
-        versions = self.store.pending_versions()
-        missing = [job_id for job_id, v in versions.items() if (job_id, v) not in self._jobs]
-        for record in self.store.jobs(missing):
-            self._job(record)
-        self._jobs = {key: job for key, job in self._jobs.items() if versions.get(key[0]) == key[1]}
+    def _schedule(
+        self, now: float, report: CycleReport, changes: Changes, states: dict[str, tuple[JobState, int]]
+    ) -> None:
+        self._follow_pending(changes, states)
+        released = any(until <= now for until in self._hold_until.values())
+        report.pending = len(self._pending)
+        due = self._dirty or self._new_pending or released or now - self._last_step >= self.config.step_every_s
+        if not due:
+            return
+        self._hold_until = {job_id: until for job_id, until in self._hold_until.items() if until > now}
+        versions = self._pending
         pending = [
             self._jobs[(job_id, v)]
             for job_id, v in versions.items()
-            if (job_id, v) in self._jobs and self._hold_until.get(job_id, 0.0) <= now
+            if (job_id, v) in self._jobs and job_id not in self._hold_until
         ]
         report.pending = len(pending)
-        seen = frozenset(j.id for j in pending)
-        if not (self._dirty or seen - self._pending_seen or now - self._last_step >= self.config.step_every_s):
-            return
-        self._pending_seen = seen
+        self._new_pending = set()
         self._dirty = False
         self._last_step = now
         report.stepped = True
@@ -524,6 +603,11 @@ class SchedulerService:
             self._active[run.job_id] = _Active(run.job_id, run.version, JobState.STARTING, run.attempt, now, run.spec)
             report.started.append(run.job_id)
             self._reasons_written.pop(run.job_id, None)
+            self._forget_pending(run.job_id)
+            placement = self.state.allocations.get(run.job_id)
+            for rank in range(len(placement.workers) if placement is not None else 0):
+                # A fresh attempt has no stored output yet: no need to ask the store where its logs end.
+                self._log_offsets[(run.job_id, run.attempt, rank)] = 0
         for job_id in outcome.preempted:
             if self._active.pop(job_id, None) is not None:
                 report.preempted.append(job_id)
@@ -655,8 +739,43 @@ class SchedulerService:
             job = record.spec.to_job(
                 record.id, tenant=record.tenant, user=record.user, queue=record.queue, submit_time=record.submitted_at
             )
+            old = self._job_version.get(record.id)
+            if old is not None:
+                self._jobs.pop((record.id, old), None)
             self._jobs[(record.id, record.version)] = job
+            self._job_version[record.id] = record.version
         return job
+
+    def _follow_pending(self, changes: Changes, states: dict[str, tuple[JobState, int]]) -> None:
+        """Keep the pending set from the change feed: O(changes) a cycle, the whole set only on a resync."""
+        if changes.resync:
+            self._pending = self.store.pending_versions()
+            keep = {(job_id, v) for job_id, v in self._pending.items()}
+            for key in [k for k in self._jobs if k not in keep]:
+                self._forget_pending(key[0])
+            missing = [job_id for job_id, v in self._pending.items() if (job_id, v) not in self._jobs]
+            self._new_pending = set(missing)
+        else:
+            missing = []
+            for job_id, (state, version) in states.items():
+                if state is JobState.PENDING:
+                    if self._pending.get(job_id) != version:
+                        self._pending[job_id] = version
+                        self._new_pending.add(job_id)
+                    if (job_id, version) not in self._jobs:
+                        missing.append(job_id)
+                else:
+                    self._forget_pending(job_id)
+        for record in self.store.jobs(missing) if missing else ():
+            if record.state is JobState.PENDING and self._pending.get(record.id) == record.version:
+                self._job(record)
+
+    def _forget_pending(self, job_id: str) -> None:
+        self._pending.pop(job_id, None)
+        self._new_pending.discard(job_id)
+        version = self._job_version.pop(job_id, None)
+        if version is not None:
+            self._jobs.pop((job_id, version), None)
 
 
 def _entries(entry: LedgerEntry | None) -> tuple[LedgerEntry, ...]:

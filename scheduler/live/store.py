@@ -16,7 +16,7 @@ state, so a cancel from the API and a start from the scheduler never both win::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,6 +41,47 @@ class Fence:
 
     holder: str
     term: int
+
+
+@dataclass(frozen=True)
+class FeedCursor:
+    """How far a reader of the change feed got: every change up to ``seen`` was read but those in ``gaps``.
+
+    A gap is a change number that was handed out but not visible yet (its transaction was still open), with the
+    monotonic time it was first missed; a reader asks for it again until it shows up or is given up as rolled back.
+    ``read_at`` (monotonic) is when the reader last read: a reader away longer than the feed keeps its rows must
+    read everything again.
+    """
+
+    seen: int
+    gaps: tuple[tuple[int, float], ...] = ()
+    read_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed since a cursor, by entity and id (re-read those; everything else is as it was).
+
+    ``resync``: the feed cannot tell (first read, or a reader that fell behind): read everything again, from
+    *after* getting this cursor, so that nothing changed meanwhile is missed::
+
+        >>> Changes(FeedCursor(0), resync=True).empty
+        False
+        >>> Changes(FeedCursor(7)).empty
+        True
+    """
+
+    cursor: FeedCursor
+    resync: bool = False
+    jobs: frozenset[str] = frozenset()
+    nodes: frozenset[str] = frozenset()
+    policy: bool = False
+    tokens: frozenset[str] = frozenset()
+    users: frozenset[str] = frozenset()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.resync or self.jobs or self.nodes or self.policy or self.tokens or self.users)
 
 
 @dataclass(frozen=True)
@@ -142,8 +183,22 @@ class ServiceStore(Protocol):
         """The newest policy document and its version, if it is not ``version``."""
         ...
 
-    def nodes(self, now: float) -> list[NodeRecord]:
-        """Every node of the inventory, with whether it is up now."""
+    def nodes(self, now: float, ids: Collection[str] | None = None) -> list[NodeRecord]:
+        """Every node of the inventory (or those of ``ids`` that exist), with whether it is up now."""
+        ...
+
+    def changes(self, cursor: FeedCursor | None) -> Changes:
+        """What changed since ``cursor`` (None: a first cursor, with ``resync``). Cheap when nothing did."""
+        ...
+
+    def lapsed_nodes(self, after: float, until: float) -> list[str]:
+        """Nodes whose lease ran out in ``(after, until]`` (an agent that stopped heartbeating): no row changes
+        when a lease lapses, so the change feed cannot tell."""
+        ...
+
+    def watch(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake`` soon after the records change, from any process (a submission through any API process
+        wakes the scheduler); returns the function that stops watching."""
         ...
 
     def holding_jobs(self) -> list[JobRecord]:
@@ -156,6 +211,10 @@ class ServiceStore(Protocol):
 
     def jobs(self, ids: Sequence[str]) -> list[JobRecord]:
         """The records of these jobs (those that exist)."""
+        ...
+
+    def job_states(self, ids: Sequence[str]) -> dict[str, tuple[JobState, int]]:
+        """State and version of these jobs (those that exist): what a cycle reads for the jobs the feed names."""
         ...
 
     def finished_runs(self, limit: int) -> list[FinishedRun]:
