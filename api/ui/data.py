@@ -1,0 +1,209 @@
+"""What the dashboard shows that the REST API has no endpoint for yet, read-only and scoped by the API's own
+:class:`~api.deps.TenantScope` (``scope.apply`` / ``scope.clause``: never a second copy of the tenant filter).
+
+Everything else on the pages comes from the API's route functions themselves (:func:`api_call`), so a number on
+a page is the number the API answers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from fastapi import Response
+from sqlalchemy import func, select
+from sqlmodel import Session
+
+from api.deps import AppContext, TenantScope
+from api.problems import Problem
+from api.store import device_work
+from api.tables import JOB_EVENTS, JOBS, LEDGER
+from scheduler.spec import HOLDING_STATES, JobState
+
+
+def api_call(route: Callable[..., Response], /, **kwargs: Any) -> Any:
+    """Call one of the API's route functions and read its JSON answer (the page shows what the API says)."""
+    response = route(**kwargs)
+    return orjson.loads(bytes(response.body))
+
+
+def state_counts(session: Session, scope: TenantScope, where: Iterable[Any] = ()) -> dict[str, int]:
+    """Jobs per state in the scope (the tabs' counts: every filter but the state one)."""
+    statement = scope.apply(select(JOBS.c.state, func.count()).group_by(JOBS.c.state), JOBS.c.tenant)
+    for clause in where:
+        statement = statement.where(clause)
+    counts = {s.value: 0 for s in JobState}
+    for state, count in session.execute(statement):
+        counts[state] = int(count)
+    return counts
+
+
+def pending_by_reason(session: Session, scope: TenantScope) -> dict[str, int]:
+    """Pending jobs per reason code (a job with several reasons counts once per code; none: ``unexplained``)."""
+    statement = scope.apply(select(JOBS.c.reasons).where(JOBS.c.state == JobState.PENDING.value), JOBS.c.tenant)
+    counts: dict[str, int] = {}
+    for (reasons,) in session.execute(statement):
+        codes = {r.get("code", "") for r in reasons or []} or {"unexplained"}
+        for code in codes:
+            counts[code] = counts.get(code, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def oldest_pending(session: Session, scope: TenantScope) -> float | None:
+    statement = scope.apply(
+        select(func.min(JOBS.c.submitted_at)).where(JOBS.c.state == JobState.PENDING.value), JOBS.c.tenant
+    )
+    value = session.execute(statement).scalar()
+    return float(value) if value is not None else None
+
+
+def preemptions_since(session: Session, scope: TenantScope, since: float) -> int:
+    statement = scope.apply(
+        select(func.count())
+        .select_from(JOB_EVENTS.join(JOBS, JOBS.c.id == JOB_EVENTS.c.job_id))
+        .where(JOB_EVENTS.c.kind == "preempted", JOB_EVENTS.c.at >= since),
+        JOBS.c.tenant,
+    )
+    return int(session.execute(statement).scalar_one())
+
+
+def jobs_by_node(session: Session, scope: TenantScope) -> dict[str, list[dict[str, Any]]]:
+    """Per node, the jobs (in the scope) holding devices there: id, name, tenant, devices."""
+    holding = [s.value for s in HOLDING_STATES]
+    rows = session.execute(
+        scope.apply(
+            select(JOBS.c.id, JOBS.c.name, JOBS.c.tenant, JOBS.c.placement).where(JOBS.c.state.in_(holding)),
+            JOBS.c.tenant,
+        )
+    ).all()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for job_id, name, tenant, placement in rows:
+        for worker in (placement or {}).get("workers", ()):
+            out.setdefault(worker.get("node", ""), []).append(
+                {"id": job_id, "name": name, "tenant": tenant, "devices": list(worker.get("devices", ()))}
+            )
+    return out
+
+
+def allocated_by_device(session: Session) -> dict[tuple[str, int], list[str]]:
+    """(node, device index) -> ids of the jobs holding a share of it (center admins only: names no tenant)."""
+    out: dict[tuple[str, int], list[str]] = {}
+    for node, work in device_work(session).items():
+        for item in work:
+            out.setdefault((node, item.index), []).append(item.job_id)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- over time
+
+
+@dataclass
+class Series:
+    """Values per bucket of a time window, per key (model, or a single key)."""
+
+    start: float
+    step: float
+    buckets: int
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, key: str, begin: float, end: float, amount: float) -> None:
+        """Spread ``amount`` (a rate, e.g. NCU held) over [begin, end) as a time-weighted mean per bucket."""
+        line = self.values.setdefault(key, [0.0] * self.buckets)
+        first = max(0, int((begin - self.start) // self.step))
+        last = min(self.buckets - 1, int(math.ceil((end - self.start) / self.step)) - 1)
+        for index in range(first, last + 1):
+            lo = self.start + index * self.step
+            overlap = min(end, lo + self.step) - max(begin, lo)
+            if overlap > 0:
+                line[index] += amount * overlap / self.step
+
+    def count(self, key: str, begin: float, end: float) -> None:
+        self.add(key, begin, end, 1.0)
+
+    @property
+    def times(self) -> list[float]:
+        return [self.start + (i + 1) * self.step for i in range(self.buckets)]
+
+    def totals(self) -> list[float]:
+        return [sum(v[i] for v in self.values.values()) for i in range(self.buckets)]
+
+
+def allocation_series(
+    ctx: AppContext, session: Session, scope: TenantScope, start: float, end: float, buckets: int, now: float
+) -> Series:
+    """NCU held over [start, end) by model, rebuilt from the ledger's start and stop rows (exact: the ledger is
+    what billing reads). A run still open counts up to ``now`` at its start row's device count."""
+    series = Series(start, (end - start) / buckets, buckets)
+    rows = session.execute(
+        scope.apply(
+            select(LEDGER, JOBS.c.spec)
+            .select_from(LEDGER.outerjoin(JOBS, JOBS.c.id == LEDGER.c.job_id))
+            .where(LEDGER.c.at >= start - 90 * 86400)  # runs last at most the longest walltime (90 d)
+            .order_by(LEDGER.c.at, LEDGER.c.id),
+            LEDGER.c.tenant,
+        )
+    ).mappings()
+    open_runs: dict[str, Mapping[str, Any]] = {}
+    for row in rows:
+        if row["kind"] == "start":
+            open_runs[row["job_id"]] = row
+            continue
+        open_runs.pop(row["job_id"], None)
+        seconds = row["seconds"] or 0.0
+        begin = row["at"] - seconds
+        if seconds > 0 and row["at"] > start and begin < end:
+            series.add(row["model"], begin, row["at"], row["ncu_hours"] * 3600 / seconds)
+    for row in open_runs.values():
+        spec = row["spec"] or {}
+        rate = row["devices"] * ctx.throughput.relative(row["model"], spec.get("job_class", "generic"))
+        if row["at"] < min(end, now):
+            series.add(row["model"], row["at"], min(end, now), rate)
+    return series
+
+
+def pending_series(session: Session, scope: TenantScope, start: float, end: float, buckets: int, now: float) -> Series:
+    """Pending jobs over [start, end): each job waits from submission until it started or ended."""
+    series = Series(start, (end - start) / buckets, buckets)
+    statement = scope.apply(
+        select(JOBS.c.submitted_at, JOBS.c.started_at, JOBS.c.finished_at, JOBS.c.state).where(
+            JOBS.c.submitted_at < end,
+            (JOBS.c.state == JobState.PENDING.value) | (JOBS.c.submitted_at >= start - 7 * 86400),
+        ),
+        JOBS.c.tenant,
+    )
+    for submitted, started, finished, state in session.execute(statement):
+        stop = now if state == JobState.PENDING.value else (started or finished or now)
+        if stop > start:
+            series.count("pending", max(submitted, start), min(stop, end))
+    return series
+
+
+def job_usage(ctx: AppContext, session: Session, job_id: str, job_class: str, now: float) -> tuple[float, float]:
+    """NCU-hours and charge of one job so far (its ledger rows; an open run up to now at its recorded price).
+
+    The caller has already checked the job is visible (``visible_job``)."""
+    ncu_hours = charge = 0.0
+    open_start: Mapping[str, Any] | None = None
+    rows = session.execute(
+        select(LEDGER).where(LEDGER.c.job_id == job_id).order_by(LEDGER.c.at, LEDGER.c.id)
+    ).mappings()
+    for row in rows:
+        if row["kind"] == "start":
+            open_start = row
+            continue
+        open_start = None
+        ncu_hours += row["ncu_hours"]
+        charge += row["charge"]
+    if open_start is not None and now > open_start["at"]:
+        ncu = open_start["devices"] * (now - open_start["at"]) / 3600
+        ncu *= ctx.throughput.relative(open_start["model"], job_class)
+        ncu_hours += ncu
+        charge += ncu * open_start["price_per_ncu_hour"]
+    return ncu_hours, charge
+
+
+def not_found_page(what: str, name: str) -> Problem:
+    return Problem("not-found", f"no {what} {name!r} (it may belong to another tenant, or never existed)")
