@@ -1,8 +1,15 @@
 """The node agent: discover devices, sample them every tick, judge health, report to the API, declare to Ray.
 
 One thread does everything, in this order each tick: sample (fast metrics; slow ones every ``slow_every`` ticks),
-evaluate health, append the batch to a bounded buffer, then, if the backoff allows, send the buffer in one
-heartbeat. When the API is unreachable the agent keeps sampling; the buffer keeps the newest
+evaluate health, append the batch to a bounded buffer, then, if the backoff allows, heartbeat.
+
+What a heartbeat carries depends on the API (:mod:`agents.protocol`). An API that asks for **changes only**
+(it answers ``telemetry_interval_s``, protocol 2) gets a lease renewal every ``interval_s`` it sets (longer as
+the fleet grows), the health of the devices whose health it has not acknowledged yet, and the newest batch only
+when a telemetry sample is due, health changed or the work on the node did; a health change is sent at the next
+tick, not the next interval. The time series stay here, for Prometheus (:mod:`agents.exporter`). Otherwise every
+buffered batch is sent, as protocol 1 did. A herd of agents refused with 429 comes back after ``Retry-After``
+plus jitter. When the API is unreachable the agent keeps sampling; the buffer keeps the newest
 ``buffer_max_batches`` batches and counts the ones it had to drop::
 
     >>> from agents.shims.emulated import EmulatedShim
@@ -18,6 +25,7 @@ heartbeat. When the API is unreachable the agent keeps sampling; the buffer keep
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import threading
 import time
@@ -37,6 +45,7 @@ from agents.protocol import (
     REGISTER_PATH,
     DeviceInfo,
     DeviceSample,
+    Health,
     HeartbeatRequest,
     HeartbeatResponse,
     NodeDescriptor,
@@ -80,6 +89,26 @@ class AgentStopped(RuntimeError):
     """The API refused the agent in a way retrying cannot fix (bad token, rejected registration)."""
 
 
+class Throttled(RuntimeError):
+    """The API is admitting a herd (429): come back after ``retry_after_s``."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"the API asked to retry after {retry_after_s:g} s")
+        self.retry_after_s = retry_after_s
+
+
+def retry_after(header: str | None, default_s: float = 1.0) -> float:
+    """Seconds of a ``Retry-After`` header (seconds form; an HTTP date or garbage counts as ``default_s``).
+
+    >>> retry_after("3"), retry_after(None), retry_after("Wed, 21 Oct 2015 07:28:00 GMT")
+    (3.0, 1.0, 1.0)
+    """
+    try:
+        return max(0.0, float(header)) if header is not None else default_s
+    except ValueError:
+        return default_s
+
+
 class Backoff:
     """Exponential backoff with jitter (tenacity's ``wait_exponential_jitter``), driven by the agent loop.
 
@@ -116,11 +145,13 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         on_tick: Callable[[Agent, TelemetryBatch], None] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.shims = list(shims)
-        self.client = client or httpx.Client(timeout=config.request_timeout_s)
+        self._client = client
         self.clock, self.wall_clock = clock, wall_clock
+        self.rng = rng or random.Random()
         self.on_tick = on_tick
         self.started_monotonic = clock()
         self.devices: list[DeviceInfo] = []
@@ -137,7 +168,26 @@ class Agent:
         self.rejected_batches_total = 0
         self.heartbeats_ok = 0
         self.heartbeat_failures = 0
+        self.throttled = 0
         self.last_tick_s = 0.0
+        #: Changes only (the API answered ``telemetry_interval_s``): see the module docstring.
+        self.changes_only = False
+        self.heartbeat_interval_s = config.interval_s
+        self.telemetry_interval_s: float | None = None
+        self.lease_s: float | None = None
+        self._acked_health: dict[str, Health] = {}
+        self._telemetry_at = float("-inf")
+        self._work: tuple[tuple[str, int, float], ...] | None = None
+        self._work_changed = False
+        #: While backing off after a failure, not even a health change is sent before this.
+        self._hold_until = 0.0
+
+    @property
+    def client(self) -> httpx.Client:
+        """The HTTP client (made on first use: an agent driven by another transport never needs one)."""
+        if self._client is None:
+            self._client = httpx.Client(timeout=self.config.request_timeout_s)
+        return self._client
 
     # ------------------------------------------------------------------------------------------ discovery
 
@@ -219,6 +269,8 @@ class Agent:
             self.dropped_batches_total += 1
         self._buffer.append(batch)
         self._sampled_at[batch.seq] = start
+        while self.changes_only and len(self._buffer) > 1:  # only the newest batch is ever sent
+            self._sampled_at.pop(self._buffer.popleft().seq, None)
         self.last_tick_s = self.clock() - start
         if self.on_tick is not None:
             self.on_tick(self, batch)
@@ -236,38 +288,77 @@ class Agent:
     def _url(self, path: str) -> str:
         return self.config.api_url.rstrip("/") + path
 
-    def register(self) -> RegisterResponse:
-        """One registration attempt. Raises ``httpx.HTTPError`` on transport/5xx, :class:`AgentStopped` on 4xx."""
-        body = RegisterRequest(
+    def registration(self) -> RegisterRequest:
+        """The body of a registration (what :meth:`register` sends; another transport may send it instead)."""
+        return RegisterRequest(
             agent_version=AGENT_VERSION,
             node=self.node_descriptor(),
             devices=self.devices,
             shims=[s.status for s in self.shims],
             sent_wall_time=self.wall_clock(),
         )
+
+    def register(self) -> RegisterResponse:
+        """One registration attempt. Raises ``httpx.HTTPError`` on transport/5xx, :class:`Throttled` on 429,
+        :class:`AgentStopped` on other 4xx."""
         response = self.client.post(
-            self._url(REGISTER_PATH), content=body.model_dump_json(), headers=self._headers() | _JSON
+            self._url(REGISTER_PATH), content=self.registration().model_dump_json(), headers=self._headers() | _JSON
         )
-        if 400 <= response.status_code < 500:
-            raise AgentStopped(f"registration refused: HTTP {response.status_code} {response.text[:200]}")
-        response.raise_for_status()
-        reply = RegisterResponse.model_validate_json(response.content)
+        return self.registered(response.status_code, response.headers.get("retry-after"), response.content)
+
+    def registered(self, status: int, retry_after_header: str | None, content: bytes) -> RegisterResponse:
+        """Take in the API's answer to a registration (raises as :meth:`register` does)."""
+        if status == 429:
+            self.throttled += 1
+            raise Throttled(retry_after(retry_after_header))
+        if 400 <= status < 500:
+            raise AgentStopped(f"registration refused: HTTP {status} {content[:200].decode(errors='replace')}")
+        if status >= 500:
+            raise httpx.HTTPStatusError(
+                f"registration failed: HTTP {status}",
+                request=httpx.Request("POST", self._url(REGISTER_PATH)),
+                response=httpx.Response(status),
+            )
+        reply = RegisterResponse.model_validate_json(content)
         self.registered_node_id = reply.node_id
-        if reply.heartbeat_interval_s:
+        self._acked_health = {}  # a new registration knows no health yet: send it all
+        self.changes_only = reply.telemetry_interval_s is not None
+        if self.changes_only:
+            self._follow_lease(reply.heartbeat_interval_s, reply.telemetry_interval_s, reply.lease_s)
+            # The first renewal somewhere in the first interval: a herd registering together spreads out.
+            self.next_send_at = self.clock() + self.rng.uniform(0.0, self.heartbeat_interval_s)
+        elif reply.heartbeat_interval_s:
             self.interval_s = reply.heartbeat_interval_s
         return reply
 
+    def _follow_lease(self, interval: float | None, telemetry: float | None, lease: float | None) -> None:
+        if interval:
+            self.heartbeat_interval_s = interval
+        if telemetry:
+            self.telemetry_interval_s = telemetry
+        if lease:
+            self.lease_s = lease
+
     def register_with_retry(self, sleep: Callable[[float], None] = time.sleep, attempts: int = 0) -> RegisterResponse:
-        """Register, retrying transport errors and 5xx with backoff (``attempts=0``: forever)."""
+        """Register, retrying transport errors and 5xx with backoff, and 429 after its ``Retry-After`` plus
+        jitter (``attempts=0``: forever)."""
         from tenacity import retry_if_exception_type, stop_after_attempt, stop_never
 
+        backoff = wait_exponential_jitter(
+            multiplier=self.config.backoff_initial_s,
+            max=self.config.backoff_max_s,
+            jitter=self.config.backoff_jitter_s,
+        )
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome is not None else None
+            if isinstance(error, Throttled):
+                return error.retry_after_s + self.rng.uniform(0.0, max(self.config.backoff_jitter_s, 1.0))
+            return float(backoff(state))
+
         retrying = Retrying(
-            wait=wait_exponential_jitter(
-                multiplier=self.config.backoff_initial_s,
-                max=self.config.backoff_max_s,
-                jitter=self.config.backoff_jitter_s,
-            ),
-            retry=retry_if_exception_type(httpx.HTTPError),
+            wait=wait,
+            retry=retry_if_exception_type((httpx.HTTPError, Throttled)),
             stop=stop_after_attempt(attempts) if attempts else stop_never,
             sleep=sleep,
             reraise=True,
@@ -275,72 +366,125 @@ class Agent:
         return retrying(self.register)
 
     def flush(self) -> bool:
-        """One heartbeat attempt with the oldest buffered batches. True when the API acknowledged them."""
+        """One heartbeat attempt now. True when the API acknowledged it."""
         now = self.clock()
         try:
             if self.registered_node_id is None:
                 self.register()
-            if not self._buffer:
+            if not self._buffer and not self.changes_only:
                 return True
-            response = self._post_heartbeat(now)
+            request = self.heartbeat_request(now)
+            response = self.client.post(
+                self._url(HEARTBEAT_PATH), content=request.model_dump_json(), headers=self._headers() | _JSON
+            )
         except AgentStopped:
             raise
+        except Throttled as err:
+            self._failed(now, err, err.retry_after_s)
+            return False
         except (httpx.HTTPError, ValueError) as err:  # ValueError: an unparsable reply from a broken proxy
             self._failed(now, err)
             return False
-        if response.status_code in (401, 403):
-            raise AgentStopped(f"heartbeat refused: HTTP {response.status_code}")
-        if response.status_code == 404:
-            self.registered_node_id = None  # the API forgot us: register again next attempt, keep the buffer
-            self._failed(now, RuntimeError("API does not know this node"))
-            return False
-        if response.status_code == 422:
-            rejected = min(len(self._buffer), self.config.max_batches_per_heartbeat)
-            for _ in range(rejected):
-                self._sampled_at.pop(self._buffer.popleft().seq, None)
-            self.rejected_batches_total += rejected
-            log.error("API rejected %d batches: %s", rejected, response.text[:500])
-            return False
-        if response.status_code >= 400:
-            self._failed(now, RuntimeError(f"HTTP {response.status_code}"))
-            return False
-        reply = HeartbeatResponse.model_validate_json(response.content)
-        while self._buffer and self._buffer[0].seq <= reply.acked_seq:
-            done = self._buffer.popleft()
-            self._sampled_at.pop(done.seq, None)
-        if reply.interval_s:
-            self.interval_s = reply.interval_s
-        if reply.reregister:
-            self.registered_node_id = None
-        if reply.work is not None:
-            for shim in self.present_shims:
-                shim.follow(reply.work)
-        self.heartbeats_ok += 1
-        self.backoff.success()
-        self.next_send_at = now
-        return True
+        return self.heartbeat_answered(
+            now, request, response.status_code, response.headers.get("retry-after"), response.content
+        )
 
-    def _post_heartbeat(self, now: float) -> httpx.Response:
-        batches = list(self._buffer)[: self.config.max_batches_per_heartbeat]
+    def heartbeat_due(self, now: float) -> bool:
+        """Whether to heartbeat now: the interval passed, or (changes only) a health change waits to be sent."""
+        if now >= self.next_send_at:
+            return True
+        return self.changes_only and now >= self._hold_until and bool(self._changed_health())
+
+    def _changed_health(self) -> dict[str, Health]:
+        return {u: s.health for u, s in self.latest.items() if self._acked_health.get(u) is not s.health}
+
+    def heartbeat_request(self, now: float) -> HeartbeatRequest:
+        """The body of the next heartbeat (what :meth:`flush` sends; another transport may send it instead)."""
+        if self.changes_only:
+            health = self._changed_health()
+            due = now - self._telemetry_at >= (self.telemetry_interval_s or 0.0)
+            batches = list(self._buffer)[-1:] if (due or health or self._work_changed) else []
+        else:
+            health = {uuid: s.health for uuid, s in self.latest.items()}
+            batches = list(self._buffer)[: self.config.max_batches_per_heartbeat]
         aged = [b.model_copy(update={"age_s": max(0.0, now - self._sampled_at.get(b.seq, now))}) for b in batches]
-        body = HeartbeatRequest(
+        return HeartbeatRequest(
             node_id=self.registered_node_id or self.config.node_id,
             agent_uptime_s=max(0.0, now - self.started_monotonic),
             sent_wall_time=self.wall_clock(),
             batches=aged,
-            buffered_batches=len(self._buffer) - len(batches),
+            buffered_batches=max(0, len(self._buffer) - len(batches)),
             dropped_batches_total=self.dropped_batches_total,
             rejected_batches_total=self.rejected_batches_total,
-            device_health={uuid: s.health for uuid, s in self.latest.items()},
-        )
-        return self.client.post(
-            self._url(HEARTBEAT_PATH), content=body.model_dump_json(), headers=self._headers() | _JSON
+            device_health=health,
         )
 
-    def _failed(self, now: float, err: Exception) -> None:
+    def heartbeat_answered(
+        self, now: float, request: HeartbeatRequest, status: int, retry_after_header: str | None, content: bytes
+    ) -> bool:
+        """Take in the API's answer to ``request`` (sent at ``now``). True when it was acknowledged."""
+        if status in (401, 403):
+            raise AgentStopped(f"heartbeat refused: HTTP {status}")
+        if status == 429:
+            self.throttled += 1
+            self._failed(now, Throttled(retry_after(retry_after_header)), retry_after(retry_after_header))
+            return False
+        if status == 404:
+            self.registered_node_id = None  # the API forgot us: register again next attempt, keep the buffer
+            self._failed(now, RuntimeError("API does not know this node"))
+            return False
+        if status == 422:
+            rejected = min(len(self._buffer), max(1, len(request.batches)))
+            for _ in range(rejected):
+                if self._buffer:
+                    self._sampled_at.pop(self._buffer.popleft().seq, None)
+            self.rejected_batches_total += rejected
+            log.error("API rejected %d batches: %s", rejected, content[:500].decode(errors="replace"))
+            return False
+        if status >= 400:
+            self._failed(now, RuntimeError(f"HTTP {status}"))
+            return False
+        try:
+            reply = HeartbeatResponse.model_validate_json(content)
+        except ValueError as err:
+            self._failed(now, err)
+            return False
+        sent = max((b.seq for b in request.batches), default=-1)
+        # Acknowledged, or (changes only) older than what was just sent: a newer sample supersedes them.
+        last = max(reply.acked_seq, sent) if self.changes_only else reply.acked_seq
+        while self._buffer and self._buffer[0].seq <= last:
+            done = self._buffer.popleft()
+            self._sampled_at.pop(done.seq, None)
+        if reply.reregister:
+            self.registered_node_id = None
+        elif reply.telemetry_interval_s is not None:
+            self.changes_only = True
+            self._follow_lease(reply.interval_s, reply.telemetry_interval_s, reply.lease_s)
+        elif reply.interval_s:
+            self.interval_s = reply.interval_s
+        self._acked_health.update(request.device_health)
+        if request.batches:
+            self._telemetry_at = now
+            self._work_changed = False
+        if reply.work is not None:
+            work = tuple(sorted((w.job_id, w.index, w.share) for w in reply.work))
+            if work != self._work:
+                self._work_changed = self._work is not None or bool(work)
+                self._work = work
+            for shim in self.present_shims:
+                shim.follow(reply.work)
+        self.heartbeats_ok += 1
+        self.backoff.success()
+        self._hold_until = now
+        self.next_send_at = now + self.heartbeat_interval_s if self.changes_only else now
+        return True
+
+    def _failed(self, now: float, err: Exception, at_least_s: float = 0.0) -> None:
         self.heartbeat_failures += 1
         delay = self.backoff.failure()
-        self.next_send_at = now + delay
+        if at_least_s:  # the API said when: that, plus jitter so that a refused herd does not return as one
+            delay = at_least_s + self.rng.uniform(0.0, max(self.config.backoff_jitter_s, 1.0))
+        self.next_send_at = self._hold_until = now + delay
         log.warning("API unreachable (%s); retry in %.1f s, %d batches buffered", err, delay, len(self._buffer))
 
     # ------------------------------------------------------------------------------------------------ loop
@@ -360,7 +504,7 @@ class Agent:
                 next_tick += self.interval_s
                 if next_tick < now:  # we fell behind (suspended VM): skip, do not burst
                     next_tick = now + self.interval_s
-                if now >= self.next_send_at:
+                if self.heartbeat_due(now):
                     self.flush()
                 if max_ticks is not None and ticks >= max_ticks:
                     break
@@ -369,7 +513,8 @@ class Agent:
     def close(self) -> None:
         for shim in self.shims:
             shim.close()
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
 
 
 _JSON = {"Content-Type": "application/json"}

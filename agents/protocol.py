@@ -24,6 +24,14 @@ correctly (the API dates a sample as ``received_at - age_s``).
     ``401``/``403``: the agent stops (token revoked).
     ``422``: the batches are dropped (counted in ``rejected_batches_total``): resending cannot fix them.
     ``5xx`` or no connection: kept in the buffer and retried with backoff; sampling goes on meanwhile.
+    ``429`` (the API is admitting a herd of agents): retried after ``Retry-After`` seconds plus jitter.
+
+Heartbeats of changes (an API that answers ``telemetry_interval_s``; optional fields, so either side may be
+older): the agent heartbeats every ``interval_s`` — the API lengthens it as the fleet grows and a node is down
+once ``lease_s`` passes without one — and each heartbeat carries ``device_health`` only for the devices whose
+health the API has not acknowledged yet, and at most one batch (the newest), only when a telemetry sample is due
+(every ``telemetry_interval_s``), health changed or the work on the node did. Omitted devices keep their health.
+The time series stay on the node, for Prometheus to scrape from the agent's exporter.
 
 A node is unhealthy when the API misses N heartbeats or a heartbeat reports a device ``unhealthy`` (fatal XID,
 uncorrectable ECC, remap failure, vendor alarm); that decision is the API's, the agent only reports.
@@ -192,7 +200,13 @@ class DeviceSample(_Record):
 
 # ------------------------------------------------------------------------------------------- messages
 
-PROTOCOL_VERSION = 1
+#: 2 (issue 18): replies may carry ``telemetry_interval_s`` and ``lease_s``, and heartbeats carry only changes.
+#: The API speaks every version of :data:`SUPPORTED_PROTOCOLS` and answers each agent in its own (a version-1
+#: agent, whose models forbid unknown fields, never sees the new ones); upgrade the API before the agents.
+PROTOCOL_VERSION = 2
+SUPPORTED_PROTOCOLS: tuple[int, ...] = (1, 2)
+#: Reply fields an agent of protocol 1 does not know.
+PROTOCOL_2_FIELDS: frozenset[str] = frozenset({"telemetry_interval_s", "lease_s"})
 REGISTER_PATH = "/v1/agent/register"
 HEARTBEAT_PATH = "/v1/agent/heartbeat"
 
@@ -232,6 +246,15 @@ class RegisterResponse(_Wire):
     node_id: str
     heartbeat_interval_s: float | None = Field(default=None, gt=0)
     message: str = ""
+    telemetry_interval_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="set by an API that wants heartbeats of changes only (issue 18): health that changed, and one "
+        "telemetry sample at most this often (or when health or the work changed); None: send every batch",
+    )
+    lease_s: float | None = Field(
+        default=None, gt=0, description="the node is down if the API hears nothing from it for this long"
+    )
 
 
 class TelemetryBatch(_Wire):
@@ -260,6 +283,8 @@ class HeartbeatResponse(_Wire):
     acked_seq: int = Field(ge=-1, description="highest seq received; -1 when none")
     interval_s: float | None = Field(default=None, gt=0)
     reregister: bool = False
+    telemetry_interval_s: float | None = Field(default=None, gt=0, description="as in RegisterResponse")
+    lease_s: float | None = Field(default=None, gt=0, description="as in RegisterResponse")
     work: list[DeviceWork] | None = Field(
         default=None,
         description="every share of this node's devices that jobs hold, as of the API's last look (at most a "

@@ -2,10 +2,15 @@
 
     uvicorn --factory api.app:create_app          # settings from ZHISUAN_* variables
     python -m api.app --port 8000                 # the same, with the fast-path server options
+    python -m api.app --port 8000 --workers 4     # four processes on one port (rate limits in ZHISUAN_REDIS_URL)
 
 At start (lifespan) the database is migrated to the newest revision and bootstrapped (:mod:`api.bootstrap`).
 If the database does not answer, the server still starts: it answers 503 ``database-unavailable`` (and
 ``/readyz`` says why) and keeps retrying in the background until the database is back.
+
+Several processes may serve one database (``--workers N``, or several machines): each follows the change feed
+(:class:`api.store.Follower`), so a token revoked through one is refused by all within a second and their
+snapshots of policy, inventory and device work stay current; per-token rate limits then live in Redis.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,17 +27,18 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from api.auth import Authenticator, RateLimiter
+from api.auth import Authenticator, RateLimiter, RedisRateLimiter
 from api.bootstrap import bootstrap
-from api.db import is_unavailable, make_engine, migrate
+from api.db import is_sqlite, is_unavailable, make_engine, migrate
 from api.deps import AppContext
 from api.fastpath import FastSubmit
 from api.metrics import ApiMiddleware, Metrics
 from api.problems import install as install_problems
 from api.routers import ROUTERS
+from api.routers.agent import AgentAdmission
+from api.service_store import ChangeFeed
 from api.settings import Settings
-from api.store import Snapshots, Submitter
-from api.ui import router as ui_router
+from api.store import Follower, Snapshots, Submitter
 from scheduler.catalog import load_catalog
 from scheduler.throughput import load_throughput
 
@@ -45,6 +52,9 @@ def _start(ctx: AppContext) -> None:
     result = bootstrap(ctx.engine, ctx.settings, ctx.catalog)
     ctx.snapshots.refresh(force=True)
     ctx.ready = True
+    follower = ctx.follower
+    if follower is not None:
+        follower.start()
     ctx.startup_error = None
     if result.admin_token is not None:
         ctx.bootstrap_token = result.admin_token
@@ -62,12 +72,24 @@ async def _maintain(ctx: AppContext) -> None:
             if not ctx.ready:
                 await asyncio.to_thread(_start, ctx)
                 log.warning("database available again; serving")
-            else:
+            elif ctx.follower is None:
                 await asyncio.to_thread(ctx.snapshots.refresh)
         except Exception as err:
             if not ctx.ready:
                 ctx.startup_error = f"{err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             log.debug("refresh failed: %s", err)
+
+
+def _limiter(settings: Settings) -> RateLimiter | RedisRateLimiter:
+    """Per-token rate limits: in Redis when several processes share them, else in this process."""
+    if settings.redis_url:
+        return RedisRateLimiter(settings.redis_url, settings.rate_per_s, settings.rate_burst)
+    if settings.workers > 1 and settings.rate_per_s > 0:
+        raise ValueError(
+            f"{settings.workers} API processes must share their per-token rate limits: set ZHISUAN_REDIS_URL "
+            "(redis://127.0.0.1:6379/0), or turn them off with ZHISUAN_RATE_LIMIT=off"
+        )
+    return RateLimiter(settings.rate_per_s, settings.rate_burst)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -82,11 +104,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         catalog=catalog,
         throughput=throughput,
         auth=Authenticator(engine, settings.token_cache_s),
-        limiter=RateLimiter(settings.rate_per_s, settings.rate_burst),
+        limiter=_limiter(settings),
         snapshots=Snapshots(engine, catalog, throughput),
         submitter=submitter,
         metrics=Metrics(engine, lambda: (submitter.batches, submitter.written)),
     )
+    feed = ChangeFeed(engine)
+    ctx.follower = Follower(feed.read, None if is_sqlite(engine) else feed.watch, ctx.auth.invalidate, ctx.snapshots)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -107,7 +131,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             maintainer.cancel()
+            if ctx.follower is not None:
+                ctx.follower.stop()
             submitter.stop()
+            if isinstance(ctx.limiter, RedisRateLimiter):
+                await ctx.limiter.close()
             engine.dispose()
 
     app = FastAPI(
@@ -123,10 +151,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problems(app, settings.retry_after_s)
     if settings.fast_submit:
         app.add_middleware(FastSubmit, ctx=ctx)
+    app.add_middleware(AgentAdmission, limit=settings.agent_in_flight)
     app.add_middleware(ApiMiddleware, metrics=ctx.metrics, max_body_bytes=settings.max_body_bytes)
     for router in ROUTERS:
         app.include_router(router)
-    app.include_router(ui_router)  # the dashboard under /ui (api/ui)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -155,24 +183,50 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def run(
-    settings: Settings | None = None, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning"
+    settings: Settings | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "warning",
+    workers: int = 1,
 ) -> None:
     """Serve with the options the load target was measured with (uvloop, httptools with one write per
-    response, no access log)."""
+    response, no access log). ``workers > 1``: that many processes accept on one socket (uvicorn's supervisor
+    restarts one that dies); each builds its app from the ``ZHISUAN_*`` variables, so ``settings`` must be
+    None then (the database is migrated and bootstrapped once, here, before they start)."""
     import uvicorn
 
     from api.coalescing import CoalescingHttpToolsProtocol
 
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        loop="uvloop",
-        http=CoalescingHttpToolsProtocol,
-        lifespan="on",
-    )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "access_log": False,
+        "loop": "uvloop",
+        "http": CoalescingHttpToolsProtocol,
+        "lifespan": "on",
+    }
+    if workers <= 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    if settings is not None:
+        raise ValueError("several workers read their settings from ZHISUAN_* variables; pass settings=None")
+    os.environ["ZHISUAN_WORKERS"] = str(workers)
+    shared = Settings.from_env()
+    _limiter(shared)  # the error about Redis, once, before any process starts
+    prepare_database(shared)
+    uvicorn.run("api.app:create_app", factory=True, workers=workers, **options)
+
+
+def prepare_database(settings: Settings) -> None:
+    """Migrate and bootstrap once before several processes start (each would, serialised, but the first admin
+    token is then logged by whichever process made it)."""
+    from api.bootstrap import prepare
+
+    result = prepare(settings)
+    if result.admin_token is not None:
+        where = f" (also written to {settings.admin_token_file})" if settings.admin_token_file else ""
+        log.warning("created the center admin; its token, shown once%s: %s", where, result.admin_token)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,9 +234,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--workers", type=int, default=1, help="API processes on the one port (default 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(host=args.host, port=args.port, log_level=args.log_level)
+    run(host=args.host, port=args.port, log_level=args.log_level, workers=args.workers)
 
 
 if __name__ == "__main__":

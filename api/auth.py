@@ -14,15 +14,21 @@ hash keeps authentication off the hot path's budget. Comparison is constant-time
     >>> [bucket.wait_s("t", now=0.0) for _ in range(3)]
     [0.0, 0.0, 1.0]
 
-Lookups are cached per process for a few seconds (the load target cannot afford a database read per request);
-revoking a token drops it from this process's cache at once, and from other processes' within the cache TTL.
+Lookups are cached per process for a few seconds (the load target cannot afford a database read per request).
+Revoking a token (or disabling a user) drops every process's cache within a fraction of a second: the change
+feed says so (a trigger writes a ``token``/``user`` change; :class:`api.store.Follower` calls
+:meth:`Authenticator.invalidate`); the TTL only bounds how stale a cache can be while the database is away.
 ``last_used_at`` is written at most once a minute per token.
+
+Rate limits are token buckets per token: in process memory (:class:`RateLimiter`) when one API process runs,
+in Redis (:class:`RedisRateLimiter`, the same bucket for every process) when several do.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -36,6 +42,7 @@ from api.db import write_session
 from api.enums import Role
 from api.tables import API_TOKENS, USERS
 
+log = logging.getLogger("zhisuan.api")
 PREFIX = "zs_"
 LAST_USED_RESOLUTION_S = 60.0
 _MAX_CACHE = 100_000
@@ -194,6 +201,8 @@ class Authenticator:
 class RateLimiter:
     """Token buckets per key (``rate_per_s`` refill, ``burst`` capacity), in process memory."""
 
+    shared = False
+
     def __init__(self, rate_per_s: float, burst: float) -> None:
         self.rate = rate_per_s
         self.burst = burst
@@ -217,6 +226,66 @@ class RateLimiter:
         if len(self._buckets) > _MAX_CACHE:
             self._buckets.clear()
         return (1.0 - tokens) / self.rate
+
+    async def check(self, key: str) -> float:
+        """:meth:`wait_s`, with the signature of the shared limiter."""
+        return self.wait_s(key)
+
+
+#: GCRA (the token bucket as one "theoretical arrival time" per key), on the Redis server's clock so that API
+#: processes on several machines agree. A number comes back as a string: Redis truncates Lua numbers to integers.
+_GCRA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local next_tat = tat + interval
+local wait = next_tat - now - burst * interval
+if wait > 0 then return tostring(wait) end
+redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil(burst * interval * 1000) + 1000)
+return '0'
+"""
+
+
+class RedisRateLimiter:
+    """The same token buckets as :class:`RateLimiter`, kept in Redis so that every API process draws from one
+    bucket per token (one round trip per request). If Redis does not answer, requests are let through and a
+    warning is logged (at most every 10 s): a limiter outage must not become an API outage."""
+
+    shared = True
+
+    def __init__(self, url: str, rate_per_s: float, burst: float, prefix: str = "zhisuan:rate:") -> None:
+        import redis.asyncio
+
+        self.url = url
+        self.rate = rate_per_s
+        self.burst = burst
+        self.prefix = prefix
+        self._client = redis.asyncio.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._script = self._client.register_script(_GCRA)
+        self._warned = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    async def check(self, key: str) -> float:
+        if self.rate <= 0:
+            return 0.0
+        try:
+            wait = await self._script(keys=[self.prefix + key], args=[1.0 / self.rate, self.burst])
+        except Exception as err:  # redis.RedisError, OSError: fail open
+            now = time.monotonic()
+            if now - self._warned > 10:
+                self._warned = now
+                log.warning("rate limits not enforced: Redis at %s does not answer (%s)", self.url, err)
+            return 0.0
+        return float(wait)
+
+    async def close(self) -> None:
+        await self._client.aclose()
 
 
 def issue_token(

@@ -14,8 +14,18 @@
 ``ZHISUAN_RATE_LIMIT``              per token: ``"50/s burst 200"``, ``"50 200"`` or ``off``
 ``ZHISUAN_POLICY_FILE``             seeds the first policy version on an empty database (``seeds/policy.yaml``)
 ``ZHISUAN_CLUSTER_FILE``            optional: nodes of a cluster file, loaded as ``source=file`` nodes
-``ZHISUAN_HEARTBEAT_INTERVAL_S``    heartbeat interval asked of agents (default 5); down after 3 missed
-``ZHISUAN_TOKEN_CACHE_S``           how long a token lookup is cached in a process (default 5)
+``ZHISUAN_HEARTBEAT_INTERVAL_S``    shortest heartbeat interval asked of agents (default 5); a node is down when
+                                    its lease (3 intervals) runs out
+``ZHISUAN_HEARTBEAT_RATE``          heartbeats per second the API plans for (default 500): the interval grows with the
+                                    fleet past ``rate × interval`` nodes (10,000 nodes: 20 s), up to 60 s
+``ZHISUAN_TELEMETRY_INTERVAL_S``    shortest interval between two telemetry samples of a node (default 30; 6 heartbeat
+                                    intervals once those are longer); Prometheus scrapes the agents for time series
+``ZHISUAN_AGENT_IN_FLIGHT``         agent requests one API process serves at once; more are answered 429 with a
+                                    jittered Retry-After (default 64): a herd re-registering is admitted, not fatal
+``ZHISUAN_REDIS_URL``               Redis for the per-token rate limits shared by several API processes
+``ZHISUAN_WORKERS``                 API processes serving one port (``zhisuan server --workers N``; default 1)
+``ZHISUAN_TOKEN_CACHE_S``           how long a token lookup is cached in a process (default 60; a revocation reaches
+                                    every process through the change feed within a second)
 ``ZHISUAN_CACHE_REFRESH_S``         how often policy and inventory are re-read (default 1)
 ``ZHISUAN_BUSY_TIMEOUT_MS``         SQLite busy timeout (default 5000)
 ``ZHISUAN_BATCH_LINGER_MS``         group commit: how long the writer waits to fill a batch (default 2)
@@ -62,7 +72,13 @@ class Settings:
     policy_file: Path | None = DEFAULT_POLICY_FILE
     cluster_file: Path | None = None
     heartbeat_interval_s: float = 5.0
-    token_cache_s: float = 5.0
+    heartbeat_rate_per_s: float = 500.0
+    heartbeat_interval_max_s: float = 60.0
+    telemetry_interval_s: float = 30.0
+    agent_in_flight: int = 64
+    redis_url: str | None = None
+    workers: int = 1
+    token_cache_s: float = 60.0
     cache_refresh_s: float = 1.0
     busy_timeout_ms: int = 5000
     batch_linger_ms: float = 2.0
@@ -102,13 +118,33 @@ class Settings:
             policy_file=path("ZHISUAN_POLICY_FILE", DEFAULT_POLICY_FILE),
             cluster_file=path("ZHISUAN_CLUSTER_FILE", None),
             heartbeat_interval_s=number("ZHISUAN_HEARTBEAT_INTERVAL_S", 5.0) or 5.0,
-            token_cache_s=number("ZHISUAN_TOKEN_CACHE_S", 5.0),
+            heartbeat_rate_per_s=number("ZHISUAN_HEARTBEAT_RATE", 500.0) or 500.0,
+            telemetry_interval_s=number("ZHISUAN_TELEMETRY_INTERVAL_S", 30.0),
+            agent_in_flight=int(number("ZHISUAN_AGENT_IN_FLIGHT", 64)),
+            redis_url=env.get("ZHISUAN_REDIS_URL") or None,
+            workers=max(1, int(number("ZHISUAN_WORKERS", 1))),
+            token_cache_s=number("ZHISUAN_TOKEN_CACHE_S", 60.0),
             cache_refresh_s=number("ZHISUAN_CACHE_REFRESH_S", 1.0) or 1.0,
             busy_timeout_ms=int(number("ZHISUAN_BUSY_TIMEOUT_MS", 5000)),
             batch_linger_ms=number("ZHISUAN_BATCH_LINGER_MS", 2.0),
             admin_token_file=path("ZHISUAN_ADMIN_TOKEN_FILE", None),
             fast_submit=env.get("ZHISUAN_FAST_SUBMIT", "1").strip().lower() not in ("0", "false", "no", "off"),
         )
+
+    def heartbeat_interval(self, nodes: int) -> float:
+        """The heartbeat interval for a fleet of ``nodes``, as Kubernetes sizes node leases: the configured one
+        until the fleet would send more than ``heartbeat_rate_per_s``, then longer, up to the maximum::
+
+            >>> s = Settings()
+            >>> s.heartbeat_interval(100), s.heartbeat_interval(10_000), s.heartbeat_interval(100_000)
+            (5.0, 20.0, 60.0)
+        """
+        longest = max(self.heartbeat_interval_max_s, self.heartbeat_interval_s)
+        return min(max(self.heartbeat_interval_s, nodes / self.heartbeat_rate_per_s), longest)
+
+    def telemetry_interval(self, heartbeat_interval_s: float) -> float:
+        """How often a node sends a telemetry sample (the time series are Prometheus's: this is the latest)."""
+        return max(self.telemetry_interval_s, 6 * heartbeat_interval_s)
 
     def with_(self, **changes: object) -> Settings:
         """A copy with some settings changed (tests, the CLI's flags)."""

@@ -40,6 +40,7 @@ from api.db import is_sqlite, write_engine
 from api.enums import NodeSource, NodeStatus
 from api.tables import JOB_EVENTS, JOBS, NODES, POLICY_VERSIONS
 from scheduler.catalog import Catalog
+from scheduler.live.store import Changes, FeedCursor
 from scheduler.model import MILLI, DomesticPreference, Job, Node, Reason
 from scheduler.placement import PlacementEngine
 from scheduler.spec import ACTIVE_STATES, HOLDING_STATES
@@ -123,6 +124,15 @@ def device_work(conn: Connection | Session) -> dict[str, list[DeviceWork]]:
     return work
 
 
+def _works(job_id: str, placement: Mapping[str, Any] | None) -> list[tuple[str, DeviceWork]]:
+    out: list[tuple[str, DeviceWork]] = []
+    for worker in (placement or {}).get("workers", ()):
+        share = min(max(worker.get("milli", MILLI) / MILLI, 0.001), 1.0)
+        node = worker.get("node", "")
+        out.extend((node, DeviceWork(job_id=job_id, index=d, share=share)) for d in worker.get("devices", ()))
+    return out
+
+
 def load_policy_version(conn: Connection, catalog: Catalog) -> PolicySnapshot:
     row = conn.execute(select(POLICY_VERSIONS).order_by(POLICY_VERSIONS.c.id.desc()).limit(1)).mappings().first()
     if row is None:
@@ -143,21 +153,97 @@ class Snapshots:
         self.policy = PolicySnapshot(0, empty_policy(catalog))
         self.inventory = InventorySnapshot((0, None, 0), [], ClusterState())
         self._work: dict[str, list[DeviceWork]] = {}
+        #: job id -> the (node, work) it holds: what a change of that job takes out of ``_work``.
+        self._work_of: dict[str, list[tuple[str, DeviceWork]]] = {}
         self._work_at = -math.inf
         self._work_lock = threading.Lock()
+        #: True while a :class:`Follower` keeps the work table and the inventory current from the change feed.
+        self.following = False
+        self._inventory_at = -math.inf
+        self.inventory_stale = False
 
     def device_work(self, node_id: str, max_age_s: float = 1.0) -> list[DeviceWork]:
-        """The device shares jobs hold on ``node_id``, from a table of all nodes at most ``max_age_s`` old.
+        """The device shares jobs hold on ``node_id``.
 
-        Every heartbeat wants its node's work; one query of the holding jobs serves every node for a second,
-        and the lock makes the heartbeats that arrive meanwhile wait for that query instead of repeating it.
+        With a :class:`Follower` the table is kept from the change feed (the jobs that moved are read again);
+        without one, one query of the holding jobs serves every node for ``max_age_s``, and the lock makes the
+        heartbeats that arrive meanwhile wait for that query instead of repeating it.
         """
         with self._work_lock:
-            if time.monotonic() - self._work_at > max_age_s:
-                with self.engine.connect() as conn:
-                    self._work = device_work(conn)
-                self._work_at = time.monotonic()
+            if (not self.following and time.monotonic() - self._work_at > max_age_s) or self._work_at == -math.inf:
+                self._load_work()
             return self._work.get(node_id, [])
+
+    def _load_work(self) -> None:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(JOBS.c.id, JOBS.c.placement).where(JOBS.c.state.in_([s.value for s in HOLDING_STATES]))
+            ).all()
+        self._work_of = {job_id: _works(job_id, placement) for job_id, placement in rows}
+        self._work = {}
+        for items in self._work_of.values():
+            for node, work in items:
+                self._work.setdefault(node, []).append(work)
+        self._work_at = time.monotonic()
+
+    def jobs_changed(self, ids: Iterable[str]) -> None:
+        """Jobs the change feed says moved: read those again and update the work table (O(changes))."""
+        ids = list(ids)
+        if not ids or self._work_at == -math.inf:
+            return
+        holding: dict[str, Any] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 2000):
+                chunk = ids[start : start + 2000]
+                statement = select(JOBS.c.id, JOBS.c.placement).where(
+                    JOBS.c.id.in_(chunk), JOBS.c.state.in_([s.value for s in HOLDING_STATES])
+                )
+                holding.update({job_id: placement for job_id, placement in conn.execute(statement)})
+        changed = set(ids)
+        with self._work_lock:
+            touched: set[str] = set()
+            for job_id in changed:
+                old = self._work_of.pop(job_id, None)
+                if old:
+                    touched.update(node for node, _ in old)
+                new = _works(job_id, holding[job_id]) if job_id in holding else []
+                if new:
+                    self._work_of[job_id] = new
+                    touched.update(node for node, _ in new)
+            for node in touched:
+                items = [w for w in self._work.get(node, []) if w.job_id not in changed]
+                items.extend(w for job_id in changed for n, w in self._work_of.get(job_id, ()) if n == node)
+                if items:
+                    self._work[node] = items
+                else:
+                    self._work.pop(node, None)
+
+    def fleet_size(self) -> int:
+        """Nodes of the installed inventory (what the heartbeat interval is sized for)."""
+        return len(self.inventory.nodes)
+
+    def node_registered(self, node: Node) -> None:
+        """A node registered through this process: a new one joins the snapshot at once (a herd of thousands
+        costs one insertion each); one described anew makes the whole inventory be read again."""
+        with self._lock:
+            inventory = self.inventory
+            if node.id not in inventory.state.nodes:
+                inventory.state.add_node(node)
+                inventory.nodes.append(node)
+                inventory.feasible.clear()  # more capacity: "never fits" answers may change
+                return
+        self.refresh_inventory()
+
+    def refresh_inventory(self) -> None:
+        """Reload every node (blocking)."""
+        self.inventory_stale = False
+        self._inventory_at = time.monotonic()
+        with self.engine.connect() as conn:
+            self._load_inventory(conn, self.inventory.key)
+
+    def refresh_policy(self) -> None:
+        with self.engine.connect() as conn:
+            self.set_policy(load_policy_version(conn, self.catalog))
 
     # ------------------------------------------------------------------------------------------ refresh
 
@@ -173,15 +259,19 @@ class Snapshots:
                 ).one()
             )
             if force or key != self.inventory.key:
-                rows = conn.execute(select(NODES).order_by(NODES.c.id)).mappings().all()
-                nodes = []
-                for row in rows:
-                    try:
-                        nodes.append(node_of(row))
-                    except ValueError:
-                        log.warning("node %s has an invalid description; left out of the inventory", row["id"])
-                with self._lock:
-                    self.inventory = InventorySnapshot(key, nodes, ClusterState(nodes))
+                self._inventory_at = time.monotonic()
+                self._load_inventory(conn, key)
+
+    def _load_inventory(self, conn: Connection, key: tuple[Any, ...]) -> None:
+        rows = conn.execute(select(NODES).order_by(NODES.c.id)).mappings().all()
+        nodes = []
+        for row in rows:
+            try:
+                nodes.append(node_of(row))
+            except ValueError:
+                log.warning("node %s has an invalid description; left out of the inventory", row["id"])
+        with self._lock:
+            self.inventory = InventorySnapshot(key, nodes, ClusterState(nodes))
 
     def set_policy(self, snapshot: PolicySnapshot) -> None:
         if snapshot.version >= self.policy.version:
@@ -223,6 +313,93 @@ class Snapshots:
             inventory.feasible.clear()
         inventory.feasible[shape] = answer
         return answer
+
+
+# ------------------------------------------------------------------------------------------ following
+
+
+class Follower:
+    """Keeps one API process's caches right from the change feed, whatever process wrote: a revoked token or a
+    disabled user empties the token cache (``on_tokens``), a policy version or a node change reloads the
+    snapshots (the inventory at most once a second), a job that moved updates the table of device work that
+    heartbeats answer. ``read`` is :meth:`api.service_store.ChangeFeed.read`; ``watch`` (PostgreSQL's LISTEN) wakes
+    it early, else it polls every ``poll_s``. One daemon thread::
+
+        follower = Follower(feed.read, feed.watch, ctx.auth.invalidate, ctx.snapshots)   # doctest: +SKIP
+        follower.start()                                                                 # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        read: Callable[[FeedCursor | None], Changes],
+        watch: Callable[[Callable[[str], None]], Callable[[], None]] | None,
+        on_tokens: Callable[[], None],
+        snapshots: Snapshots,
+        poll_s: float = 0.1,
+        inventory_every_s: float = 1.0,
+    ) -> None:
+        self.read, self.watch, self.on_tokens, self.snapshots = read, watch, on_tokens, snapshots
+        self.poll_s = poll_s if watch is None else max(poll_s, 0.5)
+        self.inventory_every_s = inventory_every_s
+        self.cursor: FeedCursor | None = None
+        self.reads = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self.snapshots.following = True
+            self._thread = threading.Thread(target=self._run, name="zhisuan-follower", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self.snapshots.following = False
+
+    def _run(self) -> None:
+        unwatch = self.watch(lambda _entity: self._wake.set()) if self.watch is not None else None
+        try:
+            while not self._stop.is_set():
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
+                try:
+                    self.step()
+                except Exception as err:  # the database is down: keep the caches, try again
+                    log.debug("change feed unavailable: %s", err)
+                    self._stop.wait(1.0)
+                self._stop.wait(0.02)  # a burst of notifications is one read
+        finally:
+            if unwatch is not None:
+                unwatch()
+
+    def step(self) -> Changes:
+        """Read the feed once and apply it (the thread's body; tests call it directly)."""
+        changes = self.read(self.cursor)
+        self.cursor = changes.cursor
+        self.reads += 1
+        snapshots = self.snapshots
+        if changes.resync:
+            self.on_tokens()
+            snapshots.refresh(force=True)
+            with snapshots._work_lock:
+                snapshots._load_work()
+            return changes
+        if changes.tokens or changes.users:
+            self.on_tokens()
+        if changes.policy:
+            snapshots.refresh_policy()
+        if changes.nodes:
+            snapshots.inventory_stale = True
+        if snapshots.inventory_stale and time.monotonic() - snapshots._inventory_at >= self.inventory_every_s:
+            snapshots.refresh_inventory()
+        if changes.jobs:
+            snapshots.jobs_changed(changes.jobs)
+        return changes
 
 
 # ------------------------------------------------------------------------------------------ group commit
@@ -463,6 +640,7 @@ def _resolve(pairs: list[tuple[asyncio.Future[Result], Result | BaseException]])
 
 __all__ = [
     "MISSED_HEARTBEATS",
+    "Follower",
     "PolicySnapshot",
     "Result",
     "Snapshots",

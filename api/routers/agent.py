@@ -1,22 +1,35 @@
 """``/v1/agent/register`` and ``/v1/agent/heartbeat``: the server side of :mod:`agents.protocol`.
 
 Node-agent tokens only (and a token issued for one node id speaks only for that node). Registration upserts the
-node and its devices; a heartbeat stores the latest telemetry and health per device and acknowledges the highest
-batch ``seq`` it stored. A heartbeat from a node the API does not know asks the agent to register again.
+node and its devices. A heartbeat is a **lease renewal** first — one ``UPDATE`` of the node's row, which the
+change feed does not see unless the lease had lapsed — and, only when the agent sends them, health changes (kept
+in ``devices`` with a row of ``device_health_events`` each) and the newest telemetry sample (``devices.telemetry``;
+the time series are Prometheus's, scraped from the agents). A node whose lease ran out is down, with nothing to
+write: ``nodes.lease_expires_at`` says it (:func:`api.store.node_status`).
+
+The heartbeat interval grows with the fleet (:meth:`api.settings.Settings.heartbeat_interval`), so the API sees
+a bounded number of heartbeats per second however many nodes there are; the lease is
+:data:`~api.store.MISSED_HEARTBEATS` intervals. :class:`AgentAdmission` answers agents 429 with a jittered
+``Retry-After`` when an API process already serves ``ZHISUAN_AGENT_IN_FLIGHT`` of their requests (a herd of
+agents re-registering after a restart is admitted at the rate the database takes, instead of timing out).
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import random
 import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from sqlalchemy import delete, select, update
+from sqlalchemy import Connection, bindparam, case, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agents.protocol import (
-    PROTOCOL_VERSION,
+    PROTOCOL_2_FIELDS,
+    SUPPORTED_PROTOCOLS,
     DeviceSample,
     Health,
     HeartbeatRequest,
@@ -25,15 +38,37 @@ from agents.protocol import (
     RegisterResponse,
 )
 from api.auth import Principal
-from api.deps import CurrentPrincipal, WriteSession, context, require, respond
+from api.db import write_engine
+from api.deps import AGENT_PREFIX, AppContext, CurrentPrincipal, context, require, respond
 from api.enums import NodeSource, NodeStatus, Role
 from api.models import V1_PROBLEMS
 from api.problems import Problem
-from api.tables import DEVICES, NODES
+from api.store import MISSED_HEARTBEATS, node_of
+from api.tables import DEVICE_HEALTH_EVENTS, DEVICES, NODES
 from scheduler.catalog import Tier
 from scheduler.model import pool_id
 
+log = logging.getLogger("zhisuan.api")
 router = APIRouter(prefix="/v1/agent", tags=["node agent"], responses=V1_PROBLEMS)
+
+#: Batch sequence numbers are stored in a 32-bit column (68 years of ticks at 1 Hz).
+MAX_SEQ = 2**31 - 1
+#: The columns of a node row that describe it (a registration that changes none of them changes nothing).
+_DESCRIPTION = (
+    "hostname",
+    "model",
+    "vendor",
+    "pool",
+    "site",
+    "region",
+    "tier",
+    "island",
+    "switch",
+    "devices",
+    "cpu_milli",
+    "memory_mib",
+    "labels",
+)
 
 
 def _invalid(loc: list[str | int], message: str) -> Problem:
@@ -50,21 +85,30 @@ def _check_node(principal: Principal, node_id: str) -> None:
         raise Problem("forbidden", f"this node token is for node {principal.node_id!r}, not {node_id!r}")
 
 
-def _upsert(session: Session, table: Any, values: dict[str, Any], keys: list[str], keep: set[str]) -> None:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(table).values(values)
-    changes = {k: v for k, v in values.items() if k not in keys and k not in keep}
-    session.execute(statement.on_conflict_do_update(index_elements=keys, set_=changes))
+def _insert(conn: Connection) -> Any:
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+def _lease(ctx: AppContext) -> tuple[float, float, float]:
+    """(heartbeat interval, lease, telemetry interval) for the fleet as this process last saw it."""
+    interval = ctx.settings.heartbeat_interval(ctx.snapshots.fleet_size())
+    return interval, MISSED_HEARTBEATS * interval, ctx.settings.telemetry_interval(interval)
+
+
+def _reply(model: RegisterResponse | HeartbeatResponse, protocol: int) -> Response:
+    # A protocol-1 agent's models forbid unknown fields: answer it in its own words.
+    exclude = set(PROTOCOL_2_FIELDS) if protocol < 2 else set()
+    return respond(model.model_dump(mode="json", exclude=exclude))
 
 
 @router.post("/register", response_model=RegisterResponse, summary="A node agent registers its node")
-def register(body: RegisterRequest, request: Request, principal: CurrentPrincipal, session: WriteSession) -> Response:
+def register(body: RegisterRequest, request: Request, principal: CurrentPrincipal) -> Response:
     node = body.node
     _check_node(principal, node.node_id)
     ctx = context(request)
-    if body.protocol_version != PROTOCOL_VERSION:
-        raise _invalid(["protocol_version"], f"this API speaks protocol {PROTOCOL_VERSION}; upgrade the agent")
+    if body.protocol_version not in SUPPORTED_PROTOCOLS:
+        speaks = ", ".join(map(str, SUPPORTED_PROTOCOLS))
+        raise _invalid(["protocol_version"], f"this API speaks protocols {speaks}; upgrade the agent or the API")
     if node.model is None:
         names = sorted({d.name for d in body.devices}) or ["none found"]
         raise _invalid(
@@ -81,109 +125,198 @@ def register(body: RegisterRequest, request: Request, principal: CurrentPrincipa
     if node.tier not in {t.value for t in Tier}:
         raise _invalid(["node", "tier"], f"unknown tier {node.tier!r} (allowed: {', '.join(t.value for t in Tier)})")
     now = time.time()
-    existing = session.execute(select(NODES.c.state).where(NODES.c.id == node.node_id)).scalar()
-    state = NodeStatus.CORDONED.value if existing == NodeStatus.CORDONED.value else NodeStatus.READY.value
-    _upsert(
-        session,
-        NODES,
-        {
-            "id": node.node_id,
-            "hostname": node.hostname,
-            "model": entry.model,
-            "vendor": node.vendor or entry.vendor,
-            "pool": pool_id(node.site, entry.model),
-            "site": node.site,
-            "region": node.region,
-            "tier": node.tier,
-            "island": node.island or node.node_id,
-            "switch": node.switch or node.node_id,
-            "devices": node.devices,
-            "cpu_milli": node.cpu_milli,
-            "memory_mib": node.memory_mib,
-            "labels": node.labels,
-            "state": state,
-            "source": NodeSource.AGENT.value,
-            "registered_at": now,
-            "last_heartbeat": now,
-            "agent_version": body.agent_version,
-            "last_seq": None,
-        },
-        ["id"],
-        set(),
-    )
-    indexes = [d.index for d in body.devices]
-    session.execute(delete(DEVICES).where(DEVICES.c.node_id == node.node_id, DEVICES.c.index.not_in(indexes)))
-    for device in body.devices:
-        _upsert(
-            session,
-            DEVICES,
-            {
-                "node_id": node.node_id,
-                "index": device.index,
-                "uuid": device.uuid,
-                "model": device.model,
-                "memory_mib": device.memory_total_mib,
-                "healthy": True,
-                "health_reason": "",
-                "telemetry": {},
-                "updated_at": now,
-            },
-            ["node_id", "index"],
-            {"healthy", "health_reason", "telemetry"},
+    interval, lease, telemetry = _lease(ctx)
+    values: dict[str, Any] = {
+        "id": node.node_id,
+        "hostname": node.hostname,
+        "model": entry.model,
+        "vendor": node.vendor or entry.vendor,
+        "pool": pool_id(node.site, entry.model),
+        "site": node.site,
+        "region": node.region,
+        "tier": node.tier,
+        "island": node.island or node.node_id,
+        "switch": node.switch or node.node_id,
+        "devices": node.devices,
+        "cpu_milli": node.cpu_milli,
+        "memory_mib": node.memory_mib,
+        "labels": node.labels,
+        "source": NodeSource.AGENT.value,
+        "registered_at": now,
+        "last_heartbeat": now,
+        "lease_expires_at": now + lease,
+        "agent_version": body.agent_version,
+        "last_seq": None,
+    }
+    with write_engine(ctx.engine).begin() as conn:
+        existing = conn.execute(select(NODES).where(NODES.c.id == node.node_id)).mappings().first()
+        cordoned = existing is not None and existing["state"] == NodeStatus.CORDONED.value
+        values["state"] = NodeStatus.CORDONED.value if cordoned else NodeStatus.READY.value
+        described = existing is not None and all(existing[c] == values[c] for c in _DESCRIPTION)
+        insert_ = _insert(conn)
+        statement = insert_(NODES).values(values)
+        conn.execute(
+            statement.on_conflict_do_update(index_elements=["id"], set_={k: v for k, v in values.items() if k != "id"})
         )
-    session.commit()
-    ctx.snapshots.refresh()
+        indexes = [d.index for d in body.devices]
+        conn.execute(delete(DEVICES).where(DEVICES.c.node_id == node.node_id, DEVICES.c.index.not_in(indexes)))
+        if body.devices:
+            rows: list[dict[str, Any]] = [
+                {
+                    "node_id": node.node_id,
+                    "index": d.index,
+                    "uuid": d.uuid,
+                    "model": d.model,
+                    "memory_mib": d.memory_total_mib,
+                    "healthy": True,
+                    "health_reason": "",
+                    "telemetry": {},
+                    "updated_at": now,
+                }
+                for d in body.devices
+            ]
+            upsert = insert_(DEVICES).values(rows)
+            # A device already known keeps its health and latest sample: its agent reports them next heartbeat.
+            keep = {"node_id", "index", "healthy", "health_reason", "telemetry"}
+            conn.execute(
+                upsert.on_conflict_do_update(
+                    index_elements=["node_id", "index"],
+                    set_={c: upsert.excluded[c] for c in rows[0] if c not in keep},
+                )
+            )
+    if not described:
+        try:
+            ctx.snapshots.node_registered(node_of(values))
+        except ValueError:
+            log.warning("node %s has an invalid description; left out of the inventory", node.node_id)
     reply = RegisterResponse(
         node_id=node.node_id,
-        heartbeat_interval_s=ctx.settings.heartbeat_interval_s,
+        heartbeat_interval_s=interval,
         message=f"registered {node.devices} {entry.model} devices in pool {pool_id(node.site, entry.model)}",
+        telemetry_interval_s=telemetry,
+        lease_s=lease,
     )
-    return respond(reply.model_dump(mode="json"))
+    return _reply(reply, body.protocol_version)
 
 
 @router.post("/heartbeat", response_model=HeartbeatResponse, summary="Telemetry and health from a node agent")
-def heartbeat(body: HeartbeatRequest, request: Request, principal: CurrentPrincipal, session: WriteSession) -> Response:
+def heartbeat(body: HeartbeatRequest, request: Request, principal: CurrentPrincipal) -> Response:
     _check_node(principal, body.node_id)
     ctx = context(request)
-    node = session.execute(select(NODES).where(NODES.c.id == body.node_id)).mappings().first()
-    if node is None or node["source"] != NodeSource.AGENT.value:
-        session.rollback()
-        return respond(HeartbeatResponse(acked_seq=-1, reregister=True).model_dump(mode="json"))
     now = time.time()
+    interval, lease, telemetry = _lease(ctx)
+    sent = max((b.seq for b in body.batches), default=None)
+    if sent is not None and sent > MAX_SEQ:
+        raise _invalid(["batches", "seq"], f"{sent} is beyond the largest sequence number the API keeps ({MAX_SEQ})")
+    renewal = (
+        update(NODES)
+        .where(NODES.c.id == body.node_id, NODES.c.source == NodeSource.AGENT.value)
+        .values(
+            last_heartbeat=now,
+            lease_expires_at=now + lease,
+            last_seq=NODES.c.last_seq if sent is None else sent,
+            state=case((NODES.c.state == NodeStatus.DOWN.value, NodeStatus.READY.value), else_=NODES.c.state),
+        )
+        .returning(NODES.c.last_seq)
+    )
+    with write_engine(ctx.engine).begin() as conn:
+        renewed = conn.execute(renewal).first()
+        if renewed is None:  # unknown here (or not an agent's node): the agent registers again; nothing changed
+            return _reply(HeartbeatResponse(acked_seq=-1, reregister=True), body.protocol_version)
+        if body.batches or body.device_health:
+            _store_devices(conn, body, now)
+    acked = renewed.last_seq if renewed.last_seq is not None else -1
+    reply = HeartbeatResponse(
+        acked_seq=acked,
+        interval_s=interval,
+        work=ctx.snapshots.device_work(body.node_id),
+        telemetry_interval_s=telemetry,
+        lease_s=lease,
+    )
+    return _reply(reply, body.protocol_version)
+
+
+def _store_devices(conn: Connection, body: HeartbeatRequest, now: float) -> None:
+    """Health that changed (with its history) and the newest sample of each device the heartbeat carries."""
     latest: dict[str, tuple[DeviceSample, float]] = {}
     for batch in body.batches:  # oldest first: later samples win
         for sample in batch.samples:
             latest[sample.uuid] = (sample, now - batch.age_s)
-    devices = session.execute(select(DEVICES).where(DEVICES.c.node_id == body.node_id)).mappings().all()
-    for device in devices:
-        uuid = device["uuid"]
+    rows = conn.execute(
+        select(DEVICES.c.index, DEVICES.c.uuid, DEVICES.c.healthy, DEVICES.c.health_reason).where(
+            DEVICES.c.node_id == body.node_id
+        )
+    ).all()
+    with_sample: list[dict[str, Any]] = []
+    health_only: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for index, uuid, was_healthy, was_reason in rows:
         found = latest.get(uuid)
         health = body.device_health.get(uuid, found[0].health if found is not None else None)
         if found is None and health is None:
             continue
-        values: dict[str, Any] = {"updated_at": now}
+        healthy, reason = was_healthy, was_reason
         if health is not None:
-            values["healthy"] = health is not Health.UNHEALTHY
-            if health is Health.UNHEALTHY:
-                reasons = found[0].health_reasons if found is not None else []
-                values["health_reason"] = "; ".join(reasons) or "reported unhealthy by the agent"
-            else:
-                values["health_reason"] = ""
+            healthy = health is not Health.UNHEALTHY
+            reasons = found[0].health_reasons if found is not None else []
+            reason = ("; ".join(reasons) or "reported unhealthy by the agent") if not healthy else ""
+        if healthy != was_healthy:
+            events.append(
+                {"node_id": body.node_id, "index": index, "uuid": uuid, "at": now, "healthy": healthy, "reason": reason}
+            )
+        values = {"n": body.node_id, "i": index, "healthy": healthy, "reason": reason, "at": now}
         if found is not None:
             sample, sampled_at = found
-            values["telemetry"] = {**sample.model_dump(mode="json"), "received_at": now, "sampled_at": sampled_at}
-        session.execute(
-            update(DEVICES).where(DEVICES.c.node_id == body.node_id, DEVICES.c.index == device["index"]).values(values)
-        )
-    acked = max((b.seq for b in body.batches), default=node["last_seq"] if node["last_seq"] is not None else -1)
-    node_values: dict[str, Any] = {"last_heartbeat": now, "last_seq": acked}
-    if node["state"] == NodeStatus.DOWN.value:
-        node_values["state"] = NodeStatus.READY.value
-    session.execute(update(NODES).where(NODES.c.id == body.node_id).values(node_values))
-    session.commit()
-    reply = HeartbeatResponse(
-        acked_seq=acked,
-        interval_s=ctx.settings.heartbeat_interval_s,
-        work=ctx.snapshots.device_work(body.node_id, max_age_s=min(1.0, ctx.settings.heartbeat_interval_s / 2)),
-    )
-    return respond(reply.model_dump(mode="json"))
+            telemetry = {**sample.model_dump(mode="json"), "received_at": now, "sampled_at": sampled_at}
+            with_sample.append({**values, "telemetry": telemetry})
+        elif healthy != was_healthy or reason != was_reason:
+            health_only.append(values)
+    where = (DEVICES.c.node_id == bindparam("n")) & (DEVICES.c.index == bindparam("i"))
+    columns: dict[str, Any] = {
+        "healthy": bindparam("healthy"),
+        "health_reason": bindparam("reason"),
+        "updated_at": bindparam("at"),
+    }
+    if with_sample:
+        conn.execute(update(DEVICES).where(where).values(**columns, telemetry=bindparam("telemetry")), with_sample)
+    if health_only:
+        conn.execute(update(DEVICES).where(where).values(**columns), health_only)
+    if events:
+        conn.execute(insert(DEVICE_HEALTH_EVENTS), events)
+
+
+class AgentAdmission:
+    """ASGI middleware: at most ``limit`` agent requests in flight in this process; the next ones get 429 with a
+    ``Retry-After`` spread over a few seconds (the agents add their own jitter), cheaply, before the body is read.
+    ``limit <= 0`` admits everything."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+        self.refused = 0
+        self._random = random.Random()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.limit <= 0 or scope["type"] != "http" or not scope["path"].startswith(AGENT_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            self.refused += 1
+            # Spread the retries over more seconds the deeper the overload, so they do not come back together.
+            spread = 1.0 + 4.0 * min(1.0, self.refused / (10.0 * self.limit))
+            retry = max(1, math.ceil(self._random.uniform(1.0, 1.0 + spread)))
+            problem = Problem(
+                "rate-limited",
+                f"this API process is admitting {self.limit} agent requests at a time; retry after {retry} s",
+                headers={"Retry-After": str(retry)},
+            )
+            await problem.response(scope.get("path", ""))(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.refused = 0

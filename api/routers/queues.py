@@ -102,19 +102,24 @@ def queue_out(policy: QueuePolicy, version: int, name: str, stats: Mapping[str, 
 
 
 def queue_stats(ctx: AppContext, session: Session, tenant: str | None) -> dict[str, dict[str, Any]]:
-    """Per queue: pending and running counts, devices per model and NCU held (from running placements)."""
-    statement = select(JOBS.c.queue, JOBS.c.state, JOBS.c.placement, JOBS.c.spec).where(
-        JOBS.c.state.in_([s.value for s in ACTIVE_STATES])
-    )
-    if tenant is not None:
-        statement = statement.where(JOBS.c.tenant == tenant)
+    """Per queue: pending and running counts, devices per model and NCU held (from running placements).
+
+    Two indexed queries, neither of which reads a pending job: the pending count is a ``GROUP BY`` over the
+    ``(tenant, state)`` index, and only jobs that hold devices — as many as the center has devices, at most — are
+    read, and only their queue, placement and job class.
+    """
     stats: dict[str, dict[str, Any]] = {}
-    holding = {s.value for s in HOLDING_STATES}
-    for queue, state, placement, spec in session.execute(statement):
+    holding = [s.value for s in HOLDING_STATES]
+    pending = [s.value for s in ACTIVE_STATES if s not in HOLDING_STATES]
+    counts = select(JOBS.c.queue, func.count()).where(JOBS.c.state.in_(pending)).group_by(JOBS.c.queue)
+    held = select(JOBS.c.queue, JOBS.c.placement, JOBS.c.spec["job_class"].as_string()).where(JOBS.c.state.in_(holding))
+    if tenant is not None:
+        counts = counts.where(JOBS.c.tenant == tenant)
+        held = held.where(JOBS.c.tenant == tenant)
+    for queue, count in session.execute(counts):
+        stats.setdefault(queue, {"pending": 0, "running": 0, "usage": {}})["pending"] += int(count)
+    for queue, placement, job_class in session.execute(held):
         entry = stats.setdefault(queue, {"pending": 0, "running": 0, "usage": {}})
-        if state not in holding:
-            entry["pending"] += 1
-            continue
         entry["running"] += 1
         if not placement:
             continue
@@ -122,8 +127,7 @@ def queue_stats(ctx: AppContext, session: Session, tenant: str | None) -> dict[s
         devices = sum(len(w.get("devices", ())) * w.get("milli", 1000) for w in placement.get("workers", ())) / 1000
         usage = entry["usage"]
         usage[model] = usage.get(model, 0.0) + devices
-        job_class = (spec or {}).get("job_class", "generic")
-        usage["ncu"] = usage.get("ncu", 0.0) + devices * ctx.throughput.relative(model, job_class)
+        usage["ncu"] = usage.get("ncu", 0.0) + devices * ctx.throughput.relative(model, job_class or "generic")
     return stats
 
 

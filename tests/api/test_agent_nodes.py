@@ -104,8 +104,10 @@ def test_silent_node_is_down_and_comes_back(stack: Stack) -> None:
     try:
         agent.register()
         old = time.time() - 10 * stack.ctx.settings.heartbeat_interval_s
-        with stack.engine.begin() as conn:
-            conn.execute(update(NODES).where(NODES.c.id == "agent-h100-quiet").values(last_heartbeat=old))
+        with stack.engine.begin() as conn:  # its lease ran out: nothing else says it is down
+            conn.execute(
+                update(NODES).where(NODES.c.id == "agent-h100-quiet").values(last_heartbeat=old, lease_expires_at=old)
+            )
         with stack.client("alice") as c:
             assert c.get("/v1/nodes/agent-h100-quiet").json()["state"] == "down"
         agent.tick()
