@@ -39,6 +39,7 @@ from api.routers.agent import AgentAdmission
 from api.service_store import ChangeFeed
 from api.settings import Settings
 from api.store import Follower, Snapshots, Submitter
+from api.ui import router as ui_router
 from scheduler.catalog import load_catalog
 from scheduler.throughput import load_throughput
 
@@ -155,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ApiMiddleware, metrics=ctx.metrics, max_body_bytes=settings.max_body_bytes)
     for router in ROUTERS:
         app.include_router(router)
+    app.include_router(ui_router)  # the dashboard under /ui (api/ui)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
