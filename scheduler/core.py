@@ -14,14 +14,18 @@ are allocated and charged, preemption victims are released — so the caller's s
     ...                                           Job(id="b", devices_per_worker=1)], now=0.0)]
     ['start', 'reject']
 
-One step: order the pending jobs (priority class, then weighted DRF with decayed history, or FIFO), and for
-each: check quota per candidate pool, place it all-or-nothing; if capacity is what is missing, try preemption
-or reclaim, else give the head job of its queue a reservation that later jobs may only backfill around.
+One step: order the pending jobs (priority class, then weighted DRF with decayed history, or another ordering of
+:mod:`scheduler.orderings`, per queue), and for each: check quota per candidate pool, place it all-or-nothing; if
+capacity is what is missing, try preemption or reclaim (or, under SRTF and LAS, displace a running job the
+ordering ranks lower), else give the head job of its queue a reservation that later jobs may only backfill
+around. Under strict FIFO the first job of a queue that cannot start holds back the rest of its queue.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,6 +36,7 @@ from scheduler.catalog import Catalog, load_catalog
 from scheduler.fairshare import FairShare, ShareBook, UsageHistory
 from scheduler.metering import Meter
 from scheduler.model import (
+    MILLI,
     Decision,
     DecisionKind,
     DomesticPreference,
@@ -42,20 +47,40 @@ from scheduler.model import (
     ReasonCode,
     StopCause,
 )
+from scheduler.orderings import (
+    PREEMPTIVE,
+    DurationPredictor,
+    OrderingContext,
+    OrderingRule,
+    ServiceBook,
+    key_order,
+    mixed_order,
+)
 from scheduler.placement import Admission, PlacementConfig, PlacementEngine, PlacementResult, shape_key
 from scheduler.preemption import Preemptor
 from scheduler.queueing import DrfOrder, FifoOrder
 from scheduler.quota import QuotaCheck, demand_for
 from scheduler.state import ClusterState, PoolState, RunningJob
-from scheduler.tenancy import NCU, QueuePolicy, empty_policy, tenant_account, user_account
+from scheduler.tenancy import NCU, QueuePolicy, check_ordering, empty_policy, tenant_account, user_account
 from scheduler.throughput import JobClass, ThroughputMatrix, load_throughput
+
+Ordering = Literal["drf", "fifo", "fifo-strict", "sjf", "srtf", "las", "qssf"]
 
 
 @dataclass(frozen=True)
 class QueueingConfig:
-    """Ordering, fairness, preemption and backfill knobs."""
+    """Ordering, fairness, preemption and backfill knobs.
 
-    ordering: Literal["drf", "fifo"] = "drf"
+    ``ordering`` is the default of every queue that names none (:mod:`scheduler.orderings`); an unknown name
+    is refused with the allowed ones::
+
+        >>> QueueingConfig(ordering="lifo")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown ordering 'lifo' (allowed: drf, fifo, fifo-strict, sjf, srtf, las, qssf)
+    """
+
+    ordering: Ordering = "drf"
     #: Half-life of the decayed usage history that fair share adds to current usage.
     history_half_life_s: float = 7 * 24 * 3600.0
     #: Weight of history against current usage in the fair-share key (0 = current only).
@@ -69,6 +94,23 @@ class QueueingConfig:
     backfill: bool = True
     #: Reservations made per step (Slurm's bf_max_job_test plays the same role).
     max_reservations: int = 8
+    #: LAS: thresholds of attained service in device-seconds, ascending (Tiresias' simulator: 3,250 and 7,200).
+    las_thresholds: tuple[float, ...] = (3250.0, 7200.0)
+    #: LAS: a job that waited this many times the time it ran since its last promotion goes back to level 0
+    #: (Tiresias' starvation knob; 0 = off).
+    las_starvation: float = 0.0
+    #: Whether a stopped run's work is kept in full when it starts again (the workload checkpoints on
+    #: preemption, as Tiresias' simulator assumes); otherwise only what it checkpointed counts. SRTF's
+    #: remaining time reads it.
+    preempted_resume: bool = False
+
+    def __post_init__(self) -> None:
+        check_ordering(self.ordering)
+        thresholds = self.las_thresholds
+        if any(t <= 0 for t in thresholds) or list(thresholds) != sorted(thresholds):
+            raise ValueError(f"las_thresholds must be positive and ascending, got {list(thresholds)}")
+        if self.las_starvation < 0:
+            raise ValueError(f"las_starvation must be 0 (off) or positive, got {self.las_starvation:g}")
 
 
 @dataclass(frozen=True)
@@ -105,6 +147,13 @@ class _Walk:
     preemption_attempts: int = 0
     #: Job shapes that found no victims: victims only get scarcer as the step goes on.
     preemption_misses: set[tuple[object, ...]] = field(default_factory=set)
+    #: The one ordering of every queue in this step (``None``: queues order differently, ask per queue).
+    uniform: str | None = "drf"
+    #: Strict-FIFO queues held back by their first job that could not start: queue -> that job.
+    blocked: dict[str | None, str] = field(default_factory=dict)
+    #: Per preemptive ordering in use, who may displace whom (built on first use in the step).
+    rules: dict[str, OrderingRule] = field(default_factory=dict)
+    context: OrderingContext | None = None
 
 
 class SchedulerCore:
@@ -124,10 +173,15 @@ class SchedulerCore:
         )
         self.placement = PlacementEngine(self.config.placement, self.catalog, self.throughput)
         self.runtimes = RuntimeEstimator()
+        #: Service each job got in runs that stopped short (LAS, SRTF), and QSSF's duration predictor.
+        self.service = ServiceBook()
+        self.predictor = DurationPredictor()
         queueing = self.config.queueing
         self.history = UsageHistory(queueing.history_half_life_s)
         self.fairshare = FairShare(self.history, queueing.history_weight)
         self.policy = policy or empty_policy(self.catalog)
+        #: Ordering per resolved queue (cleared with a new policy).
+        self._orderings: dict[str | None, str] = {}
         self.quota = QuotaCheck(self.policy)
         self.meter = Meter(self.catalog, self.policy)
         self.preemptor = Preemptor(self.placement, self.quota, queueing.min_runtime_s, queueing.max_victim_candidates)
@@ -156,6 +210,7 @@ class SchedulerCore:
         """Swap in a validated policy; usage already charged keeps its accounts until those jobs stop."""
         self.policy = policy
         self._domestic_policy.clear()
+        self._orderings.clear()
         self.quota = QuotaCheck(policy)
         self.meter = Meter(self.catalog, policy)
         self.preemptor = Preemptor(
@@ -178,11 +233,11 @@ class SchedulerCore:
         self.books.begin(state, same_state)
         self.shares.begin(state, self.policy, self._ncu_capacity(state))
         self._advance_history(state, now, same_state)
-        # 2. Order the queue: each job with its queue's domestic policy, by priority, then weighted DRF or FIFO.
-        order = self._make_order([self._effective(job) for job in pending], self.shares.share)
+        # 2. Order the queue: each job with its queue's domestic policy, by priority, then its queue's ordering.
+        walk = _Walk()
+        order = self._make_order([self._effective(job) for job in pending], self.shares.share, state, now, walk)
         # 3. Walk it: admit by quota and place all-or-nothing; a job blocked by capacity backfills, preempts, or
         #    reserves room as its queue's head; every other job is told why it waits.
-        walk = _Walk()
         decisions: list[Decision] = []
         try:
             for job in order:
@@ -198,24 +253,35 @@ class SchedulerCore:
             return [self._already_running(job)]
         queueing = self.config.queueing
         queue = self.quota.queue_of(job)
+        ordering = walk.uniform or self._ordering_of(queue)
+        if ordering == "fifo-strict" and queue in walk.blocked:
+            return [self._held_back(job, walk.blocked[queue])]
         admit = self._admission(state, queue, job)
         result = self.placement.place(state, job, admit)
         if result.placement is not None:
             return [self._start(state, job, queue, result, now)]
+        # The first job of a strict-FIFO queue that cannot start (for want of room, not because it can never run
+        # here) holds back everything behind it.
+        strict = ordering == "fifo-strict"
         if not result.capacity_blocked:
+            if strict and _waits_for_room(result.reasons):
+                walk.blocked[queue] = job.id
             return [Decision(DecisionKind.REJECT, job.id, reasons=tuple(result.reasons))]
         backfilled = self._backfill(state, job, queue, admit, now) if self.books.current else None
         if backfilled is not None:
             return [backfilled]
+        rule = self._rule(ordering, state, now, walk) if ordering in PREEMPTIVE else None
         # Job shapes that found no victims this step: victims only get scarcer as the step goes on.
-        miss_key = (shape_key(job), queue, job.priority, job.tenant)
+        miss_key: tuple[object, ...] = (shape_key(job), queue, job.priority, job.tenant)
+        if rule is not None:
+            miss_key += (rule.signature(job),)
         if (
             queueing.preemption
             and walk.preemption_attempts < queueing.max_preemption_attempts
             and miss_key not in walk.preemption_misses
         ):
             walk.preemption_attempts += 1
-            preempted = self._preempt(state, job, queue, now)
+            preempted = self._preempt(state, job, queue, now, rule)
             if preempted:
                 walk.preemption_misses.clear()
                 self.books.backfill_misses.clear()
@@ -232,6 +298,8 @@ class SchedulerCore:
                 reasons.insert(0, reservation_reason(reservation, own=True))
         elif self.books.current:
             reasons.append(self.books.held_reason())
+        if strict:
+            walk.blocked[queue] = job.id
         return [Decision(DecisionKind.REJECT, job.id, reasons=tuple(reasons))]
 
     def decide(self, state: ClusterState, job: Job, now: float) -> Decision:
@@ -239,10 +307,122 @@ class SchedulerCore:
         decisions = self.step(state, [job], now)
         return next(d for d in decisions if d.job_id == job.id and d.kind is not DecisionKind.PREEMPT)
 
-    def _make_order(self, jobs: list[Job], share: Callable[[Job, bool], float]) -> Iterable[Job]:
-        if self.config.queueing.ordering == "drf":
+    def _make_order(
+        self,
+        jobs: list[Job],
+        share: Callable[[Job, bool], float],
+        state: ClusterState,
+        now: float,
+        walk: _Walk | None = None,
+    ) -> Iterable[Job]:
+        """The walk's order: one ordering over every job when all their queues order alike (the core's configured
+        ordering when the policy names none), else each queue in its own order, queues taking turns by share."""
+        default = self.config.queueing.ordering
+        if self.policy.orders_queues:
+            by_queue: dict[str | None, list[Job]] = {}
+            for job in jobs:
+                by_queue.setdefault(self.quota.queue_of(job), []).append(job)
+            orderings = {self._ordering_of(queue) for queue in by_queue}
+        else:
+            by_queue, orderings = {}, {default}
+        context = self._context(state, now)
+        if walk is not None:
+            walk.context = context
+        if len(orderings) == 1:
+            (ordering,) = orderings
+            if walk is not None:
+                walk.uniform = ordering
+            return self._ordered(jobs, ordering, share, context)
+        if walk is not None:
+            walk.uniform = None
+        return mixed_order(
+            {q: self._ordered(queued, self._ordering_of(q), share, context) for q, queued in by_queue.items()},
+            share,
+        )
+
+    def _ordered(
+        self, jobs: list[Job], ordering: str, share: Callable[[Job, bool], float], context: OrderingContext
+    ) -> Iterable[Job]:
+        if ordering == "drf":
             return DrfOrder(jobs, share)
-        return FifoOrder(jobs)
+        if ordering in ("fifo", "fifo-strict"):
+            return FifoOrder(jobs)
+        if ordering == "las" and self.config.queueing.las_starvation > 0:
+            for job in jobs:
+                self.service.promote_starved(job.id, context.now, self.config.queueing.las_starvation)
+        return key_order(jobs, ordering, context)
+
+    def ordered(
+        self, jobs: Iterable[Job], share: Callable[[Job, bool], float], state: ClusterState, now: float
+    ) -> Iterable[Job]:
+        """The order a step would walk ``jobs`` in, with ``share`` as the fair-share keys (the ETA plans in it)."""
+        return self._make_order(list(jobs), share, state, now)
+
+    def ordering_of(self, job: Job) -> str:
+        """The ordering of the job's queue (the core's configured one unless the policy names another)."""
+        return self._ordering_of(self.quota.queue_of(job))
+
+    def _ordering_of(self, queue: str | None) -> str:
+        ordering = self._orderings.get(queue)
+        if ordering is None:
+            ordering = self._orderings[queue] = self.policy.ordering(queue) or self.config.queueing.ordering
+        return ordering
+
+    def _context(self, state: ClusterState, now: float) -> OrderingContext:
+        queueing = self.config.queueing
+        return OrderingContext(
+            now=now,
+            estimate=self.runtimes.estimate,
+            service=self.service,
+            predictor=self.predictor,
+            running=state.running,
+            las_thresholds=queueing.las_thresholds,
+            las_starvation=queueing.las_starvation,
+        )
+
+    def _rule(self, ordering: str, state: ClusterState, now: float, walk: _Walk) -> OrderingRule:
+        rule = walk.rules.get(ordering)
+        if rule is None:
+            context = walk.context or self._context(state, now)
+            applies = None if walk.uniform else (lambda a, b: self.ordering_of(b) == ordering)
+            rule = walk.rules[ordering] = OrderingRule(ordering, context, applies)
+        return rule
+
+    def next_change(self, state: ClusterState, pending: Iterable[Job], now: float) -> float | None:
+        """The earliest time after ``now`` at which time alone can change a decision of the ordering: a running
+        job crossing a LAS threshold, or a waiting one promoted by the starvation rule. ``None``: no such time
+        (every other change comes with an arrival or a stop, which the caller steps on anyway).
+
+        >>> from scheduler.model import Node
+        >>> core = SchedulerCore(CoreConfig(queueing=QueueingConfig(ordering="las")))
+        >>> state = ClusterState([Node(id="n", model="A100", devices=2, cpu_milli=64000, memory_mib=512000)])
+        >>> _ = core.step(state, [Job(id="a", devices_per_worker=2)], now=0.0)
+        >>> core.next_change(state, [Job(id="b", devices_per_worker=2)], now=0.0)   # 3,250 device-s at 2
+        1625.0
+        """
+        jobs = list(pending)
+        if not jobs:
+            return None
+        queueing = self.config.queueing
+        las_pending = [job for job in jobs if self.ordering_of(job) == "las"]
+        if not las_pending:
+            return None
+        soonest = math.inf
+        thresholds = queueing.las_thresholds
+        for running in state.running.values():
+            devices = running.job.total_device_milli / MILLI
+            if devices <= 0 or self.ordering_of(running.job) != "las":
+                continue
+            attained = self.service.attained(running.job.id, running, now)
+            level = bisect_right(thresholds, attained * (1 + 1e-12) + 1e-9)
+            if level < len(thresholds):
+                soonest = min(soonest, now + (thresholds[level] - attained) / devices)
+        if queueing.las_starvation > 0:
+            for job in las_pending:
+                at = self.service.starving_at(job.id, queueing.las_starvation)
+                if at is not None and at > now:
+                    soonest = min(soonest, at)
+        return soonest if soonest > now and math.isfinite(soonest) else None
 
     # ------------------------------------------------------------------------------------------ stops
 
@@ -258,6 +438,12 @@ class SchedulerCore:
         state.release(job_id)
         if cause is StopCause.FINISHED:
             self.runtimes.record(running.job.job_class, (now - running.started_at) * running.relative)
+            self.predictor.record(running.job, self.service.progress(job_id, running, now))
+            self.service.forget(job_id)
+        elif cause is StopCause.CANCELLED:
+            self.service.forget(job_id)
+        else:
+            self.service.stopped(running, now, self.config.queueing.preempted_resume)
         return self.meter.stop(running, now, cause)
 
     def adopt(
@@ -359,6 +545,14 @@ class SchedulerCore:
             ledger=(self.meter.start(running),),
         )
 
+    def _held_back(self, job: Job, head: str) -> Decision:
+        reason = Reason(
+            ReasonCode.PRIORITY,
+            "waits behind {head}, the first job of its queue that cannot start (strict FIFO)",
+            detail={"head": head},
+        )
+        return Decision(DecisionKind.REJECT, job.id, reasons=(reason,))
+
     def _already_running(self, job: Job) -> Decision:
         reason = Reason(ReasonCode.UNSCHEDULABLE, "job {job} is already running", detail={"job": job.id})
         return Decision(DecisionKind.REJECT, job.id, reasons=(reason,))
@@ -403,20 +597,25 @@ class SchedulerCore:
             for reservation in lifted:
                 reservation.hide(state)
 
-    def _preempt(self, state: ClusterState, job: Job, queue: str | None, now: float) -> list[Decision]:
-        plan = self.preemptor.plan(state, job, queue, now)
+    def _preempt(
+        self, state: ClusterState, job: Job, queue: str | None, now: float, rule: OrderingRule | None = None
+    ) -> list[Decision]:
+        plan = self.preemptor.plan(state, job, queue, now, rule)
         if plan is None:
             return []
         decisions: list[Decision] = []
         self.shares.reset()
+        resume = self.config.queueing.preempted_resume
         for victim in plan.victims:
+            if victim.job.priority < job.priority:
+                code, why = ReasonCode.PRIORITY, "higher priority"
+            elif rule is not None and rule.outranks(job, victim):
+                code, why = ReasonCode.PRIORITY, _RULE_REASON[rule.ordering]
+            else:
+                code, why = ReasonCode.QUOTA, "reclaim"
+            self.service.stopped(victim, now, resume)
             state.release(victim.job.id)
-            reason = Reason(
-                ReasonCode.PRIORITY if victim.job.priority < job.priority else ReasonCode.QUOTA,
-                "preempted by {by} ({why})",
-                plan.pool.id,
-                {"by": job.id, "why": "higher priority" if victim.job.priority < job.priority else "reclaim"},
-            )
+            reason = Reason(code, "preempted by {by} ({why})", plan.pool.id, {"by": job.id, "why": why})
             decisions.append(
                 Decision(
                     DecisionKind.PREEMPT,
@@ -454,6 +653,13 @@ class SchedulerCore:
 
 
 _DOMESTIC_RANK = {DomesticPreference.ANY: 0, DomesticPreference.PREFERRED: 1, DomesticPreference.REQUIRED: 2}
+_RULE_REASON = {"srtf": "shorter remaining time (SRTF)", "las": "less attained service (LAS)"}
+#: Reasons that mean "no room now" (a strict-FIFO head waits for room); the others say it can never start here.
+_ROOM_CODES = frozenset({ReasonCode.NO_CAPACITY, ReasonCode.FRAGMENTATION, ReasonCode.TOPOLOGY, ReasonCode.QUOTA})
+
+
+def _waits_for_room(reasons: Iterable[Reason]) -> bool:
+    return any(reason.code in _ROOM_CODES for reason in reasons)
 
 
 def _fastest(core: SchedulerCore, job: Job) -> float:

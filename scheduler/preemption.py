@@ -5,7 +5,9 @@ A job that cannot start for lack of capacity may stop running jobs when either
 * **priority**: the victim's priority class is strictly lower and the victim is preemptible, or
 * **reclaim**: the preemptor's queues stay within their deserved share after it starts, the victim is of no
   higher class, and, at the moment it is chosen, one of the victim's queues uses more than its deserved share
-  (it is running on lent capacity).
+  (it is running on lent capacity), or
+* **ordering** (SRTF, LAS; :class:`~scheduler.orderings.OrderingRule`): the victim is of the same class and the
+  preemptive ordering ranks it after the preemptor (longer remaining time, higher attained-service level).
 
 Victims are whole jobs (gang-aware), taken from one pool at a time so that the freed devices sit where the
 preemptor can use them (topology-aware: the placement engine packs the preemptor into what is freed), cheapest
@@ -16,7 +18,11 @@ before a minimum guaranteed runtime. A final pass gives back every victim the pr
 Why this cannot loop: a priority victim never preempts its preemptor (strictly lower class). A reclaim victim's
 queue was above its deserved share with the victim, so restarting the victim would put it above again, which
 disqualifies the restart from reclaiming anything; only a change from outside (arrivals, finishes) can make it
-eligible again. ``tests/unit/test_queueing.py`` checks that repeated steps on a fixed workload converge.
+eligible again. An ordering victim ranks after its preemptor and cannot come back before it: a victim's remaining
+time or attained service does not change while it waits, the preemptor's remaining time only shrinks as it runs
+(SRTF), and under LAS the two swap only when the preemptor's own service crosses a threshold, a bounded number of
+times per job. ``tests/unit/test_queueing.py`` and ``tests/unit/test_orderings.py`` check that repeated steps on a
+fixed workload converge.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scheduler.model import MILLI, Job, Placement
+from scheduler.orderings import OrderingRule
 from scheduler.placement import PlacementEngine
 from scheduler.quota import QuotaCheck, demand_for
 from scheduler.state import ClusterState, NodeState, PoolState, RunningJob
@@ -51,33 +58,44 @@ class Preemptor:
         self.min_runtime_s = min_runtime_s
         self.max_candidates = max_candidates
 
-    def plan(self, state: ClusterState, job: Job, queue: str | None, now: float) -> PreemptionPlan | None:
-        """The cheapest set of victims that lets ``job`` start, over its acceptable pools; state is unchanged."""
+    def plan(
+        self, state: ClusterState, job: Job, queue: str | None, now: float, rule: OrderingRule | None = None
+    ) -> PreemptionPlan | None:
+        """The cheapest set of victims that lets ``job`` start, over its acceptable pools; state is unchanged.
+
+        With ``rule`` (a preemptive ordering), running jobs of the same class that the ordering ranks after
+        ``job`` are candidates too, the worst ranked first."""
         best: PreemptionPlan | None = None
         for pool, rel in self.engine.candidate_pools(state, job):
             # No victim here without a running job of lower priority or a borrower to reclaim from; the cheap
             # checks come before the quota's (most attempts in a long queue end here).
             if not state.running_by_pool.get(pool.id):
                 continue
-            lower = any(priority < job.priority for priority in state.running_priorities.get(pool.id, {}))
-            if not lower and not self.quota.anyone_borrowing(state, pool.model):
+            priorities = state.running_priorities.get(pool.id, {})
+            lower = any(priority < job.priority for priority in priorities)
+            ordered = rule is not None and priorities.get(job.priority, 0) > 0
+            if not lower and not ordered and not self.quota.anyone_borrowing(state, pool.model):
                 continue
             demand = demand_for(pool.model, job.total_devices, rel)
             if self.quota.admit(state, queue, demand, pool.id) is not None:
                 continue
             reclaim = self.quota.within_deserved(state, queue, demand)
-            if not lower and not reclaim:
+            if not lower and not reclaim and not ordered:
                 continue
-            plan = self._plan_in_pool(state, job, pool, rel, reclaim, now)
+            plan = self._plan_in_pool(state, job, pool, rel, reclaim, now, rule)
             if plan is not None and (best is None or plan.cost < best.cost):
                 best = plan
         return best
 
-    def _eligible(self, state: ClusterState, job: Job, victim: RunningJob, reclaim: bool, now: float) -> bool:
+    def _eligible(
+        self, state: ClusterState, job: Job, victim: RunningJob, reclaim: bool, now: float, rule: OrderingRule | None
+    ) -> bool:
         other = victim.job
         if not other.preemptible or now - victim.started_at < self.min_runtime_s:
             return False
         if other.priority < job.priority:
+            return True
+        if rule is not None and rule.outranks(job, victim):
             return True
         return (
             reclaim
@@ -131,14 +149,38 @@ class Preemptor:
         return order, bool(cleared)
 
     def _plan_in_pool(
-        self, state: ClusterState, job: Job, pool: PoolState, rel: float, reclaim: bool, now: float
+        self,
+        state: ClusterState,
+        job: Job,
+        pool: PoolState,
+        rel: float,
+        reclaim: bool,
+        now: float,
+        rule: OrderingRule | None = None,
     ) -> PreemptionPlan | None:
         ids = state.running_by_pool.get(pool.id, {})
-        candidates = [state.running[j] for j in ids if self._eligible(state, job, state.running[j], reclaim, now)]
+        candidates = [state.running[j] for j in ids if self._eligible(state, job, state.running[j], reclaim, now, rule)]
         if not candidates:
             return None
-        # Cheapest first; among equals the most recently started, i.e. the job that borrowed last.
-        candidates.sort(key=lambda r: (r.job.priority, lost_work(r, now), -r.started_at, -r.job.submit_time, r.job.id))
+        ordered: set[str] = set()
+        if rule is not None:
+            ordered = {r.job.id for r in candidates if r.job.priority == job.priority and rule.outranks(job, r)}
+            # Lower classes first, then the ones the ordering ranks worst; then cheapest, most recent.
+            candidates.sort(
+                key=lambda r: (
+                    r.job.priority,
+                    -rule.rank(r) if r.job.id in ordered else 0.0,
+                    lost_work(r, now),
+                    -r.started_at,
+                    -r.job.submit_time,
+                    r.job.id,
+                )
+            )
+        else:
+            # Cheapest first; among equals the most recently started, i.e. the job that borrowed last.
+            candidates.sort(
+                key=lambda r: (r.job.priority, lost_work(r, now), -r.started_at, -r.job.submit_time, r.job.id)
+            )
         candidates, cleared = self._node_by_node(state, job, candidates)
         if not cleared and job.workers == 1:
             return None  # not even every candidate gone makes room on any one node
@@ -175,8 +217,10 @@ class Preemptor:
         try:
             for victim in candidates:
                 # Reclaim eligibility depends on the victim's queue usage, which earlier victims lowered.
-                if victim.job.priority >= job.priority and not self.quota.borrowing(
-                    state, victim.accounts, victim.demand
+                if (
+                    victim.job.priority >= job.priority
+                    and victim.job.id not in ordered
+                    and not self.quota.borrowing(state, victim.accounts, victim.demand)
                 ):
                     continue
                 take_out(victim)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from scheduler.catalog import Catalog, load_catalog
 from scheduler.errors import ConfigError, load_yaml_mapping, validate_model
@@ -32,6 +32,24 @@ from scheduler.model import DomesticPreference, ServiceTier
 
 NCU = "ncu"
 ROOT = "center"
+
+#: Orderings a queue may name (``scheduler.orderings`` implements them; the first is the default).
+ORDERING_NAMES = ("drf", "fifo", "fifo-strict", "sjf", "srtf", "las", "qssf")
+
+
+def check_ordering(name: object) -> str:
+    """``name`` if it is an ordering, else a ``ValueError`` naming the allowed ones::
+
+    >>> check_ordering("sjf")
+    'sjf'
+    >>> check_ordering("lifo")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown ordering 'lifo' (allowed: drf, fifo, fifo-strict, sjf, srtf, las, qssf)
+    """
+    if not isinstance(name, str) or name not in ORDERING_NAMES:
+        raise ValueError(f"unknown ordering {name!r} (allowed: {', '.join(ORDERING_NAMES)})")
+    return name
 
 
 class TenantType(StrEnum):
@@ -101,6 +119,14 @@ class QueueSpec(_Strict):
     weight: float = Field(default=1.0, gt=0)
     quota: dict[str, FlavorQuota] = Field(default_factory=dict)
     domestic: DomesticPreference | None = None
+    #: How this queue orders its pending jobs (inherited by children that name none; ``None`` everywhere: the
+    #: core's configured ordering). See :mod:`scheduler.orderings`.
+    ordering: str | None = None
+
+    @field_validator("ordering")
+    @classmethod
+    def _known_ordering(cls, value: str | None) -> str | None:
+        return None if value is None else check_ordering(value)
 
 
 class Prices(_Strict):
@@ -242,6 +268,19 @@ class QueuePolicy:
             if spec is not None and order.index(spec) > order.index(found):
                 found = spec
         return found
+
+    def ordering(self, queue: str | None) -> str | None:
+        """The ordering named by ``queue`` or the nearest ancestor that names one; ``None``: none does."""
+        for name in self.path(queue) if queue else ():
+            found = self.queues[name].ordering
+            if found is not None:
+                return found
+        return None
+
+    @property
+    def orders_queues(self) -> bool:
+        """Whether any queue names its own ordering (else the core's configured ordering applies everywhere)."""
+        return any(spec.ordering is not None for spec in self.queues.values())
 
     def weight(self, tenant: str) -> float:
         return self.tenants.get(tenant, Tenant()).weight
