@@ -73,7 +73,9 @@ async def login(
     response.set_cookie(
         COOKIE,
         created.token,
-        max_age=max(1, int(created.expires_at - time.time())),
+        # The token expires on the server; the cookie outlives it by an hour so the server can tell an expired
+        # session ("sign in again to go back") from no session at all.
+        max_age=max(1, int(created.expires_at - time.time())) + 3600,
         path="/ui",
         httponly=True,
         samesite="strict",

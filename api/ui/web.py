@@ -27,6 +27,8 @@ from api.ui.config import UiConfig
 from api.ui.i18n import Translator, pick_language
 from api.ui.session import LANG_COOKIE, CsrfRefused, LoginRequired, Viewer, login_url
 
+#: ``Referrer-Policy: same-origin``, not ``no-referrer``: under no-referrer a browser sends ``Origin: null`` on
+#: form posts, which would defeat the Origin check; cross-origin requests still get no referrer.
 #: No inline script or style anywhere (so no ``hx-on``, no ``style=``); frames only for the sandboxed reports.
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -35,7 +37,7 @@ CSP = (
 )
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
