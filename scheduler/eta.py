@@ -65,7 +65,6 @@ from typing import Literal
 
 from scheduler.core import SchedulerCore
 from scheduler.model import MILLI, DecisionKind, DomesticPreference, Job
-from scheduler.queueing import DrfOrder, FifoOrder
 from scheduler.quota import demand_for
 from scheduler.state import ClusterState, PoolState
 from scheduler.tenancy import NCU, tenant_account, user_account
@@ -92,6 +91,33 @@ class Forecast:
     pools: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class EtaBand:
+    """How far from a forecast start the real one may fall: the range ``zhisuan eta`` shows.
+
+    Around a forecast start ``s`` made at ``now`` (forecast wait ``w = s - now``), the band runs from
+    ``s - max(early × w, floor_s)`` (never before ``now``) to ``s + max(late × w, floor_s)``: errors grow with
+    how far ahead the forecast looks, and a floor covers the cycle and launch times of a job about to start.
+    The defaults are calibrated on the measurements in ``benchmarks/README.md`` (live run and congested
+    simulated traces)::
+
+        >>> EtaBand(early=0.5, late=1.0, floor_s=60.0).around(start=1000.0, now=400.0)
+        (700.0, 1600.0)
+    """
+
+    early: float = 0.5
+    late: float = 1.0
+    floor_s: float = 60.0
+
+    def around(self, start: float, now: float) -> tuple[float, float]:
+        wait = max(start - now, 0.0)
+        low = max(now, start - max(self.early * wait, self.floor_s))
+        return low, start + max(self.late * wait, self.floor_s)
+
+
+DEFAULT_BAND = EtaBand()
+
+
 def fork(core: SchedulerCore) -> SchedulerCore:
     """A core with the same configuration and learned state, whose decisions do not touch the original."""
     twin = SchedulerCore(core.config, core.catalog, core.throughput, core.policy)
@@ -99,6 +125,8 @@ def fork(core: SchedulerCore) -> SchedulerCore:
     twin.history = copy.deepcopy(core.history)
     twin.fairshare.history = twin.history
     twin.placement.scorer = copy.deepcopy(core.placement.scorer)
+    twin.service = copy.deepcopy(core.service)
+    twin.predictor = copy.deepcopy(core.predictor)
     return twin
 
 
@@ -199,7 +227,7 @@ def aggregate_forecast(
     jobs = planner.effective(list(by_id.values()))
     result = Forecast(starts=dict.fromkeys(by_id), method="aggregate", horizon=now)
     planner.prepare(jobs)
-    order: Iterable[Job] = DrfOrder(jobs, planner.share) if core.config.queueing.ordering == "drf" else FifoOrder(jobs)
+    order = core.ordered(jobs, planner.share, state, now)
     starts, pools, plan = result.starts, result.pools, planner.plan
     running = state.allocations
     for job in order:
@@ -416,7 +444,8 @@ class _Planner:
         self._empty = ClusterState()
         # Fair share as the plan goes: usage per account grows with every booking (progressive filling, as
         # within one core step), so a tenant whose jobs were planned early yields to the others later.
-        self._drf = core.config.queueing.ordering == "drf"
+        # DRF keys are read by the DRF ordering and by queues of differing orderings taking turns.
+        self._drf = core.config.queueing.ordering == "drf" or core.policy.orders_queues
         self._tenants: dict[str, _Account] = {}
         self._users: dict[tuple[str, str], _Account] = {}
         self._several_users: set[str] = set()

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from scheduler.errors import ConfigError
+from scheduler.tenancy import check_ordering
 from simulations.loaders import FORMATS, TraceError
 from simulations.packing import ARRIVALS, Arrivals
 from simulations.report import render
@@ -65,6 +67,8 @@ def _write_outputs(results: list[dict[str, Any]], json_out: Path | None, report_
 
 def _headline(result: dict[str, Any]) -> str:
     name = result.get("scenario") or result.get("policy")
+    if result.get("ordering") not in (None, "drf"):
+        name = f"{name} / {result['ordering']}"
     if result.get("mode") == "packing":
         end = result.get(f"alloc_ratio_at_{round(result['inflation'] * 100)}")
         return (
@@ -76,6 +80,21 @@ def _headline(result: dict[str, Any]) -> str:
         f"{name}: {s['jobs'].get('finished', 0)} jobs finished, wait p95 {s['wait_s']['p95']:.0f} s, "
         f"utilisation {s['utilisation']:.3f}, energy {s['energy_kwh']:.0f} kWh ({result['wall_s']:.1f} s)"
     )
+
+
+def parse_knobs(items: list[str], option: str) -> dict[str, Any]:
+    """``["min_runtime_s=0", "backfill=false"]`` -> ``{"min_runtime_s": 0, "backfill": False}`` (YAML values).
+
+    >>> parse_knobs(["las_thresholds=[100, 200]", "backfill=false"], "--queueing")
+    {'las_thresholds': [100, 200], 'backfill': False}
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{option} {item!r}: write KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def _fail(exc: Exception) -> None:
@@ -104,6 +123,24 @@ def simulate(
         PackingArrivals,
         typer.Option(help="packing: the whole trace once in random order, then draws (as the paper), or draws only"),
     ] = PackingArrivals["shuffled-trace"],
+    ordering: Annotated[
+        str,
+        typer.Option(
+            help="ordering(s) of pending jobs, comma-separated (each a run, compared in one report): "
+            "drf, fifo, fifo-strict, sjf, srtf, las, qssf"
+        ),
+    ] = "drf",
+    policy_file: Annotated[
+        Path | None, typer.Option("--policy-file", help="tenants, queues, quotas and per-queue orderings (YAML)")
+    ] = None,
+    queueing: Annotated[
+        list[str] | None,
+        typer.Option("--queueing", help="a QueueingConfig knob, KEY=VALUE (repeatable): min_runtime_s=0, ..."),
+    ] = None,
+    sim: Annotated[
+        list[str] | None,
+        typer.Option("--sim", help="a SimConfig knob, KEY=VALUE (repeatable): step_period_s=0.2, record_jobs=true"),
+    ] = None,
     workers: Annotated[int, typer.Option(help="parallel runs for several policies/variants")] = 1,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
     catalog: Annotated[Path | None, typer.Option(help="accelerator catalog (default seeds/)", hidden=True)] = None,
@@ -112,6 +149,15 @@ def simulate(
     """Replay a trace (or a scenario) through the scheduling core; print a summary, write JSON/HTML."""
     if scenario is None and (cluster is None or trace is None):
         _fail(ValueError("give --cluster and --trace, or a --scenario that names them"))
+    orderings = [o.strip() for o in ordering.split(",") if o.strip()]
+    try:
+        for name in orderings:
+            check_ordering(name)
+        queueing_knobs = parse_knobs(queueing or [], "--queueing")
+        sim_knobs = parse_knobs(sim or [], "--sim")
+    except ValueError as exc:
+        _fail(exc)
+        return
     base = RunSpec(
         cluster=str(cluster) if cluster else None,
         trace=str(trace) if trace else None,
@@ -126,10 +172,18 @@ def simulate(
         arrivals=cast(Arrivals, arrivals.value),
         catalog_path=str(catalog) if catalog else None,
         throughput_path=str(throughput) if throughput else None,
+        ordering=orderings[0] if orderings else "drf",
+        queueing=queueing_knobs,
+        simulation=sim_knobs,
+        policy_file=str(policy_file) if policy_file else None,
     )
     policies = [p.strip() for p in policy.split(",") if p.strip()]
     try:
-        specs = grid(base, policies=policies if len(policies) > 1 or scenario is None else [])
+        specs = grid(
+            base,
+            policies=policies if len(policies) > 1 or scenario is None else [],
+            orderings=orderings if len(orderings) > 1 else [],
+        )
         results = _execute(specs, workers, quiet)
     except (TraceError, ConfigError, ValueError, OSError) as exc:
         _fail(exc)

@@ -49,8 +49,10 @@ class EventKind(IntEnum):
     CHECKPOINT = 5
     ARRIVAL = 6
     START = 7
-    PROCESS = 8
-    SCHEDULE = 9
+    #: The replay's own clock: reports seen at the live service's next cycle, wake-ups, forecasts.
+    TICK = 8
+    PROCESS = 9
+    SCHEDULE = 10
 
 
 @dataclass(slots=True, eq=False)

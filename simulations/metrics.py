@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import statistics
 from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scheduler.catalog import Catalog
+from scheduler.eta import DEFAULT_BAND, EtaBand
 from scheduler.model import MILLI, Job, JobKind, Placement
 from scheduler.state import ClusterState, NodeState
 from scheduler.throughput import ThroughputMatrix
@@ -70,6 +72,99 @@ def cdf(values: Sequence[float], points: int = 100) -> list[tuple[float, float]]
     if out[-1][1] < 1.0:
         out.append((ordered[-1], 1.0))
     return out
+
+
+class EtaScore:
+    """Forecast starts (as a tenant sees them, refreshed every so often) against the real starts.
+
+    A job's forecast *at submission* is the first one made after it arrived; the ones after are *along the wait*.
+    Errors are ``forecast - real start`` (positive: it started earlier than forecast). The band is what
+    ``zhisuan eta`` shows (:class:`~scheduler.eta.EtaBand` around the forecast, as seen when it was made); a job
+    with no forecast counts as outside it::
+
+        >>> score = EtaScore()
+        >>> score.observe(10.0, {"a": 0.0}, {"a": 110.0})
+        >>> score.observe(60.0, {"a": 0.0}, {"a": 100.0})
+        >>> score.started("a", 100.0)
+        >>> s = score.summary()
+        >>> s["at_submission"]["median_abs_error_s"], s["at_submission"]["median_relative_error"]
+        (10.0, 0.1)
+        >>> s["at_submission"]["in_band"], s["along_wait"]["forecasts"]
+        (1.0, 2)
+    """
+
+    def __init__(self, band: EtaBand = DEFAULT_BAND) -> None:
+        self.band = band
+        #: Per waiting job: its submit time and the forecasts made for it, ``(made at, forecast start)``.
+        self._waiting: dict[str, tuple[float, list[tuple[float, float | None]]]] = {}
+        #: Per started job: submit, real start, forecasts.
+        self._done: list[tuple[float, float, list[tuple[float, float | None]]]] = []
+
+    def observe(self, now: float, submits: dict[str, float], starts: dict[str, float | None]) -> None:
+        for job_id, start in starts.items():
+            entry = self._waiting.get(job_id)
+            if entry is None:
+                entry = self._waiting[job_id] = (submits.get(job_id, now), [])
+            entry[1].append((now, start))
+
+    def started(self, job_id: str, at: float) -> None:
+        entry = self._waiting.pop(job_id, None)
+        if entry is not None and entry[1]:
+            self._done.append((entry[0], at, entry[1]))
+
+    def summary(self) -> dict[str, Any]:
+        first_errors: list[float] = []
+        first_relative: list[float] = []
+        first_in: list[bool] = []
+        waits: list[float] = []
+        along_errors: list[float] = []
+        along_in: list[bool] = []
+        missing = 0
+        for submit, start, forecasts in self._done:
+            wait = start - submit
+            waits.append(wait)
+            for n, (made, forecast) in enumerate(forecasts):
+                if forecast is None:
+                    inside = False
+                    missing += n == 0
+                else:
+                    low, high = self.band.around(forecast, made)
+                    inside = low <= start <= high
+                    error = forecast - start
+                    along_errors.append(abs(error))
+                    if n == 0:
+                        first_errors.append(abs(error))
+                        if wait > 0:
+                            first_relative.append(abs(error) / wait)
+                along_in.append(inside)
+                if n == 0:
+                    first_in.append(inside)
+
+        def median(values: list[float]) -> float | None:
+            return statistics.median(values) if values else None
+
+        median_wait = median(waits)
+        median_first = median(first_errors)
+        return {
+            "jobs": len(self._done),
+            "median_wait_s": median_wait,
+            "band": {"early": self.band.early, "late": self.band.late, "floor_s": self.band.floor_s},
+            "at_submission": {
+                "median_abs_error_s": median_first,
+                "median_relative_error": median(first_relative),
+                "median_abs_error_over_median_wait": (
+                    median_first / median_wait if median_first is not None and median_wait else None
+                ),
+                "p90_abs_error_s": percentiles(first_errors, (90,))["p90"] if first_errors else None,
+                "in_band": sum(first_in) / len(first_in) if first_in else None,
+                "without_forecast": missing,
+            },
+            "along_wait": {
+                "forecasts": len(along_in),
+                "median_abs_error_s": median(along_errors),
+                "in_band": sum(along_in) / len(along_in) if along_in else None,
+            },
+        }
 
 
 class Series:

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from scheduler.catalog import Catalog, load_catalog
-from scheduler.core import CoreConfig, SchedulerCore
+from scheduler.core import CoreConfig, QueueingConfig, SchedulerCore
 from scheduler.model import Node
 from scheduler.placement import PlacementConfig
+from scheduler.tenancy import QueuePolicy, check_ordering, load_policy
 from scheduler.throughput import ThroughputMatrix, load_throughput
 from simulations.loaders import LoadOptions, SkipReport, TraceError, TraceSource, load_nodes, open_trace
 from simulations.metrics import workload_shapes
@@ -51,6 +52,14 @@ class RunSpec:
     catalog_path: str | None = None
     throughput_path: str | None = None
     candidates: int = 8
+    #: The core's ordering of pending jobs (``scheduler.orderings``); queues of a policy may name their own.
+    ordering: str = "drf"
+    #: Further ``QueueingConfig`` knobs (``min_runtime_s``, ``backfill``, ``las_thresholds``, ...).
+    queueing: dict[str, Any] = field(default_factory=dict)
+    #: Further ``SimConfig`` knobs (``step_period_s``, ``preempted_resume``, ``record_jobs``, ...).
+    simulation: dict[str, Any] = field(default_factory=dict)
+    #: A policy file (tenants, queues, quotas, per-queue orderings) the core runs under.
+    policy_file: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,9 +70,37 @@ def _catalogs(spec: RunSpec) -> tuple[Catalog, ThroughputMatrix]:
     return catalog, load_throughput()
 
 
-def _core(policy: str, seed: int, candidates: int, catalog: Catalog, throughput: ThroughputMatrix) -> SchedulerCore:
-    config = CoreConfig(placement=PlacementConfig(scorer=policy, seed=seed, candidates=candidates))
-    return SchedulerCore(config, catalog, throughput)
+def _core(
+    policy: str,
+    seed: int,
+    candidates: int,
+    catalog: Catalog,
+    throughput: ThroughputMatrix,
+    ordering: str = "drf",
+    queueing: dict[str, Any] | None = None,
+    queue_policy: QueuePolicy | None = None,
+) -> SchedulerCore:
+    knobs = dict(queueing or {})
+    if "las_thresholds" in knobs:
+        knobs["las_thresholds"] = tuple(float(t) for t in knobs["las_thresholds"])
+    allowed = {f.name for f in fields(QueueingConfig)} - {"ordering"}
+    unknown = sorted(set(knobs) - allowed)
+    if unknown:
+        raise ValueError(f"unknown queueing parameter {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+    config = CoreConfig(
+        placement=PlacementConfig(scorer=policy, seed=seed, candidates=candidates),
+        queueing=QueueingConfig(ordering=check_ordering(ordering), **knobs),  # type: ignore[arg-type]
+    )
+    return SchedulerCore(config, catalog, throughput, queue_policy)
+
+
+def sim_config(base: SimConfig, knobs: dict[str, Any]) -> SimConfig:
+    """``base`` with ``knobs`` set; an unknown knob is one line naming the allowed ones."""
+    allowed = {f.name for f in fields(SimConfig)} - {"economics"}
+    unknown = sorted(set(knobs) - allowed)
+    if unknown:
+        raise ValueError(f"unknown simulation parameter {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+    return replace(base, **knobs)
 
 
 def run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]:
@@ -85,19 +122,22 @@ def run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]:
     # faces the same demand, and only the capacity or the policy differs.
     base_devices = sum(n.devices for n in nodes)
     base_models = tuple(sorted({n.model for n in nodes}))
-    policy, seed, candidates = spec.policy, spec.seed, spec.candidates
+    policy, seed, candidates, ordering = spec.policy, spec.seed, spec.candidates, spec.ordering
     if scenario is not None:
         nodes = apply_changes(nodes, scenario.changes, catalog, spec.scenario or "<scenario>")
         if spec.extra.get("policy_from_scenario", True):
             policy, seed, candidates = scenario.policy.scorer, scenario.policy.seed, scenario.policy.candidates
+        if spec.extra.get("ordering_from_scenario", True) and spec.ordering == "drf":
+            ordering = scenario.policy.ordering
     if not nodes:
         raise TraceError(cluster_path, "the cluster has no accelerator nodes")
     per_node = max(n.devices for n in nodes)
     options = LoadOptions(catalog=catalog, throughput=throughput, max_devices_per_worker=per_node, strict=spec.strict)
+    queue_policy = load_policy(spec.policy_file, catalog) if spec.policy_file else None
     core = (
         packing_core(policy, seed, catalog, throughput, candidates)
         if spec.mode == "packing"
-        else _core(policy, seed, candidates, catalog, throughput)
+        else _core(policy, seed, candidates, catalog, throughput, ordering, spec.queueing, queue_policy)
     )
     devices = sum(n.devices for n in nodes)
 
@@ -145,6 +185,7 @@ def run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]:
         out = packing.as_dict()
     elif spec.mode == "timeline":
         config = scenario.simulation.config(scenario.economics.economics(catalog)) if scenario else SimConfig(seed=seed)
+        config = sim_config(config, spec.simulation)
         if scenario is not None and scenario.demand_growth:
             jobs = grow_demand(jobs, scenario.demand_growth, scenario.simulation.seed)
         ordered = source.ordered if source is not None else True
@@ -185,11 +226,29 @@ def run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]:
                 "skipped": node_report.as_dict(),
             },
             "policy": policy,
+            "ordering": ordering,
             "seed": seed,
             "scenario": scenario.name if scenario else None,
         }
     )
+    if spec.mode == "timeline":
+        out["runtimes"] = runtime_source(ordering, bool(spec.simulation.get("hide_runtimes", False)))
     return out
+
+
+def runtime_source(ordering: str, hidden: bool) -> str:
+    """What the core's runtime estimates come from in a replay (stated in every result)."""
+    if ordering == "qssf":
+        return (
+            "predicted from finished runs of the same user, name and size (DurationPredictor, Helios' QSSF); jobs "
+            "with no history go last in their class"
+        )
+    if hidden:
+        return (
+            "the trace's durations are hidden from the core: estimates are the median of finished runs of the job "
+            "class (RuntimeEstimator); jobs with none go last under sjf/srtf"
+        )
+    return "the trace's durations (an oracle: SJF and SRTF know every runtime, as in the published simulators)"
 
 
 def variants_of(scenario_path: str | Path) -> list[str]:

@@ -44,6 +44,7 @@ from scheduler.cluster import parse_cluster
 from scheduler.errors import ConfigError, load_yaml_mapping, validate_model
 from scheduler.model import Node
 from scheduler.scoring import SCORERS
+from scheduler.tenancy import check_ordering
 from simulations.metrics import Economics
 from simulations.schema import TraceJob
 from simulations.timeline import SimConfig
@@ -105,11 +106,14 @@ class PolicySpec(_Strict):
     scorer: str = "fgd"
     seed: int = 0
     candidates: int = Field(default=8, ge=1)
+    #: The core's ordering of pending jobs (``scheduler.orderings``).
+    ordering: str = "drf"
 
     @model_validator(mode="after")
     def _known(self) -> PolicySpec:
         if self.scorer not in SCORERS:
             raise ValueError(f"unknown scorer {self.scorer!r} (allowed: {', '.join(SCORERS)})")
+        check_ordering(self.ordering)
         return self
 
 

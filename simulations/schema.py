@@ -80,6 +80,8 @@ class TraceJob:
     checkpoint_interval_s: float = 0.0
     slo_wait_s: float = 0.0
     status: str = ""
+    #: The job's name as the trace gives it (Helios' ``job_name``, ...): what QSSF groups history by.
+    name: str = ""
     #: Line of the source file the job came from (for error messages); 0 when generated.
     row: int = field(default=0, compare=False)
 
@@ -111,9 +113,12 @@ class TraceJob:
             return self.duration_s
         return self.duration_s * origin / here
 
-    def to_job(self, throughput: ThroughputMatrix | None = None, job_id: str | None = None) -> Job:
-        """The core's :class:`~scheduler.model.Job` for this row (validated by the core's own model)."""
-        runtime = self.reference_runtime(throughput) if throughput is not None else self.duration_s
+    def to_job(
+        self, throughput: ThroughputMatrix | None = None, job_id: str | None = None, runtime: bool = True
+    ) -> Job:
+        """The core's :class:`~scheduler.model.Job` for this row (validated by the core's own model); without
+        ``runtime`` the core is not told how long it runs."""
+        seconds = self.reference_runtime(throughput) if throughput is not None else self.duration_s
         return Job(
             id=job_id or self.id,
             tenant=self.tenant,
@@ -129,7 +134,8 @@ class TraceJob:
             priority=self.priority,
             preemptible=self.preemptible,
             submit_time=max(self.submit_time, 0.0),
-            runtime_s=runtime if runtime > 0 else None,
+            runtime_s=seconds if runtime and seconds > 0 else None,
+            labels={"name": self.name} if self.name else {},
         )
 
 

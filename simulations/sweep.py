@@ -34,19 +34,28 @@ def grid(
     policies: Sequence[str] = (),
     seeds: Sequence[int] = (),
     variants: Sequence[str | None] | None = None,
+    orderings: Sequence[str] = (),
 ) -> list[RunSpec]:
-    """The cross product of variants × policies × seeds over ``base`` (an empty axis keeps ``base``'s value)."""
+    """The cross product of variants × orderings × policies × seeds over ``base`` (an empty axis keeps
+    ``base``'s value)."""
     if variants is None and base.scenario:
         variants = list(variants_of(base.scenario))
     out: list[RunSpec] = []
     for variant in variants or [base.variant]:
-        for policy in policies or [base.policy]:
-            for seed in seeds or [base.seed]:
-                extra = dict(base.extra)
-                if policies:
-                    # An explicit policy axis overrides the scenario's own policy.
-                    extra["policy_from_scenario"] = False
-                out.append(dataclasses.replace(base, variant=variant, policy=policy, seed=seed, extra=extra))
+        for ordering in orderings or [base.ordering]:
+            for policy in policies or [base.policy]:
+                for seed in seeds or [base.seed]:
+                    extra = dict(base.extra)
+                    if policies:
+                        # An explicit policy axis overrides the scenario's own policy.
+                        extra["policy_from_scenario"] = False
+                    if orderings:
+                        extra["ordering_from_scenario"] = False
+                    out.append(
+                        dataclasses.replace(
+                            base, variant=variant, policy=policy, seed=seed, ordering=ordering, extra=extra
+                        )
+                    )
     return out
 
 

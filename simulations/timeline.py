@@ -31,6 +31,7 @@ instead hand over less, since every job rejected before saw more free capacity t
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -40,13 +41,14 @@ from typing import Any, Literal
 
 from scheduler.catalog import Catalog, load_catalog
 from scheduler.core import CoreConfig, SchedulerCore
+from scheduler.eta import forecast
 from scheduler.model import MILLI, Decision, DecisionKind, Job, Node, Placement, StopCause
 from scheduler.placement import PlacementConfig, PlacementEngine
 from scheduler.state import ClusterState
 from scheduler.throughput import ThroughputMatrix, load_throughput
 from simulations.engine import Engine, Event, EventKind
 from simulations.loaders.base import SkipReport, TraceError
-from simulations.metrics import Economics, GpuShape, Metrics
+from simulations.metrics import Economics, EtaScore, GpuShape, Metrics
 from simulations.schema import TraceJob
 
 Progress = Callable[[int], None]
@@ -83,6 +85,34 @@ class SimConfig:
     #: Bound on extra passes at one instant after preemptions (a safety net against a looping policy).
     max_passes_per_instant: int = 4
     economics: Economics = field(default_factory=Economics)
+    #: The live service's clock (0: decide at every event). With a period, what the executor reports (a finish,
+    #: a failure) is seen, and its capacity comes back, at the next multiple of the period, as the live service
+    #: sees it at its next cycle; arrivals are decided at once (the API pokes the service) unless
+    #: ``arrivals_on_period``.
+    step_period_s: float = 0.0
+    arrivals_on_period: bool = False
+    #: While jobs wait, step at least this often even when nothing happened (the live service: every 2 s, so
+    #: that time-driven decisions, e.g. a victim passing its minimum runtime, are taken); 0: never.
+    step_every_s: float = 0.0
+    #: Seconds from a start decision until the job's workload runs (launching workers); the devices are held
+    #: meanwhile, as live. Measured by ``benchmarks/fidelity.py``.
+    launch_latency_s: float = 0.0
+    #: A preempted job resumes where it stopped (checkpoint on preemption, as Tiresias' simulator assumes);
+    #: otherwise from its last checkpoint. Preemptions never use up ``max_retries`` then.
+    preempted_resume: bool = False
+    #: Do not tell the core how long jobs run (it estimates from finished runs, as it must live without
+    #: walltimes); the trace's durations still decide when they end.
+    hide_runtimes: bool = False
+    #: Keep one record per job (submit, first start, end, size, tenant, preemptions): ``ReplayResult.jobs``.
+    record_jobs: bool = False
+    #: Forecast every pending job's start this often (``scheduler.eta.forecast``, as the live service does) and
+    #: score the forecasts against the real starts (``summary["eta"]``); 0: off.
+    eta_every_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("step_period_s", "step_every_s", "launch_latency_s", "eta_every_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SimConfig.{name} must be 0 or positive, got {getattr(self, name):g}")
 
 
 @dataclass(slots=True)
@@ -93,28 +123,35 @@ class _Pending:
     saved: float = 0.0
     attempts: int = 0
     started_once: bool = False
+    first_start: float | None = None
+    preemptions: int = 0
 
 
 @dataclass(slots=True)
 class _Running:
     entry: _Pending
     placement: Placement
+    #: When the core started it (devices held from then on).
     start: float
     duration: float
     base_saved: float
     event: Event | None = None
     checkpoint: Event | None = None
+    #: When its workload began to run (``start`` plus the launch latency): progress counts from here.
+    began: float = 0.0
 
 
 @dataclass
 class ReplayResult:
-    """What a timeline replay returns: the summary numbers, the plot series and the input report."""
+    """What a timeline replay returns: the summary numbers, the plot series and the input report (and, with
+    ``SimConfig.record_jobs``, one record per job)."""
 
     summary: dict[str, Any]
     plots: dict[str, Any]
     trace_report: SkipReport
     wall_s: float
     events: int
+    jobs: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -177,11 +214,17 @@ class TimelineSimulation:
         #: ``state.capacity_epoch`` after the last pass: a different value means capacity came back since.
         self._epoch = -1
         self._passes_now = (-1.0, 0)
+        self._unseen: list[tuple[str, _Running]] = []
+        self._seen_event: Event | None = None
         self._arrivals: Iterator[TraceJob] = iter(())
         self._arrivals_left = True
         self._last_submit = 0.0
         self._arrived = 0
         self._progress = progress
+        self._records: dict[str, dict[str, Any]] = {}
+        self._eta = EtaScore() if self.config.eta_every_s > 0 else None
+        self._wake_event: Event | None = None
+        self._tick_event: Event | None = None
         self._trace_path = str(trace_path)
         self._trace_ordered = trace_ordered
         self.report = SkipReport()
@@ -195,6 +238,7 @@ class TimelineSimulation:
         engine.on(EventKind.NODE_FAILURE, self._on_node_failure)
         engine.on(EventKind.NODE_REPAIR, self._on_node_repair)
         engine.on(EventKind.PREEMPTION, self._on_preemption)
+        engine.on(EventKind.TICK, self._on_tick)
 
     # ------------------------------------------------------------------------------------------ driving
 
@@ -210,18 +254,28 @@ class TimelineSimulation:
                 self.engine.schedule(
                     self._rng.expovariate(1.0 / self.config.node_mtbf_s), EventKind.NODE_FAILURE, node.id
                 )
+        if self._eta is not None:
+            self.engine.schedule(self.engine.now, EventKind.TICK, "eta")
         self.engine.run(until=self.config.horizon_s)
         end = self.engine.now
         for running in list(self.running.values()):
             self._stop(running, end, "cut")
         self.metrics.counts["pending_at_end"] = len(self.pending)
         self.metrics.close(end)
+        summary = self.metrics.summary()
+        if self._eta is not None:
+            summary["eta"] = self._eta.summary()
+        predictor = getattr(self.core, "predictor", None)
+        if predictor is not None and self.core.config.queueing.ordering == "qssf":
+            # Which history answered QSSF's predictions, and how many jobs had none (they went last in their class).
+            summary["predicted_durations"] = dict(predictor.answers)
         return ReplayResult(
-            summary=self.metrics.summary(),
+            summary=summary,
             plots=self.metrics.plots(),
             trace_report=self.report,
             wall_s=time.perf_counter() - began,
             events=self.engine.processed,
+            jobs=list(self._records.values()),
         )
 
     def _schedule_next_arrival(self) -> None:
@@ -245,6 +299,43 @@ class TimelineSimulation:
         self._full_pass |= full
         if self._pass_event is None:
             self._pass_event = self.engine.schedule(self.engine.now, EventKind.SCHEDULE)
+
+    def _on_period(self, now: float) -> float:
+        """The first cycle of the live service's clock at or after ``now`` (``now`` itself without a period)."""
+        period = self.config.step_period_s
+        if period <= 0:
+            return now
+        return max(now, math.ceil(now / period - 1e-9) * period)
+
+    def _wake(self, at: float) -> None:
+        """Make sure a full pass runs at ``at`` (a time-driven change the core announced, or a periodic step)."""
+        event = self._wake_event
+        if event is not None and not event.cancelled and event.time <= at:
+            return
+        if event is not None:
+            Engine.cancel(event)
+        self._wake_event = self.engine.schedule(at, EventKind.TICK, "wake")
+
+    def _on_tick(self, event: Event) -> None:
+        if event.payload == "wake":
+            if event is self._wake_event:
+                self._wake_event = None
+            if self.pending:
+                self._request_pass(full=True)
+        elif event.payload == "eta" and self._eta is not None:
+            if self._done:
+                return
+            self._forecast(event.time)
+            self.engine.schedule(event.time + self.config.eta_every_s, EventKind.TICK, "eta")
+        elif event.payload == "seen":
+            # What the executor reported since the last cycle is seen now (``step_period_s``).
+            for kind, running in self._unseen:
+                if kind == "finish":
+                    self._finished(running, event.time)
+                else:
+                    self._interrupt(running, event.time, "job-failure")
+            self._unseen.clear()
+            self._seen_event = None
 
     def _maybe_done(self) -> bool:
         self._done = not self._arrivals_left and not self.pending and not self.running
@@ -296,13 +387,18 @@ class TimelineSimulation:
         elif trace.id in self.pending or trace.id in self.running:
             self.report.skip("duplicate job id", path, row, "id")
         else:
-            job = trace.to_job(self.throughput)
+            job = trace.to_job(self.throughput, runtime=not self.config.hide_runtimes)
             if not self._hostable_on_empty(job):
                 self.report.skip("no node of the cluster can ever host the job", path, row, "devices_per_worker")
             else:
                 self.pending[job.id] = _Pending(job, trace, event.time)
                 self._fresh.append(job.id)
-                self._request_pass(full=False)
+                if self.config.record_jobs:
+                    self._records[job.id] = _record(job, trace, event.time)
+                if self.config.arrivals_on_period and self.config.step_period_s > 0:
+                    self._wake(self._on_period(event.time))
+                else:
+                    self._request_pass(full=False)
                 return
         self._maybe_done()
 
@@ -338,6 +434,8 @@ class TimelineSimulation:
             elif decision.reasons:
                 self.metrics.reject_reasons[decision.reasons[0].code.value] += 1
         self.metrics.on_pass(now, len(self.pending), len(self.running))
+        if self.pending:
+            self._plan_wake(now)
         if preempted:
             at, count = self._passes_now
             count = count + 1 if at == now else 1
@@ -345,23 +443,49 @@ class TimelineSimulation:
             if count < self.config.max_passes_per_instant:
                 self._request_pass(full=True)
 
+    def _plan_wake(self, now: float) -> None:
+        """After a pass that left jobs waiting: wake at the core's next time-driven change (a LAS threshold, a
+        starvation promotion), and at least every ``step_every_s``."""
+        soonest = math.inf
+        next_change = getattr(self.core, "next_change", None)
+        if next_change is not None:
+            at = next_change(self.state, [p.job for p in self.pending.values()], now)
+            if at is not None:
+                soonest = self._on_period(at)
+        if self.config.step_every_s > 0:
+            soonest = min(soonest, self._on_period(now + self.config.step_every_s))
+        if math.isfinite(soonest) and soonest > now:
+            self._wake(soonest)
+
     def _start(self, decision: Decision, now: float) -> None:
         entry = self.pending.pop(decision.job_id)
         placement = decision.placement
         assert placement is not None
         full = entry.trace.duration_on(placement.model, self.throughput)
         remaining = full * (1.0 - entry.saved)
-        running = _Running(entry, placement, now, full, entry.saved)
+        # The workload runs after its launch: its progress (and checkpoints) count from then on.
+        began = now + self.config.launch_latency_s
+        running = _Running(entry, placement, now, full, entry.saved, began=began)
         if self.config.job_failure_probability and self._rng.random() < self.config.job_failure_probability:
-            running.event = self.engine.schedule(now + remaining * self._rng.random(), EventKind.FAILURE, running)
+            running.event = self.engine.schedule(began + remaining * self._rng.random(), EventKind.FAILURE, running)
         else:
-            running.event = self.engine.schedule(now + remaining, EventKind.FINISH, running)
+            running.event = self.engine.schedule(began + remaining, EventKind.FINISH, running)
         interval = entry.trace.checkpoint_interval_s
         if interval > 0 and interval < remaining:
-            running.checkpoint = self.engine.schedule(now + interval, EventKind.CHECKPOINT, running)
+            running.checkpoint = self.engine.schedule(began + interval, EventKind.CHECKPOINT, running)
         self.running[entry.job.id] = running
         self.metrics.on_start(now, entry.job, placement, not entry.started_once, entry.submit, entry.trace.slo_wait_s)
         entry.started_once = True
+        if entry.first_start is None:
+            entry.first_start = now
+            if self._eta is not None:
+                self._eta.started(entry.job.id, now)
+        record = self._records.get(entry.job.id)
+        if record is not None:
+            record["starts"] += 1
+            if record["start"] is None:
+                record["start"] = now
+                record["model"] = placement.model
 
     # ------------------------------------------------------------------------------------------ stops
 
@@ -381,11 +505,21 @@ class TimelineSimulation:
         """Stop a running job early; requeue it (resuming from its last checkpoint) unless out of retries."""
         self._stop(running, now, outcome)
         entry = running.entry
-        progress = running.base_saved + (now - running.start) / running.duration if running.duration else 1.0
+        ran = max(now - running.began, 0.0)
+        progress = running.base_saved + ran / running.duration if running.duration else 1.0
+        resumes = outcome == "preempted" and self.config.preempted_resume
+        if resumes:
+            entry.saved = min(progress, 1.0)
         lost = max(progress - entry.saved, 0.0) * running.duration
         devices = entry.job.total_device_milli / MILLI
         self.metrics.on_lost(devices * lost / 3600.0)
-        entry.attempts += 1
+        if outcome == "preempted":
+            entry.preemptions += 1
+            record = self._records.get(entry.job.id)
+            if record is not None:
+                record["preemptions"] += 1
+        if not resumes:
+            entry.attempts += 1
         if retry and entry.attempts <= self.config.max_retries:
             self.pending[entry.job.id] = entry
             self._fresh.append(entry.job.id)
@@ -395,18 +529,46 @@ class TimelineSimulation:
 
     def _on_finish(self, event: Event) -> None:
         running: _Running = event.payload
-        self._stop(running, event.time, "finished")
-        self.metrics.on_complete(running.entry.job, event.time, running.entry.submit)
+        if self._report_later("finish", running, event.time):
+            return
+        self._finished(running, event.time)
+
+    def _finished(self, running: _Running, now: float) -> None:
+        self._stop(running, now, "finished")
+        self.metrics.on_complete(running.entry.job, now, running.entry.submit)
+        record = self._records.get(running.entry.job.id)
+        if record is not None:
+            record["end"] = now
         if not self._maybe_done():
             self._request_pass(full=True)
 
     def _on_job_failure(self, event: Event) -> None:
+        if self._report_later("failure", event.payload, event.time):
+            return
         self._interrupt(event.payload, event.time, "job-failure")
+
+    def _report_later(self, kind: str, running: _Running, now: float) -> bool:
+        """With ``step_period_s``: hold what the executor reports until the live service's next cycle."""
+        seen = self._on_period(now)
+        if seen <= now:
+            return False
+        running.event = None
+        self._unseen.append((kind, running))
+        if self._seen_event is None:
+            self._seen_event = self.engine.schedule(seen, EventKind.TICK, "seen")
+        return True
+
+    def _forecast(self, now: float) -> None:
+        assert self._eta is not None
+        if not self.pending:
+            return
+        result = forecast(self.core, self.state, [p.job for p in self.pending.values()], now)
+        self._eta.observe(now, {job_id: self.pending[job_id].submit for job_id in result.starts}, result.starts)
 
     def _on_checkpoint(self, event: Event) -> None:
         running: _Running = event.payload
         entry = running.entry
-        entry.saved = running.base_saved + (event.time - running.start) / running.duration
+        entry.saved = running.base_saved + (event.time - running.began) / running.duration
         self.core.checkpointed(self.state, entry.job.id, event.time)
         interval = entry.trace.checkpoint_interval_s
         finish = running.event.time if running.event is not None else event.time
@@ -451,3 +613,22 @@ class TimelineSimulation:
             event.time + self._rng.expovariate(1.0 / self.config.node_mtbf_s), EventKind.NODE_FAILURE, node_id
         )
         self._request_pass(full=True)
+
+
+def _record(job: Job, trace: TraceJob, submit: float) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "tenant": job.tenant,
+        "queue": job.queue,
+        "user": job.user,
+        "kind": job.kind.value,
+        "devices": job.total_device_milli / MILLI,
+        "workers": job.workers,
+        "duration_s": trace.duration_s,
+        "submit": submit,
+        "start": None,
+        "end": None,
+        "model": None,
+        "starts": 0,
+        "preemptions": 0,
+    }

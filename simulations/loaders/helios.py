@@ -5,7 +5,8 @@ the virtual cluster (``vc``; some derived copies call it ``queue``). Times are d
 or seconds. ``duration`` is used when present, else ``end_time - start_time``. ``gpu_num`` GPUs over
 ``node_num`` nodes become ``node_num`` workers when it divides evenly, else :func:`gang_shape`; CPU-only jobs
 (``gpu_num == 0``) are kept as device-less jobs. Jobs that ran for zero seconds (cancelled before start) are
-skipped and counted. The durations are not scaled (the per-job GPU model is not published).
+skipped and counted. The durations are not scaled (the per-job GPU model is not published). A ``job_name``
+(or ``jobname``, ``name``) column, where a copy has one, becomes the job's name (QSSF groups history by it).
 """
 
 from __future__ import annotations
@@ -80,5 +81,6 @@ def _job(row: dict[str, str], line: int, per_node: int, tenant_column: str | Non
         queue=tenant,
         user=row.get("user", "").strip() or "default",
         status=row.get("state", "").strip(),
+        name=next((row[c].strip() for c in ("job_name", "jobname", "name") if row.get(c, "").strip()), ""),
         row=line,
     )
