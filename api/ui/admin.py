@@ -4,13 +4,14 @@ fragmentation, queues and tenants with the queue editor, all jobs, nodes, billin
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -64,15 +65,16 @@ def center(request: Request, viewer: AdminDep, session: ReadSession, panel: str 
     now = time.time()
     interval = ctx.settings.heartbeat_interval_s
 
+    @functools.cache
     def inventory() -> tuple[list[dict[str, Any]], dict[str, set[int]]]:
-        nodes = data.api_call(nodes_api.list_nodes, request=request, _principal=viewer.principal, session=session)
-        return nodes["items"], nodes_api.allocated_devices(session)
+        """Nodes and allocated devices, read once per request however many panels want them."""
+        return data.node_list(ctx, session, now), nodes_api.allocated_devices(session)
 
     def devices() -> dict[str, Any]:
         nodes, used = inventory()
-        pools = data.api_call(nodes_api.list_pools, request=request, _principal=viewer.principal, session=session)
-        telemetry = _telemetry(session)
+        telemetry = data.allocated_utilisation(session)
         holders = data.allocated_by_device(session)
+        started = data.started_at(session, {j for ids in holders.values() for j in ids})
         models: dict[str, dict[str, Any]] = {}
         idle: list[dict[str, Any]] = []
         for node in nodes:
@@ -97,24 +99,23 @@ def center(request: Request, viewer: AdminDep, session: ReadSession, panel: str 
                 entry["down"] += node["device_count"]
                 continue
             entry["healthy"] += node["devices_healthy"]
+            entry["free"] += data.free_devices(node, used)
             entry["unhealthy"] += node["device_count"] - node["devices_healthy"]
             for index in sorted(used.get(node["id"], set())):
                 entry["allocated"] += 1
-                sample = telemetry.get((node["id"], index), {})
-                util = sample.get("utilization_pct")
-                fresh = bool(sample) and now - (sample.get("sampled_at") or 0) <= 3 * interval
+                util, sampled_at = telemetry.get((node["id"], index), (None, None))
+                fresh = sampled_at is not None and now - sampled_at <= 3 * interval
                 if util is None or not fresh:
                     entry["util_unknown"] += 1
                     continue
                 entry["util_sum"] += util
                 entry["util_n"] += 1
-                if util < IDLE_PCT:
+                since = max((started.get(j) or now for j in holders.get((node["id"], index), [])), default=now)
+                if util < IDLE_PCT and (sampled_at or 0) >= since + interval:
                     entry["idle"] += 1
                     idle.append(
                         {"node": node["id"], "index": index, "util": util, "jobs": holders.get((node["id"], index), [])}
                     )
-        for pool in pools["items"]:
-            models[pool["model"]]["free"] += pool["devices_free"]
         rows = []
         for model, entry in sorted(models.items()):
             relative = ctx.throughput.relative(model, "generic")
@@ -177,14 +178,7 @@ def center(request: Request, viewer: AdminDep, session: ReadSession, panel: str 
         tree: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {}
         for node in nodes:
             healthy = node["devices_healthy"]
-            free = 0
-            if node["state"] == "ready":
-                indexes = (
-                    {d["index"] for d in node["devices"] if d["healthy"]}
-                    if node["devices"]
-                    else set(range(node["device_count"]))
-                )
-                free = len(indexes - used.get(node["id"], set()))
+            free = data.free_devices(node, used)
             if node["state"] == "down":
                 css = "down"
             elif node["state"] == "cordoned":
@@ -471,25 +465,44 @@ def all_jobs(
 # --------------------------------------------------------------------------------------------------- nodes
 
 
+NODES_PER_PAGE = 100
+
+
 @router.get("/nodes")
-def nodes_page(request: Request, viewer: AdminDep, session: ReadSession, panel: str | None = None) -> Response:
+def nodes_page(
+    request: Request,
+    viewer: AdminDep,
+    session: ReadSession,
+    pool: str | None = None,
+    state: str | None = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    panel: str | None = None,
+) -> Response:
+    """Nodes, unhealthy and down ones first (then by id), 100 a page, filtered by pool and state in the URL."""
+    ctx = request.app.state.ctx
     now = time.time()
 
     def nodes() -> dict[str, Any]:
-        items = data.api_call(nodes_api.list_nodes, request=request, _principal=viewer.principal, session=session)
+        items = data.node_list(ctx, session, now)
+        pools = sorted({n["pool"] for n in items})
+        if pool:
+            items = [n for n in items if n["pool"] == pool]
+        if state:
+            items = [n for n in items if n["state"] == state]
+        rank = {"down": 0, "cordoned": 1}
+        items.sort(key=lambda n: (rank.get(n["state"], 3 if n["devices_healthy"] == n["device_count"] else 2), n["id"]))
+        shown = items[(page - 1) * NODES_PER_PAGE : page * NODES_PER_PAGE]
         running = data.jobs_by_node(session, viewer.scope)
         return {
-            "nodes": [
-                {
-                    **n,
-                    "jobs": running.get(n["id"], []),
-                    "beat_age": now - n["last_heartbeat"] if n["last_heartbeat"] else None,
-                }
-                for n in items["items"]
-            ]
+            "nodes": [{**n, "jobs": running.get(n["id"], [])} for n in shown],
+            "node_total": len(items),
+            "pools": pools,
+            "page_number": page,
+            "pages": max(1, -(-len(items) // NODES_PER_PAGE)),
         }
 
-    return Page(request, viewer, "admin/nodes.html", {"nodes": nodes}, "Nodes").response(panel)
+    filters = {"pool": pool or "", "state": state or ""}
+    return Page(request, viewer, "admin/nodes.html", {"nodes": nodes}, "Nodes").response(panel, filters=filters)
 
 
 @router.get("/nodes/{node_id}")
@@ -511,12 +524,16 @@ def node_page(
         )
         running = data.jobs_by_node(session, viewer.scope).get(node_id, [])
         held = {i for job in running for i in job["devices"]}
+        started = data.started_at(session, {job["id"] for job in running})
+        # a sample says nothing about a job until it was taken a heartbeat after the job started
+        since = max((started.get(job["id"]) or now for job in running), default=now)
+        since += ctx.settings.heartbeat_interval_s
         devices = [
             {
                 **d,
                 "t": (view := telemetry_view(d, now, ctx.settings.heartbeat_interval_s)),
                 "allocated": d["index"] in held,
-                "idle": d["index"] in held and is_idle(view),
+                "idle": d["index"] in held and is_idle(view, since),
             }
             for d in found["devices"]
         ]

@@ -81,7 +81,7 @@ def columns(labels: Sequence[str], values: Sequence[float], unit: str, height: i
     for i, (label, value) in enumerate(zip(labels, values, strict=True)):
         h = height * value / top
         parts.append(
-            f'<rect class="s{i % PALETTE}" x="{i * step + 4:.1f}" y="{height - h + 10:.1f}" '
+            f'<rect class="s0" x="{i * step + 4:.1f}" y="{height - h + 10:.1f}" '
             f'width="{step - 8:.1f}" height="{h:.1f}"><title>{escape(label)}: {escape(number(value))} '
             f"{escape(unit)}</title></rect>"
             f'<text x="{i * step + step / 2:.1f}" y="{height + 26}" text-anchor="middle">{escape(label)}</text>'
@@ -120,8 +120,9 @@ def stacked(
             h = (height - 12) * value / top
             y -= h
             parts.append(
-                f'<rect class="s{k_index % PALETTE}" x="{i * step + 0.5:.1f}" y="{y:.1f}" width="{max(step - 1, 1):.1f}" '
-                f'height="{h:.1f}"><title>{escape(key)}: {escape(_num(value))} {escape(unit)}</title></rect>'
+                f'<rect class="s{k_index % PALETTE}" x="{i * step + 0.5:.1f}" y="{y:.1f}" '
+                f'width="{max(step - 1, 1):.1f}" height="{h:.1f}">'
+                f"<title>{escape(key)}: {escape(_num(value))} {escape(unit)}</title></rect>"
             )
     parts.append(f'<text class="axis" x="{width - 2}" y="{height + 20}" text-anchor="end">{escape(label_time)}</text>')
     parts.append("</svg>")

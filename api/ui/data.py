@@ -19,8 +19,8 @@ from sqlmodel import Session
 
 from api.deps import AppContext, TenantScope
 from api.problems import Problem
-from api.store import device_work
-from api.tables import JOB_EVENTS, JOBS, LEDGER
+from api.store import device_work, node_status
+from api.tables import DEVICES, JOB_EVENTS, JOBS, LEDGER, NODES
 from scheduler.spec import HOLDING_STATES, JobState
 
 
@@ -97,6 +97,78 @@ def allocated_by_device(session: Session) -> dict[tuple[str, int], list[str]]:
     return out
 
 
+def started_at(session: Session, job_ids: Iterable[str]) -> dict[str, float | None]:
+    """When each job's current run started (center views: the ids come from the holding placements)."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return {}
+    rows = session.execute(select(JOBS.c.id, JOBS.c.started_at).where(JOBS.c.id.in_(ids)))
+    return {job_id: at for job_id, at in rows}
+
+
+# ----------------------------------------------------------------------------------------- inventory
+
+
+def node_list(ctx: AppContext, session: Session, now: float) -> list[dict[str, Any]]:
+    """``GET /v1/nodes`` without the telemetry: the same node fields and states (:func:`api.store.node_status`),
+    and per device only its index and health. Reading every device's telemetry document is most of the cost of
+    listing a thousand nodes; the center's grid, node list and "can it run now" need none of it."""
+    health: dict[str, list[dict[str, Any]]] = {}
+    for node_id, index, healthy in session.execute(
+        select(DEVICES.c.node_id, DEVICES.c.index, DEVICES.c.healthy).order_by(DEVICES.c.node_id, DEVICES.c.index)
+    ):
+        health.setdefault(node_id, []).append({"index": index, "healthy": healthy})
+    out = []
+    for row in session.execute(select(NODES).order_by(NODES.c.id)).mappings():
+        devices = health.get(row["id"], [])
+        healthy = sum(1 for d in devices if d["healthy"]) if devices else row["devices"]
+        out.append(
+            {
+                "id": row["id"],
+                "hostname": row["hostname"],
+                "model": row["model"],
+                "vendor": row["vendor"],
+                "pool": row["pool"],
+                "site": row["site"],
+                "island": row["island"],
+                "switch": row["switch"],
+                "device_count": row["devices"],
+                "devices_healthy": healthy,
+                "source": row["source"],
+                "state": node_status(row, now, ctx.settings.heartbeat_interval_s),
+                "last_heartbeat": row["last_heartbeat"],
+                "registered_at": row["registered_at"],
+                "agent_version": row["agent_version"],
+                "devices": devices,
+            }
+        )
+    return out
+
+
+def free_devices(node: Mapping[str, Any], used: Mapping[str, set[int]]) -> int:
+    """Free healthy whole devices of a node, as ``GET /v1/pools`` counts them (ready nodes only)."""
+    if node["state"] != "ready":
+        return 0
+    devices = node["devices"]
+    healthy = {d["index"] for d in devices if d["healthy"]} if devices else set(range(node["device_count"]))
+    return len(healthy - used.get(node["id"], set()))
+
+
+def allocated_utilisation(session: Session) -> dict[tuple[str, int], tuple[float | None, float | None]]:
+    """(node, device) -> (utilisation %, sampled at) of every device a job holds, read from inside the telemetry
+    document by the database (no document is parsed here)."""
+    held = device_work(session)
+    if not held:
+        return {}
+    util = DEVICES.c.telemetry["utilization_pct"].as_float()
+    sampled = DEVICES.c.telemetry["sampled_at"].as_float()
+    rows = session.execute(
+        select(DEVICES.c.node_id, DEVICES.c.index, util, sampled).where(DEVICES.c.node_id.in_(sorted(held)))
+    )
+    wanted = {(node, w.index) for node, work in held.items() for w in work}
+    return {(node, index): (u, at) for node, index, u, at in rows if (node, index) in wanted}
+
+
 # ----------------------------------------------------------------------------------------- over time
 
 
@@ -113,7 +185,7 @@ class Series:
         """Spread ``amount`` (a rate, e.g. NCU held) over [begin, end) as a time-weighted mean per bucket."""
         line = self.values.setdefault(key, [0.0] * self.buckets)
         first = max(0, int((begin - self.start) // self.step))
-        last = min(self.buckets - 1, int(math.ceil((end - self.start) / self.step)) - 1)
+        last = min(self.buckets - 1, math.ceil((end - self.start) / self.step) - 1)
         for index in range(first, last + 1):
             lo = self.start + index * self.step
             overlap = min(end, lo + self.step) - max(begin, lo)
@@ -146,7 +218,7 @@ def allocation_series(
             LEDGER.c.tenant,
         )
     ).mappings()
-    open_runs: dict[str, Mapping[str, Any]] = {}
+    open_runs: dict[str, Any] = {}
     for row in rows:
         if row["kind"] == "start":
             open_runs[row["job_id"]] = row
@@ -186,7 +258,7 @@ def job_usage(ctx: AppContext, session: Session, job_id: str, job_class: str, no
 
     The caller has already checked the job is visible (``visible_job``)."""
     ncu_hours = charge = 0.0
-    open_start: Mapping[str, Any] | None = None
+    open_start: Any = None
     rows = session.execute(
         select(LEDGER).where(LEDGER.c.job_id == job_id).order_by(LEDGER.c.at, LEDGER.c.id)
     ).mappings()

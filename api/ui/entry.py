@@ -91,11 +91,10 @@ async def logout(request: Request, viewer: Annotated[Viewer, Depends(resolve)]) 
     from fastapi.concurrency import run_in_threadpool
 
     await run_in_threadpool(revoke, ctx, viewer.principal.token_id)
-    response = RedirectResponse("/ui/login", status_code=303)
-    response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
+    response: Response = RedirectResponse("/ui/login", status_code=303)
     if request.headers.get("hx-request") == "true":
         response = Response(status_code=200, headers={"HX-Redirect": "/ui/login"})
-        response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
+    response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
     return response
 
 

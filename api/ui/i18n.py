@@ -41,7 +41,8 @@ ZH: dict[str, str] = {
     # login
     "Sign in": "登录",
     "Paste an API token (zhisuan admin token create, or your profile's). It is exchanged for a short-lived "
-    "browser session and not kept.": "粘贴 API 令牌（zhisuan admin token create 或配置文件中的令牌）。它会被换成短期浏览器会话，不会被保存。",
+    "browser session and not kept.": "粘贴 API 令牌（zhisuan admin token create 或配置文件中的令牌）。"
+    "它会被换成短期浏览器会话，不会被保存。",
     "Token": "令牌",
     "Your session expired; sign in again to go back to the page.": "会话已过期，请重新登录以返回原页面。",
     "Opening the dashboard…": "正在打开看板…",
@@ -209,7 +210,9 @@ ZH: dict[str, str] = {
     "Endpoint": "端点",
     "Request rate": "请求速率",
     "Latency vs SLO": "延迟/SLO",
-    "Serving is being built (issue 16): endpoints, request rates and latency are not reported yet.": "推理服务功能正在开发（issue 16）：端点、请求速率和延迟尚未上报。",
+    "Serving is being built (issue 16): endpoints, request rates and latency are not reported yet.": (
+        "推理服务功能正在开发（issue 16）：端点、请求速率和延迟尚未上报。"
+    ),
     "not reported yet (serving, issue 16)": "尚未上报（推理服务，issue 16）",
     "no inference jobs": "没有推理作业",
     # center
@@ -277,10 +280,32 @@ ZH: dict[str, str] = {
     "Grafana devices dashboard": "Grafana 设备看板",
     "Ray dashboard": "Ray 看板",
     "Simulator reports": "模拟器报告",
-    "no reports: set ZHISUAN_UI_REPORTS_DIR to a folder of simulator HTML reports": "没有报告：请将 ZHISUAN_UI_REPORTS_DIR 设为模拟器 HTML 报告目录",
+    "no reports: set ZHISUAN_UI_REPORTS_DIR to a folder of simulator HTML reports": (
+        "没有报告：请将 ZHISUAN_UI_REPORTS_DIR 设为模拟器 HTML 报告目录"
+    ),
     "Back": "返回",
     "Not found": "未找到",
     "Something went wrong": "出错了",
+    "Job": "作业详情",
+    "no healthy devices": "没有健康设备",
+    # hints per reason code
+    "Every acceptable pool is busy right now; the job starts when running jobs finish.": (
+        "所有可用资源池当前都已占满；运行中的作业结束后即可开始。"
+    ),
+    "No pool has the models the job accepts; allow more models.": "没有资源池提供该作业接受的型号；请允许更多型号。",
+    "The job needs its workers close together (one node/island) and no such group is free.": (
+        "作业要求各工作进程紧邻（同一节点/岛），目前没有这样的空闲组。"
+    ),
+    "Enough devices are free in total, but not on few enough nodes; it waits for whole nodes.": (
+        "空闲设备总数足够，但分散在太多节点上；作业在等待整节点空出。"
+    ),
+    "The queue is at its quota limit; it starts when the queue's other jobs finish.": (
+        "队列已达配额上限；队列中其他作业结束后即可开始。"
+    ),
+    "The queue has no quota for this model.": "该队列没有此型号的配额。",
+    "Devices are held for a larger, older job that starts first.": "设备已为更早提交的大作业预留，它将先开始。",
+    "Jobs of higher priority go first.": "优先级更高的作业先运行。",
+    "No pool of the installed inventory could ever run it as specified.": "现有资源中没有任何资源池能按此规格运行它。",
     # relative times
     "{s} ago": "{s}前",
     "in {s}": "{s}后",

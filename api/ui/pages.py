@@ -11,7 +11,7 @@ import io
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import orjson
@@ -115,13 +115,18 @@ def telemetry_view(device: Mapping[str, Any] | None, now: float, interval_s: flo
         "xid": tel.get("xid_events") or [],
         "ecc": tel.get("ecc_uncorrectable_total"),
         "age": age,
+        "sampled_at": received,
         "stale": age is not None and age > 3 * interval_s,
     }
 
 
-def is_idle(view: Mapping[str, Any]) -> bool:
+def is_idle(view: Mapping[str, Any], since: float) -> bool:
+    """Allocated but idle: a fresh sample taken after ``since`` (the allocation plus one heartbeat: an older
+    sample says nothing about the job) shows under 5 % utilisation."""
     util = view["util"]
-    return isinstance(util, int | float) and util < IDLE_PCT and not view["stale"]
+    sampled = view.get("sampled_at")
+    fresh = sampled is not None and sampled >= since and not view["stale"]
+    return isinstance(util, int | float) and util < IDLE_PCT and fresh
 
 
 def quota_rows(queue: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -165,20 +170,18 @@ def headroom(queues: list[Mapping[str, Any]], model: str, relative: float) -> fl
     return best
 
 
-def free_per_node(nodes: list[Mapping[str, Any]], used: Mapping[str, set[int]]) -> dict[str, list[int]]:
+def free_per_node(nodes: Sequence[Mapping[str, Any]], used: Mapping[str, set[int]]) -> dict[str, list[int]]:
     """Per model, the free healthy whole devices of each ready node."""
     out: dict[str, list[int]] = {}
     for node in nodes:
-        if node["state"] != "ready":
-            out.setdefault(node["model"], [])
-            continue
-        healthy = (
-            {d["index"] for d in node["devices"] if d["healthy"]}
-            if node["devices"]
-            else set(range(node["device_count"]))
-        )
-        out.setdefault(node["model"], []).append(len(healthy - used.get(node["id"], set())))
+        line = out.setdefault(node["model"], [])
+        if node["state"] == "ready":
+            line.append(data.free_devices(node, used))
     return out
+
+
+def has_quota(queues: list[Mapping[str, Any]], model: str) -> bool:
+    return any(q["parent"] is None and (model in q["quota"] or "ncu" in q["quota"]) for q in queues)
 
 
 # ------------------------------------------------------------------------------------------------ overview
@@ -212,26 +215,25 @@ def overview(request: Request, viewer: ViewerDep, session: ReadSession, panel: s
 
     def runnow() -> dict[str, Any]:
         queues = data.api_call(queues_api.list_queues, request=request, scope=scope, session=session)["items"]
-        pools = data.api_call(nodes_api.list_pools, request=request, _principal=viewer.principal, session=session)
-        nodes = data.api_call(nodes_api.list_nodes, request=request, _principal=viewer.principal, session=session)
-        per_node = free_per_node(nodes["items"], nodes_api.allocated_devices(session))
+        nodes = data.node_list(ctx, session, now)
+        used = nodes_api.allocated_devices(session)
         models: dict[str, dict[str, Any]] = {}
-        for pool in pools["items"]:
-            entry = models.setdefault(pool["model"], {"model": pool["model"], "free": 0, "healthy": 0})
-            entry["free"] += pool["devices_free"]
-            entry["healthy"] += pool["devices_healthy"]
+        for node in nodes:
+            entry = models.setdefault(node["model"], {"model": node["model"], "free": 0, "one_node": 0})
+            free = data.free_devices(node, used)
+            entry["free"] += free
+            entry["one_node"] = max(entry["one_node"], free)
         rows = []
         for model, entry in sorted(models.items()):
-            room = headroom(queues, model, ctx.throughput.relative(model, "generic")) if not scope.all_tenants else None
+            room = None if scope.all_tenants else headroom(queues, model, ctx.throughput.relative(model, "generic"))
             can = entry["free"] if room is None else min(entry["free"], math.floor(room + 1e-9))
-            why = (
-                ""
-                if can > 0
-                else ("no free devices" if entry["free"] == 0 else "quota full" if room else "no quota for this model")
-            )
-            rows.append(
-                {**entry, "one_node": max(per_node.get(model, []), default=0), "room": room, "can": can, "why": why}
-            )
+            if can > 0:
+                why = ""
+            elif entry["free"] == 0:
+                why = "no free devices"
+            else:
+                why = "quota full" if has_quota(queues, model) else "no quota for this model"
+            rows.append({**entry, "room": room, "can": can, "why": why})
         return {"runnow": rows}
 
     def trend() -> dict[str, Any]:
@@ -434,7 +436,7 @@ def job_page(
                         "cpu_milli": worker.get("cpu_milli", 0),
                         "memory_mib": worker.get("memory_mib", 0),
                         "t": view,
-                        "idle": holding and is_idle(view),
+                        "idle": holding and is_idle(view, (job["started_at"] or now) + interval),
                         "uuid": device["uuid"] if device else "",
                     }
                 )

@@ -83,7 +83,9 @@ def session_of(dash: Dashboard) -> Iterator[Callable[[str], httpx.Client]]:
 def browser() -> Iterator[Any]:
     if CHROMIUM is None:
         warnings.warn("no chromium on this machine: the dashboard's BROWSER TESTS ARE SKIPPED", stacklevel=1)
-        pytest.skip("BROWSER TESTS NOT RUN: install Debian's chromium (apt-get install chromium) or set ZHISUAN_CHROMIUM")
+        pytest.skip(
+            "BROWSER TESTS NOT RUN: install Debian's chromium (apt-get install chromium) or set ZHISUAN_CHROMIUM"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -105,8 +107,11 @@ class Watch:
 
     def problems(self) -> list[str]:
         errors = [e for e in self.console_errors if not any(a in e for a in self.allowed)]
-        return [*(f"console: {e}" for e in errors), *(f"page error: {e}" for e in self.page_errors),
-                *(f"left 127.0.0.1: {u}" for u in self.outside)]
+        return [
+            *(f"console: {e}" for e in errors),
+            *(f"page error: {e}" for e in self.page_errors),
+            *(f"left 127.0.0.1: {u}" for u in self.outside),
+        ]
 
 
 @pytest.fixture
@@ -115,7 +120,9 @@ def watch() -> Watch:
 
 
 @pytest.fixture
-def new_page(browser: Any, dash: Dashboard, watch: Watch, request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+def new_page(
+    browser: Any, dash: Dashboard, watch: Watch, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Any]]:
     """``new_page(who=None, lang="en")``: a fresh browser context and page (signed in as ``who`` when given)."""
     contexts: list[Any] = []
 

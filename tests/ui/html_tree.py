@@ -16,9 +16,7 @@ class Node:
 
     @property
     def text(self) -> str:
-        return " ".join(
-            " ".join((c if isinstance(c, str) else c.text).split()) for c in self.children if c
-        ).strip()
+        return " ".join(" ".join((c if isinstance(c, str) else c.text).split()) for c in self.children if c).strip()
 
     def iter(self) -> list[Node]:
         out: list[Node] = [self]

@@ -139,8 +139,11 @@ def test_quota_editor_shows_the_apis_422_field_by_field(dash: Dashboard, new_pag
     expect(page.locator("#p-editor .field-error[data-field=weight]")).to_contain_text("number")
     form.locator("input[name=weight]").fill("2")
     form.locator("#save-queue").click()
-    expect(page.locator(f"#p-editor .field-error[data-field=flavor-{h100}], "
-                        f"#p-editor .field-error[data-field=guarantee-{h100}]").first).to_contain_text("guarantee")
+    expect(
+        page.locator(
+            f"#p-editor .field-error[data-field=flavor-{h100}], #p-editor .field-error[data-field=guarantee-{h100}]"
+        ).first
+    ).to_contain_text("guarantee")
     assert errors.count() >= 1
     screenshot(page, "center-queue-editor-422")
     with dash.api("admin") as client:
@@ -159,8 +162,11 @@ def test_quota_editor_shows_the_apis_422_field_by_field(dash: Dashboard, new_pag
 
 
 def _spec(queue: dict[str, Any]) -> dict[str, Any]:
-    body: dict[str, Any] = {"tenant": queue["tenant"], "weight": queue["weight"], "quota": {
-        flavor: {k: v for k, v in q.items() if v is not None} for flavor, q in queue["quota"].items()}}
+    body: dict[str, Any] = {
+        "tenant": queue["tenant"],
+        "weight": queue["weight"],
+        "quota": {flavor: {k: v for k, v in q.items() if v is not None} for flavor, q in queue["quota"].items()},
+    }
     if queue["parent"]:
         body["parent"] = queue["parent"]
     return body
@@ -191,8 +197,9 @@ def test_expired_session_returns_to_login_and_back_to_the_page(dash: Dashboard, 
             assert client.delete(f"/v1/tokens/{token_id}").status_code == 204
     time.sleep(0.2)
     dash.submit("alice", name="wakes-the-panels", workers=1, devices_per_worker=1)  # a live refresh is refused
-    expect(page).to_have_url(re.compile(r"/ui/login\?next=%2Fui%2Fjobs%3Fstate%3Dpending%26queue%3Dacme"),
-                             timeout=15_000)
+    expect(page).to_have_url(
+        re.compile(r"/ui/login\?next=%2Fui%2Fjobs%3Fstate%3Dpending%26queue%3Dacme"), timeout=15_000
+    )
     expect(page.locator("#expired")).to_be_visible()
     page.fill("#token", dash.tokens["boss"])
     page.click("button[type=submit]")

@@ -22,10 +22,17 @@ from api.ui import fmt
 from api.ui.web import CSP
 
 Session = Callable[[str], httpx.Client]
-TENANT_PAGES = ["/ui/", "/ui/jobs", "/ui/jobs?state=pending", "/ui/usage", "/ui/capacity", "/ui/services",
-                "/ui/tokens"]
-ADMIN_PAGES = ["/ui/admin", "/ui/admin/queues", "/ui/admin/jobs", "/ui/admin/nodes", "/ui/admin/nodes/h100-a",
-               "/ui/admin/billing", "/ui/admin/reports", "/ui/admin/queues?edit=acme"]
+TENANT_PAGES = ["/ui/", "/ui/jobs", "/ui/jobs?state=pending", "/ui/usage", "/ui/capacity", "/ui/services", "/ui/tokens"]
+ADMIN_PAGES = [
+    "/ui/admin",
+    "/ui/admin/queues",
+    "/ui/admin/jobs",
+    "/ui/admin/nodes",
+    "/ui/admin/nodes/h100-a",
+    "/ui/admin/billing",
+    "/ui/admin/reports",
+    "/ui/admin/queues?edit=acme",
+]
 
 
 def get(client: httpx.Client, path: str, status: int = 200) -> str:
@@ -74,10 +81,12 @@ def test_every_figure_equals_the_apis(dash: Dashboard, session_of: Session) -> N
     assert page.figure("pending") == str(sum(j["state"] == "pending" for j in jobs))
     queues = api.get("/v1/queues").json()["items"]
     assert page.figure("ncu-held") == fmt.ncu(sum(q["usage"].get("ncu", 0.0) for q in queues if not q["parent"]))
-    assert page.figure("ncu-hours") in _formatted(dash, lambda: api.get("/v1/usage").json(),
-                                                  lambda u: fmt.ncu(u["ncu_hours"]))
-    assert page.figure("bill") in _formatted(dash, lambda: api.get("/v1/usage").json(),
-                                             lambda u: fmt.money(u["billable_charge"], u["currency"]))
+    assert page.figure("ncu-hours") in _formatted(
+        dash, lambda: api.get("/v1/usage").json(), lambda u: fmt.ncu(u["ncu_hours"])
+    )
+    assert page.figure("bill") in _formatted(
+        dash, lambda: api.get("/v1/usage").json(), lambda u: fmt.money(u["billable_charge"], u["currency"])
+    )
     for queue in queues:
         for flavor in queue["quota"]:
             row = page.find(data_queue=queue["name"], data_flavor=flavor)
@@ -99,14 +108,19 @@ def test_every_figure_equals_the_apis(dash: Dashboard, session_of: Session) -> N
     for pool in pools:
         row = capacity.find(data_pool=pool["pool"])
         assert (row.figure("devices"), row.figure("free"), row.figure("healthy")) == (
-            str(pool["devices"]), str(pool["devices_free"]), str(pool["devices_healthy"]))
+            str(pool["devices"]),
+            str(pool["devices_free"]),
+            str(pool["devices_healthy"]),
+        )
 
     usage_page = parse(get(session_of("alice"), "/ui/usage"))
     usage = api.get("/v1/usage").json()
     for model, line in usage["by_model"].items():
         shown = usage_page.find(data_group="by_model").find(data_key=model).figure("charge")
-        assert shown in {fmt.money(line["charge"], usage["currency"]),
-                         fmt.money(api.get("/v1/usage").json()["by_model"][model]["charge"], usage["currency"])}
+        assert shown in {
+            fmt.money(line["charge"], usage["currency"]),
+            fmt.money(api.get("/v1/usage").json()["by_model"][model]["charge"], usage["currency"]),
+        }
 
     center = parse(get(session_of("admin"), "/ui/admin"))
     nodes = admin_api.get("/v1/nodes").json()["items"]
@@ -116,8 +130,13 @@ def test_every_figure_equals_the_apis(dash: Dashboard, session_of: Session) -> N
         row = center.find(data_model=model)
         assert row.figure("total") == str(sum(n["device_count"] for n in nodes if n["model"] == model))
         assert row.figure("free") == str(sum(p["devices_free"] for p in all_pools if p["model"] == model))
-        held = {(w["node"], d) for j in all_jobs if j["placement"] and j["placement"]["model"] == model
-                for w in j["placement"]["workers"] for d in w["devices"]}
+        held = {
+            (w["node"], d)
+            for j in all_jobs
+            if j["placement"] and j["placement"]["model"] == model
+            for w in j["placement"]["workers"]
+            for d in w["devices"]
+        }
         assert row.figure("allocated") == str(len(held))
     assert center.figure("running") == str(len(all_jobs))
 
@@ -125,14 +144,17 @@ def test_every_figure_equals_the_apis(dash: Dashboard, session_of: Session) -> N
     for queue in admin_api.get("/v1/queues").json()["items"]:
         rows = tree.find_all(data_queue=queue["name"])
         assert rows[0].figure("running") == str(queue["running"]) and rows[0].figure("pending") == str(
-            queue["pending"]), queue["name"]
+            queue["pending"]
+        ), queue["name"]
 
     bills = parse(get(session_of("admin"), "/ui/admin/billing"))
     for tenant in ("acme", "sme-vision"):
         row = bills.find(data_tenant=tenant)
-        assert row.figure("charge") in _formatted(
-            dash, lambda t=tenant: admin_api.get("/v1/usage", params={"tenant": t}).json(),
-            lambda u: fmt.money(u["charge"], u["currency"]))
+
+        def bill(t: str = tenant) -> Any:
+            return admin_api.get("/v1/usage", params={"tenant": t}).json()
+
+        assert row.figure("charge") in _formatted(dash, bill, lambda u: fmt.money(u["charge"], u["currency"]))
     api.close()
     admin_api.close()
 
@@ -147,8 +169,14 @@ HOSTILE = [
 
 
 def test_hostile_job_text_never_becomes_markup(dash: Dashboard, session_of: Session) -> None:
-    job = dash.submit("alice", name="hostile", entrypoint=" ; ".join(HOSTILE),
-                      labels={"note": HOSTILE[1], "tpl": HOSTILE[2]}, workers=1, devices_per_worker=1)
+    job = dash.submit(
+        "alice",
+        name="hostile",
+        entrypoint=" ; ".join(HOSTILE),
+        labels={"note": HOSTILE[1], "tpl": HOSTILE[2]},
+        workers=1,
+        devices_per_worker=1,
+    )
     dash.wait_state("alice", job["id"], "running")
     dash.executor.emit(job["id"], "\n".join(HOSTILE) + "\n")
     with dash.api("alice") as api:
@@ -174,14 +202,23 @@ def test_a_tenant_never_sees_another_tenants_jobs(dash: Dashboard, session_of: S
     theirs = dash.submit("bob", name=f"bobjob-{suffix}", workers=1, devices_per_worker=1)
     mine = dash.submit("alice", name=f"alicejob-{suffix}", workers=1, devices_per_worker=1)
     alice = session_of("alice")
-    for path in (*TENANT_PAGES, "/ui/jobs?state=all", f"/ui/jobs?name=bobjob-{suffix}", "/ui/?panel=latest",
-                 "/ui/jobs?panel=table"):
+    for path in (
+        *TENANT_PAGES,
+        "/ui/jobs?state=all",
+        f"/ui/jobs?name=bobjob-{suffix}",
+        "/ui/?panel=latest",
+        "/ui/jobs?panel=table",
+    ):
         html = get(alice, path)
         echoed = html.replace(f"name=bobjob-{suffix}", "").replace(f'value="bobjob-{suffix}"', "")  # the filter
         assert theirs["id"] not in html and f"bobjob-{suffix}" not in echoed, path
     assert mine["id"] in get(alice, "/ui/jobs")
-    for path in (f"/ui/jobs/{theirs['id']}", f"/ui/jobs/{theirs['id']}?panel=placement",
-                 f"/ui/jobs/{theirs['id']}/logs.json", f"/ui/jobs/{theirs['id']}/logs.txt"):
+    for path in (
+        f"/ui/jobs/{theirs['id']}",
+        f"/ui/jobs/{theirs['id']}?panel=placement",
+        f"/ui/jobs/{theirs['id']}/logs.json",
+        f"/ui/jobs/{theirs['id']}/logs.txt",
+    ):
         response = alice.get(path)
         assert response.status_code == 404 and f"bobjob-{suffix}" not in response.text, path
     csrf = re.search(r'"X-CSRF-Token": "([0-9a-f]+)"', get(alice, "/ui/")).group(1)  # type: ignore[union-attr]
@@ -209,8 +246,9 @@ def test_login_refuses_what_it_must(dash: Dashboard) -> None:
     assert refused.status_code == 401 and "node" in refused.text
     foreign = client.post("/ui/login", data={"token": dash.tokens["alice"]}, headers={"Origin": "https://evil.example"})
     assert foreign.status_code == 403 and "set-cookie" not in foreign.headers
-    away = client.post("/ui/login", data={"token": dash.tokens["alice"], "next": "https://evil.example/ui"},
-                       headers=origin)
+    away = client.post(
+        "/ui/login", data={"token": dash.tokens["alice"], "next": "https://evil.example/ui"}, headers=origin
+    )
     assert away.status_code == 303 and away.headers["location"] == "/ui/"
     cookie = away.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/ui" in cookie
@@ -259,20 +297,25 @@ def test_logout_revokes_the_session_token(dash: Dashboard, session_of: Session) 
 def test_an_expired_session_goes_to_login_keeping_the_page(dash: Dashboard, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZHISUAN_UI_SESSION_S", "1")
     client = httpx.Client(base_url=dash.url, follow_redirects=False)
-    login = client.post("/ui/login", data={"token": dash.tokens["alice"], "next": "/ui/usage"},
-                        headers={"Origin": dash.url})
+    login = client.post(
+        "/ui/login", data={"token": dash.tokens["alice"], "next": "/ui/usage"}, headers={"Origin": dash.url}
+    )
     assert login.status_code == 303
     assert client.get("/ui/usage").status_code == 200
     time.sleep(1.2)
     page = client.get("/ui/jobs?state=pending&queue=acme")
     assert page.status_code == 303
     assert page.headers["location"] == "/ui/login?next=%2Fui%2Fjobs%3Fstate%3Dpending%26queue%3Dacme&expired=1"
-    fragment = client.get("/ui/jobs?panel=table", headers={
-        "HX-Request": "true", "HX-Current-URL": f"{dash.url}/ui/jobs?state=running"})
+    fragment = client.get(
+        "/ui/jobs?panel=table", headers={"HX-Request": "true", "HX-Current-URL": f"{dash.url}/ui/jobs?state=running"}
+    )
     assert fragment.status_code == 200 and fragment.headers["hx-redirect"].startswith(
-        "/ui/login?next=%2Fui%2Fjobs%3Fstate%3Drunning")
+        "/ui/login?next=%2Fui%2Fjobs%3Fstate%3Drunning"
+    )
     assert client.get("/ui/session?next=/ui/capacity").json() == {
-        "ok": False, "login": "/ui/login?next=%2Fui%2Fcapacity&expired=1"}
+        "ok": False,
+        "login": "/ui/login?next=%2Fui%2Fcapacity&expired=1",
+    }
     client.close()
 
 
@@ -302,9 +345,7 @@ def _read_events(client: httpx.Client, seconds: float, out: list[str], started: 
         started.set()
 
 
-def test_the_event_stream_names_changes_only_to_the_tenant_they_concern(
-    dash: Dashboard, session_of: Session
-) -> None:
+def test_the_event_stream_names_changes_only_to_the_tenant_they_concern(dash: Dashboard, session_of: Session) -> None:
     alice, bob = session_of("alice"), session_of("bob")
     seen: dict[str, list[str]] = {"alice": [], "bob": []}
     threads = []

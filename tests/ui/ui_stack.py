@@ -212,7 +212,7 @@ def running_dashboard(tmp: Path, **settings: Any) -> Iterator[Dashboard]:
 
             def loop(agent: Agent = agent) -> None:
                 agent.discover()
-                agent.register_with_retry(sleep=lambda s: stop.wait(s))
+                agent.register_with_retry(sleep=lambda s: None if stop.wait(s) else None)
                 agent.run(stop)
 
             threads.append(threading.Thread(target=loop, name=f"agent-{node_id}", daemon=True))
