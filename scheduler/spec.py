@@ -110,6 +110,72 @@ class InferenceSlo(_Spec):
     p99_latency_ms: float = Field(gt=0, le=600_000)
 
 
+class RateLimit(_Spec):
+    """Requests one service key may send: a sustained rate and a burst above it."""
+
+    requests_per_s: float = Field(gt=0, le=1_000_000)
+    burst: int = Field(default=0, ge=0, le=10_000_000, description="0: as many as one second's rate")
+
+
+class Serving(_Spec):
+    """An inference service behind one endpoint: replicas the load decides, between ``min_replicas`` and
+    ``max_replicas`` (see :mod:`scheduler.serving` for the rule).
+
+    The autoscaler aims at ``target_ongoing_requests`` requests in flight per replica and, with an ``slo``, at a
+    p99 latency within it. ``min_replicas: 0`` (scale to zero) needs a ``cold_start_budget_s``: how long the
+    first request after an idle spell may wait for a replica to start before it is answered 503.
+    A replica takes at most ``max_ongoing_requests`` at once; the router queues at most
+    ``max_queued_requests`` more per service and answers 429 beyond that, or when a queued request found no
+    free replica within ``queue_timeout_s``.
+
+        >>> Serving(min_replicas=1, max_replicas=4, target_ongoing_requests=2).max_replicas
+        4
+    """
+
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    max_replicas: int = Field(default=1, ge=1, le=1000)
+    target_ongoing_requests: float = Field(default=2.0, gt=0, le=10_000)
+    max_ongoing_requests: int = Field(default=8, ge=1, le=100_000)
+    max_queued_requests: int = Field(default=64, ge=0, le=1_000_000)
+    queue_timeout_s: float = Field(default=5.0, gt=0, le=3600)
+    request_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    cold_start_budget_s: float | None = Field(default=None, gt=0, le=3600)
+    #: Seconds the load must ask for more (fewer) replicas before the autoscaler adds (removes) one.
+    upscale_delay_s: float = Field(default=3.0, ge=0, le=3600)
+    downscale_delay_s: float = Field(default=30.0, ge=0, le=24 * 3600)
+    #: A service with ``min_replicas: 0`` goes to zero after this long without a request.
+    idle_before_zero_s: float = Field(default=300.0, gt=0, le=7 * 24 * 3600)
+    health_path: str = Field(default="/healthz", pattern=r"^/[^\s?#]*$", max_length=200)
+    #: A replica that has not answered its health route this long after it started is replaced.
+    startup_timeout_s: float = Field(default=300.0, gt=0, le=3600)
+    #: How long a replica being removed keeps its requests in flight before it is stopped anyway.
+    drain_timeout_s: float = Field(default=30.0, ge=0, le=3600)
+    #: Requests other than GET/HEAD/OPTIONS/PUT/DELETE are retried on another replica only when they carry an
+    #: ``Idempotency-Key`` header, or always when this is set (a model that computes the same answer twice).
+    retry_post: bool = False
+    rate_limit: RateLimit | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Serving:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is more than max_replicas ({self.max_replicas}); "
+                "raise max_replicas or lower min_replicas"
+            )
+        if self.target_ongoing_requests > self.max_ongoing_requests:
+            raise ValueError(
+                f"target_ongoing_requests ({self.target_ongoing_requests:g}) is more than a replica may take "
+                f"(max_ongoing_requests {self.max_ongoing_requests}): the target could never be reached; "
+                "lower it or raise max_ongoing_requests"
+            )
+        if self.min_replicas == 0 and self.cold_start_budget_s is None:
+            raise ValueError(
+                "min_replicas 0 (scale to zero) needs cold_start_budget_s: how long a request may wait for the "
+                "first replica to start"
+            )
+        return self
+
+
 class JobSpec(_Spec):
     """What a tenant submits. Sizes are per worker (training) or per replica (inference)."""
 
@@ -130,6 +196,9 @@ class JobSpec(_Spec):
     walltime_s: float | None = Field(default=None, gt=0, le=90 * 24 * 3600.0, description="hard limit")
     checkpoint: Checkpoint | None = None
     slo: InferenceSlo | None = None
+    #: Served behind one endpoint with autoscaling (``zhisuan services deploy``); ``replicas`` is then the count
+    #: to start with.
+    serving: Serving | None = None
     topology_required: TopologyLevel = TopologyLevel.POOL
     topology_preferred: TopologyLevel = TopologyLevel.NODE
     labels: dict[str, str] = Field(default_factory=dict)
@@ -159,9 +228,28 @@ class JobSpec(_Spec):
             raise ValueError("slo applies to inference services only")
         if self.checkpoint is not None and self.kind is not JobKind.TRAINING:
             raise ValueError("checkpoint applies to training jobs only")
+        if self.serving is not None:
+            self._servable(self.serving)
         # Let the core's own validation speak for sizes and topology (fractions, levels).
         self.to_job("validation", tenant="validation", user="validation", queue=self.queue or "validation")
         return self
+
+    def _servable(self, serving: Serving) -> None:
+        if self.kind is not JobKind.INFERENCE:
+            raise ValueError("serving applies to inference services only (kind: inference)")
+        if not serving.min_replicas <= self.workers <= serving.max_replicas:
+            raise ValueError(
+                f"replicas ({self.workers}) must be between serving.min_replicas ({serving.min_replicas}) and "
+                f"serving.max_replicas ({serving.max_replicas}): it is the count a service starts with"
+            )
+        if self.walltime_s is not None:
+            raise ValueError("walltime_s does not apply to a served service (its replicas run until scaled in)")
+        if self.slo is not None and self.slo.p99_latency_ms > serving.request_timeout_s * 1000:
+            raise ValueError(
+                f"slo.p99_latency_ms ({self.slo.p99_latency_ms:g}) is longer than serving.request_timeout_s "
+                f"({serving.request_timeout_s:g} s): requests are cut off before the SLO could be missed; raise "
+                "request_timeout_s or tighten the SLO"
+            )
 
     def to_job(self, job_id: str, *, tenant: str, user: str, queue: str, submit_time: float = 0.0) -> Job:
         """The core's view of this spec: sizes, constraints, priority and runtime estimate."""

@@ -10,7 +10,9 @@ them — so the service recovers from a crash by simply starting again::
     4. run :meth:`SchedulerCore.step` over the pending jobs and persist its decisions in one transaction;
     5. only then act on them: launch starts, stop preemption victims (an action is never taken for a decision
        that was not committed, and every action is idempotent, so a crash in between is repaired next cycle);
-    6. copy new log output into the database and, now and then, refresh every pending job's estimated start.
+    6. copy new log output into the database and, now and then, refresh every pending job's estimated start;
+    7. serve (with a :class:`~scheduler.live.serving.controller.ServeController`): scale services and roll
+       updates — replicas are jobs it submits and cancels, which the next cycles place and run like any job.
 
 A job's *attempt* numbers its runs: a retry or a requeue after preemption or node loss bumps it, and the executor
 keys everything by ``(job, attempt)``. So a restarted service that finds attempt 3 running while the records
@@ -38,6 +40,7 @@ from typing import Protocol, runtime_checkable
 from scheduler.core import SchedulerCore
 from scheduler.eta import forecast
 from scheduler.live.executors.base import ExecutionStatus, Executor, ExecutorError, LaunchRequest, Phase
+from scheduler.live.serving.controller import ServeController
 from scheduler.live.store import (
     Changes,
     FeedCursor,
@@ -153,6 +156,7 @@ class SchedulerService:
         config: ServiceConfig | None = None,
         core: SchedulerCore | None = None,
         clock: Callable[[], float] = time.time,
+        serving: ServeController | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -162,6 +166,10 @@ class SchedulerService:
         self.term: int | None = None
         self._wake = threading.Event()
         self._reset()
+        #: Step 7 (serving), when this service runs inference services behind endpoints.
+        self.serving = serving
+        if serving is not None:
+            serving.attach(self)
 
     def _reset(self) -> None:
         """Forget everything learned from the records (on start and whenever leadership is regained)."""
@@ -290,6 +298,9 @@ class SchedulerService:
         if now - self._last_eta >= self.config.eta_every_s:
             self._refresh_eta(now)
             self._last_eta = now
+        # 7. Serve: scale services and roll updates (their replica jobs are placed by the next cycles' steps).
+        if self.serving is not None:
+            self.serving.step(self, now)
         return report
 
     # ------------------------------------------------------------------------------------------ leader lease
