@@ -22,7 +22,8 @@ from api.routers import nodes as nodes_api
 from api.routers import queues as queues_api
 from api.routers import tenants as tenants_api
 from api.routers import usage as usage_api
-from api.tables import DEVICES, JOBS
+from api.store import device_work
+from api.tables import JOBS
 from api.ui import data
 from api.ui.pages import (
     IDLE_PCT,
@@ -53,11 +54,6 @@ QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 # -------------------------------------------------------------------------------------------------- center
 
 
-def _telemetry(session: Any) -> dict[tuple[str, int], dict[str, Any]]:
-    rows = session.execute(select(DEVICES.c.node_id, DEVICES.c.index, DEVICES.c.telemetry))
-    return {(node, index): telemetry or {} for node, index, telemetry in rows}
-
-
 @router.get("")
 def center(request: Request, viewer: AdminDep, session: ReadSession, panel: str | None = None) -> Response:
     ctx = request.app.state.ctx
@@ -68,12 +64,16 @@ def center(request: Request, viewer: AdminDep, session: ReadSession, panel: str 
     @functools.cache
     def inventory() -> tuple[list[dict[str, Any]], dict[str, set[int]]]:
         """Nodes and allocated devices, read once per request however many panels want them."""
-        return data.node_list(ctx, session, now), nodes_api.allocated_devices(session)
+        return data.node_list(ctx, session, now), {n: {w.index for w in ws} for n, ws in work().items()}
+
+    @functools.cache
+    def work() -> dict[str, list[Any]]:
+        return dict(device_work(session))
 
     def devices() -> dict[str, Any]:
         nodes, used = inventory()
-        telemetry = data.allocated_utilisation(session)
-        holders = data.allocated_by_device(session)
+        telemetry = data.allocated_utilisation(session, work())
+        holders = data.allocated_by_device(work())
         started = data.started_at(session, {j for ids in holders.values() for j in ids})
         models: dict[str, dict[str, Any]] = {}
         idle: list[dict[str, Any]] = []
@@ -142,16 +142,23 @@ def center(request: Request, viewer: AdminDep, session: ReadSession, panel: str 
         counts = data.state_counts(session, scope)
         demand: dict[str, dict[str, float]] = {}
         unknown_ncu = 0
-        pending = session.execute(select(JOBS.c.spec).where(JOBS.c.state == JobState.PENDING.value))
-        for (spec,) in pending:
-            count = spec.get("workers", 1) * spec.get("devices_per_worker", 1)
-            models = spec.get("models") or []
-            key = models[0] if models else "any model"
+        spec = JOBS.c.spec
+        pending = session.execute(
+            select(
+                spec["workers"].as_float(),
+                spec["devices_per_worker"].as_float(),
+                spec[("models", 0)].as_string(),
+                spec["job_class"].as_string(),
+            ).where(JOBS.c.state == JobState.PENDING.value)
+        )
+        for workers, per_worker, first_model, job_class in pending:
+            count = (workers or 1) * (per_worker if per_worker is not None else 1)
+            key = first_model or "any model"
             line = demand.setdefault(key, {"devices": 0.0, "ncu": 0.0, "jobs": 0})
             line["devices"] += count
             line["jobs"] += 1
-            if models:
-                line["ncu"] += count * ctx.throughput.relative(models[0], spec.get("job_class", "generic"))
+            if first_model:
+                line["ncu"] += count * ctx.throughput.relative(first_model, job_class or "generic")
             else:
                 unknown_ncu += 1
         nodes, _ = inventory()

@@ -19,7 +19,7 @@ from sqlmodel import Session
 
 from api.deps import AppContext, TenantScope
 from api.problems import Problem
-from api.store import device_work, node_status
+from api.store import node_status
 from api.tables import DEVICES, JOB_EVENTS, JOBS, LEDGER, NODES
 from scheduler.spec import HOLDING_STATES, JobState
 
@@ -88,10 +88,10 @@ def jobs_by_node(session: Session, scope: TenantScope) -> dict[str, list[dict[st
     return out
 
 
-def allocated_by_device(session: Session) -> dict[tuple[str, int], list[str]]:
+def allocated_by_device(work_by_node: Mapping[str, list[Any]]) -> dict[tuple[str, int], list[str]]:
     """(node, device index) -> ids of the jobs holding a share of it (center admins only: names no tenant)."""
     out: dict[tuple[str, int], list[str]] = {}
-    for node, work in device_work(session).items():
+    for node, work in work_by_node.items():
         for item in work:
             out.setdefault((node, item.index), []).append(item.job_id)
     return out
@@ -154,10 +154,40 @@ def free_devices(node: Mapping[str, Any], used: Mapping[str, set[int]]) -> int:
     return len(healthy - used.get(node["id"], set()))
 
 
-def allocated_utilisation(session: Session) -> dict[tuple[str, int], tuple[float | None, float | None]]:
-    """(node, device) -> (utilisation %, sampled at) of every device a job holds, read from inside the telemetry
-    document by the database (no document is parsed here)."""
-    held = device_work(session)
+def pools(ctx: AppContext, nodes: list[dict[str, Any]], used: Mapping[str, set[int]]) -> list[dict[str, Any]]:
+    """``GET /v1/pools`` from :func:`node_list` (the same counts: down nodes add devices but no healthy or free
+    ones; only ready nodes have free devices). A test holds the two equal."""
+    out: dict[str, dict[str, Any]] = {}
+    for node in nodes:
+        entry = ctx.catalog.lookup(node["model"])
+        pool = out.setdefault(
+            node["pool"],
+            {
+                "pool": node["pool"],
+                "model": node["model"],
+                "vendor": entry.vendor if entry else node["vendor"],
+                "site": node["site"],
+                "nodes": 0,
+                "devices": 0,
+                "devices_free": 0,
+                "devices_healthy": 0,
+                "domestic": bool(entry and entry.domestic),
+            },
+        )
+        pool["nodes"] += 1
+        pool["devices"] += node["device_count"]
+        if node["state"] == "down":
+            continue
+        pool["devices_healthy"] += node["devices_healthy"]
+        pool["devices_free"] += free_devices(node, used)
+    return [out[name] for name in sorted(out)]
+
+
+def allocated_utilisation(
+    session: Session, held: Mapping[str, list[Any]]
+) -> dict[tuple[str, int], tuple[float | None, float | None]]:
+    """(node, device) -> (utilisation %, sampled at) of every device a job holds (``held``: the API's
+    :func:`~api.store.device_work`), read from inside the telemetry document by the database."""
     if not held:
         return {}
     util = DEVICES.c.telemetry["utilization_pct"].as_float()
@@ -174,65 +204,101 @@ def allocated_utilisation(session: Session) -> dict[tuple[str, int], tuple[float
 
 @dataclass
 class Series:
-    """Values per bucket of a time window, per key (model, or a single key)."""
+    """Values per bucket of a time window, per key (model, or a single key).
+
+    An interval adds its partial first and last buckets directly and its whole buckets through a difference
+    array, so thousands of day-long runs cost O(1) each, not O(buckets)::
+
+        >>> s = Series(0.0, 10.0, 4)
+        >>> s.add("a", 5.0, 40.0, 2.0)
+        >>> s.values["a"]
+        [1.0, 2.0, 2.0, 2.0]
+    """
 
     start: float
     step: float
     buckets: int
-    values: dict[str, list[float]] = field(default_factory=dict)
+    _parts: dict[str, list[float]] = field(default_factory=dict)
+    _whole: dict[str, list[float]] = field(default_factory=dict)
 
     def add(self, key: str, begin: float, end: float, amount: float) -> None:
         """Spread ``amount`` (a rate, e.g. NCU held) over [begin, end) as a time-weighted mean per bucket."""
-        line = self.values.setdefault(key, [0.0] * self.buckets)
-        first = max(0, int((begin - self.start) // self.step))
-        last = min(self.buckets - 1, math.ceil((end - self.start) / self.step) - 1)
-        for index in range(first, last + 1):
-            lo = self.start + index * self.step
-            overlap = min(end, lo + self.step) - max(begin, lo)
-            if overlap > 0:
-                line[index] += amount * overlap / self.step
+        begin = max(begin, self.start)
+        end = min(end, self.start + self.step * self.buckets)
+        if end <= begin:
+            return
+        parts = self._parts.setdefault(key, [0.0] * self.buckets)
+        whole = self._whole.setdefault(key, [0.0] * (self.buckets + 1))
+        first = min(self.buckets - 1, int((begin - self.start) // self.step))
+        last = max(first, min(self.buckets - 1, math.ceil((end - self.start) / self.step) - 1))
+        if first == last:
+            parts[first] += amount * (end - begin) / self.step
+            return
+        parts[first] += amount * (self.start + (first + 1) * self.step - begin) / self.step
+        parts[last] += amount * (end - (self.start + last * self.step)) / self.step
+        whole[first + 1] += amount
+        whole[last] -= amount
 
     def count(self, key: str, begin: float, end: float) -> None:
         self.add(key, begin, end, 1.0)
 
     @property
+    def values(self) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for key, parts in self._parts.items():
+            running = 0.0
+            line = []
+            for index, part in enumerate(parts):
+                running += self._whole[key][index]
+                line.append(part + running)
+            out[key] = line
+        return out
+
+    @property
     def times(self) -> list[float]:
         return [self.start + (i + 1) * self.step for i in range(self.buckets)]
-
-    def totals(self) -> list[float]:
-        return [sum(v[i] for v in self.values.values()) for i in range(self.buckets)]
 
 
 def allocation_series(
     ctx: AppContext, session: Session, scope: TenantScope, start: float, end: float, buckets: int, now: float
 ) -> Series:
-    """NCU held over [start, end) by model, rebuilt from the ledger's start and stop rows (exact: the ledger is
-    what billing reads). A run still open counts up to ``now`` at its start row's device count."""
+    """NCU held over [start, end) by model, rebuilt from the ledger (exact: the ledger is what billing reads):
+    finished runs from their stop rows, runs still open (jobs holding devices) from their latest start row,
+    counted up to ``now`` — the same two sources as ``GET /v1/usage``."""
     series = Series(start, (end - start) / buckets, buckets)
-    rows = session.execute(
+    stops = session.execute(
         scope.apply(
-            select(LEDGER, JOBS.c.spec)
-            .select_from(LEDGER.outerjoin(JOBS, JOBS.c.id == LEDGER.c.job_id))
-            .where(LEDGER.c.at >= start - 90 * 86400)  # runs last at most the longest walltime (90 d)
-            .order_by(LEDGER.c.at, LEDGER.c.id),
+            select(LEDGER.c.model, LEDGER.c.at, LEDGER.c.seconds, LEDGER.c.ncu_hours).where(
+                LEDGER.c.kind == "stop", LEDGER.c.at > start, LEDGER.c.at - LEDGER.c.seconds < end
+            ),
             LEDGER.c.tenant,
         )
-    ).mappings()
-    open_runs: dict[str, Any] = {}
-    for row in rows:
-        if row["kind"] == "start":
-            open_runs[row["job_id"]] = row
-            continue
-        open_runs.pop(row["job_id"], None)
-        seconds = row["seconds"] or 0.0
-        begin = row["at"] - seconds
-        if seconds > 0 and row["at"] > start and begin < end:
-            series.add(row["model"], begin, row["at"], row["ncu_hours"] * 3600 / seconds)
-    for row in open_runs.values():
-        spec = row["spec"] or {}
-        rate = row["devices"] * ctx.throughput.relative(row["model"], spec.get("job_class", "generic"))
-        if row["at"] < min(end, now):
-            series.add(row["model"], row["at"], min(end, now), rate)
+    )
+    for model, at, seconds, ncu_hours in stops:
+        if seconds and seconds > 0:
+            series.add(model, at - seconds, at, ncu_hours * 3600 / seconds)
+    holding = [s.value for s in HOLDING_STATES]
+    classes = dict(
+        session.execute(
+            scope.apply(
+                select(JOBS.c.id, JOBS.c.spec["job_class"].as_string()).where(JOBS.c.state.in_(holding)),
+                JOBS.c.tenant,
+            )
+        ).all()
+    )
+    if classes:
+        latest: dict[str, Any] = {}
+        for row in session.execute(
+            select(LEDGER.c.job_id, LEDGER.c.kind, LEDGER.c.model, LEDGER.c.devices, LEDGER.c.at)
+            .where(LEDGER.c.job_id.in_(list(classes)))
+            .order_by(LEDGER.c.at, LEDGER.c.id)
+        ):
+            latest[row.job_id] = row
+        for job_id, row in latest.items():
+            if row.kind != "start" or row.at >= min(end, now):
+                continue
+            rate = row.devices * ctx.throughput.relative(row.model, classes[job_id] or "generic")
+            series.add(row.model, row.at, min(end, now), rate)
     return series
 
 

@@ -638,9 +638,11 @@ def usage_download(request: Request, viewer: ViewerDep, session: ReadSession, mo
 
 @router.get("/capacity")
 def capacity(request: Request, viewer: ViewerDep, session: ReadSession, panel: str | None = None) -> Response:
+    ctx = request.app.state.ctx
+
     def pools() -> dict[str, Any]:
-        answer = data.api_call(nodes_api.list_pools, request=request, _principal=viewer.principal, session=session)
-        return {"pools": answer["items"]}
+        nodes = data.node_list(ctx, session, time.time())
+        return {"pools": data.pools(ctx, nodes, nodes_api.allocated_devices(session))}
 
     return Page(request, viewer, "capacity.html", {"pools": pools}, "Capacity").response(panel)
 

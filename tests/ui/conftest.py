@@ -48,9 +48,10 @@ def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
 
 
 @pytest.fixture(autouse=True)
-def _no_jobs_left(dash: Dashboard) -> Iterator[None]:
-    """Each test starts with no active job (capacity free), whatever the previous one left."""
-    dash.cancel_all()
+def _no_jobs_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test of the deployment starts with no active job (capacity free), whatever the previous one left."""
+    if "dash" in request.fixturenames:
+        request.getfixturevalue("dash").cancel_all()
     yield
 
 

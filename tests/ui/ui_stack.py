@@ -70,6 +70,10 @@ class ScriptedExecutor(InstantExecutor):
         return LogChunk(job_id, chunk.attempt, rank, offset, data.decode("utf-8", errors="ignore"))
 
 
+def _wait(stop: threading.Event, seconds: float) -> None:
+    stop.wait(seconds)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -212,7 +216,7 @@ def running_dashboard(tmp: Path, **settings: Any) -> Iterator[Dashboard]:
 
             def loop(agent: Agent = agent) -> None:
                 agent.discover()
-                agent.register_with_retry(sleep=lambda s: None if stop.wait(s) else None)
+                agent.register_with_retry(sleep=lambda seconds: _wait(stop, seconds))
                 agent.run(stop)
 
             threads.append(threading.Thread(target=loop, name=f"agent-{node_id}", daemon=True))
