@@ -198,6 +198,9 @@ class SchedulerCore:
         self._ncu_state: ClusterState | None = None
         self._ncu_nodes = 0
         self._ncu_value = 0.0
+        #: ``now`` of the step before the current one (LAS: who crossed a threshold since).
+        self._previous_step = -math.inf
+        self._step_now = -math.inf
 
     @property
     def reservations(self) -> dict[str, Reservation]:
@@ -230,6 +233,8 @@ class SchedulerCore:
         #    kept reservations over.
         same_state = state is self._stepped
         self._stepped = state
+        if now != self._step_now:
+            self._previous_step, self._step_now = self._step_now, now
         self.books.begin(state, same_state)
         self.shares.begin(state, self.policy, self._ncu_capacity(state))
         self._advance_history(state, now, same_state)
@@ -378,6 +383,7 @@ class SchedulerCore:
             running=state.running,
             las_thresholds=queueing.las_thresholds,
             las_starvation=queueing.las_starvation,
+            previous_step=self._previous_step if self._previous_step < now else -math.inf,
         )
 
     def _rule(self, ordering: str, state: ClusterState, now: float, walk: _Walk) -> OrderingRule:
@@ -443,7 +449,8 @@ class SchedulerCore:
         elif cause is StopCause.CANCELLED:
             self.service.forget(job_id)
         else:
-            self.service.stopped(running, now, self.config.queueing.preempted_resume)
+            queueing = self.config.queueing
+            self.service.stopped(running, now, queueing.preempted_resume, queueing.las_thresholds)
         return self.meter.stop(running, now, cause)
 
     def adopt(
@@ -613,7 +620,7 @@ class SchedulerCore:
                 code, why = ReasonCode.PRIORITY, _RULE_REASON[rule.ordering]
             else:
                 code, why = ReasonCode.QUOTA, "reclaim"
-            self.service.stopped(victim, now, resume)
+            self.service.stopped(victim, now, resume, self.config.queueing.las_thresholds)
             state.release(victim.job.id)
             reason = Reason(code, "preempted by {by} ({why})", plan.pool.id, {"by": job.id, "why": why})
             decisions.append(

@@ -67,6 +67,8 @@ NEEDS_RUNTIME = frozenset({"sjf", "srtf"})
 _INF = math.inf
 
 SortKey = tuple[int, float, float, str]
+#: How an ordering ranks a running job it may stop: larger goes first.
+Rank = tuple[float, float]
 
 
 # ---------------------------------------------------------------------------------------------- service
@@ -82,6 +84,8 @@ class _Service:
     progress: float = 0.0
     #: When the last run stopped (the starvation rule counts the wait from there).
     stopped_at: float = 0.0
+    #: When the job reached its current LAS level (``None``: it never left level 0 since its submission).
+    level_at: float | None = None
 
 
 class ServiceBook:
@@ -106,13 +110,19 @@ class ServiceBook:
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._jobs
 
-    def stopped(self, running: RunningJob, now: float, resume: bool) -> None:
-        """A run of ``running`` stopped at ``now`` without finishing: keep what it received and what it kept."""
+    def stopped(self, running: RunningJob, now: float, resume: bool, thresholds: tuple[float, ...] = ()) -> None:
+        """A run of ``running`` stopped at ``now`` without finishing: keep what it received and what it kept (and
+        when it crossed the last of ``thresholds`` it passed, the LAS levels)."""
         entry = self._jobs.get(running.job.id)
         if entry is None:
             entry = self._jobs[running.job.id] = _Service()
         ran = max(now - running.started_at, 0.0)
-        entry.attained += ran * running.job.total_devices
+        devices = running.job.total_devices
+        before, after = entry.attained, entry.attained + ran * devices
+        crossed = [t for t in thresholds if before < t <= after * (1 + 1e-12) + 1e-9]
+        if crossed and devices > 0:
+            entry.level_at = running.started_at + (crossed[-1] - before) / devices
+        entry.attained = after
         entry.executed += ran
         if resume:
             entry.progress += ran * running.relative
@@ -147,8 +157,25 @@ class ServiceBook:
             return False
         if now - entry.stopped_at >= factor * entry.executed:
             entry.attained = entry.executed = 0.0
+            entry.level_at = now
             return True
         return False
+
+    def level_at(
+        self, job_id: str, running: RunningJob | None, now: float, thresholds: tuple[float, ...]
+    ) -> float | None:
+        """When the job reached its current LAS level (for a running job, a crossing in this run counts);
+        ``None`` for a job still on the level it was submitted to."""
+        entry = self._jobs.get(job_id)
+        at = entry.level_at if entry is not None else None
+        if running is not None and running.job.total_devices > 0:
+            devices = running.job.total_devices
+            before = entry.attained if entry is not None else 0.0
+            after = before + max(now - running.started_at, 0.0) * devices
+            crossed = [t for t in thresholds if before < t <= after * (1 + 1e-12) + 1e-9]
+            if crossed:
+                at = running.started_at + (crossed[-1] - before) / devices
+        return at
 
     def starving_at(self, job_id: str, factor: float) -> float | None:
         """When a waiting job will be promoted by the starvation rule (``None``: never, or not waiting)."""
@@ -256,6 +283,9 @@ class OrderingContext:
     las_thresholds: tuple[float, ...] = (3250.0, 7200.0)
     #: LAS starvation factor (0: off).
     las_starvation: float = 0.0
+    #: When the core last stepped before this one (a job that crossed a LAS threshold since then is "just
+    #: demoted").
+    previous_step: float = -math.inf
 
     def remaining(self, job: Job, running: RunningJob | None = None) -> float:
         """Estimated reference seconds left (``inf`` without an estimate)."""
@@ -270,6 +300,13 @@ class OrderingContext:
         crossing finds it crossed)."""
         attained = self.service.attained(job.id, running, self.now)
         return bisect_right(self.las_thresholds, attained * (1 + 1e-12) + 1e-9)
+
+    def level_entry(self, job: Job, running: RunningJob | None = None) -> float:
+        """When the job reached its LAS level (its submit time while it is on the level it started on): FIFO
+        within a level is by this time, as in Tiresias' simulator, where a job joins the back of a queue as it
+        enters it."""
+        at = self.service.level_at(job.id, running, self.now, self.las_thresholds)
+        return job.submit_time if at is None else at
 
     def service_demand(self, job: Job) -> float:
         """QSSF's key: predicted device-seconds (``inf`` without a prediction)."""
@@ -290,7 +327,7 @@ class OrderingContext:
         if ordering == "srtf":
             return lambda job: (-job.priority, self.remaining(job), job.submit_time, job.id)
         if ordering == "las":
-            return lambda job: (-job.priority, float(self.level(job)), job.submit_time, job.id)
+            return lambda job: (-job.priority, float(self.level(job)), self.level_entry(job), job.id)
         if ordering == "qssf":
             return lambda job: (-job.priority, self.service_demand(job), job.submit_time, job.id)
         check_ordering(ordering)
@@ -341,7 +378,9 @@ class OrderingRule:
     """Which running job a waiting job may stop under a preemptive ordering (same priority class only).
 
     ``srtf``: the victim's estimated remaining time is longer than the waiting job's. ``las``: the victim is on
-    a higher level. Victims the ordering ranks worst go first (:meth:`rank`). ``applies(job, victim)`` says
+    a higher level, or it has just been demoted onto the waiting job's level, which the waiting job reached
+    earlier (a demoted job joins the back of its new level); otherwise jobs of one level keep what they run.
+    Victims the ordering ranks worst go first (:meth:`rank`). ``applies(job, victim)`` says
     whether both jobs are under this ordering (their queues may order differently).
     """
 
@@ -363,19 +402,37 @@ class OrderingRule:
             return self.context.remaining(job, running)
         return float(self.context.level(job, running))
 
+    def _rank(self, job: Job, running: RunningJob | None) -> Rank:
+        if self.ordering == "srtf":
+            return (self.context.remaining(job, running), job.submit_time)
+        return (float(self.context.level(job, running)), self.context.level_entry(job, running))
+
     def outranks(self, job: Job, victim: RunningJob) -> bool:
         """Whether waiting ``job`` goes before running ``victim`` under the ordering."""
         other = victim.job
         if other.priority != job.priority or (self._applies is not None and not self._applies(job, other)):
             return False
+        if self.ordering == "las" and self._just_demoted(job, victim):
+            return True
         mine = self._own.get(job.id)
         if mine is None:
             mine = self._own[job.id] = self._measure(job, None)
         return mine < self._measure(other, victim)
 
-    def rank(self, victim: RunningJob) -> float:
-        """How badly the ordering ranks a running job (larger: stopped first)."""
-        return self._measure(victim.job, victim)
+    def _just_demoted(self, job: Job, victim: RunningJob) -> bool:
+        """A running job that crossed onto its level since the previous step joins the back of that level: the
+        jobs already waiting there (on that level earlier) go before it, as in Tiresias."""
+        context = self.context
+        level = context.level(victim.job, victim)
+        if level == 0 or context.level(job) != level:
+            return False
+        entered = context.level_entry(victim.job, victim)
+        return entered > context.previous_step and context.level_entry(job) < entered
+
+    def rank(self, victim: RunningJob) -> Rank:
+        """How badly the ordering ranks a running job (larger: stopped first; under LAS, the highest level, and
+        on it the job that reached it last)."""
+        return self._rank(victim.job, victim)
 
     def signature(self, job: Job) -> float:
         """What, besides its shape, decides whether ``job`` finds victims (for the walk's miss cache)."""

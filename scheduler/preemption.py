@@ -165,11 +165,12 @@ class Preemptor:
         ordered: set[str] = set()
         if rule is not None:
             ordered = {r.job.id for r in candidates if r.job.priority == job.priority and rule.outranks(job, r)}
+            ranks = {r.job.id: rule.rank(r) for r in candidates if r.job.id in ordered}
             # Lower classes first, then the ones the ordering ranks worst; then cheapest, most recent.
             candidates.sort(
                 key=lambda r: (
                     r.job.priority,
-                    -rule.rank(r) if r.job.id in ordered else 0.0,
+                    tuple(-x for x in ranks.get(r.job.id, (0.0, 0.0))),
                     lost_work(r, now),
                     -r.started_at,
                     -r.job.submit_time,
