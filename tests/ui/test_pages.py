@@ -410,3 +410,20 @@ def test_usage_csv_is_the_apis_usage(dash: Dashboard, session_of: Session) -> No
     admin = session_of("admin")
     assert admin.get("/ui/admin/billing.csv").status_code == 200
     assert session_of("bob").get("/ui/admin/billing.csv").status_code == 404
+
+
+def test_simulator_reports_open_in_a_sandboxed_frame(
+    dash: Dashboard, session_of: Session, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    (tmp_path / "fgd-vs-binpack.html").write_text("<html><body><h1>report</h1><script>x=1</script></body></html>")
+    (tmp_path / "notes.txt").write_text("not a report")
+    monkeypatch.setenv("ZHISUAN_UI_REPORTS_DIR", str(tmp_path))
+    admin = session_of("admin")
+    listing = get(admin, "/ui/admin/reports?show=fgd-vs-binpack.html")
+    assert "fgd-vs-binpack.html" in listing and "notes.txt" not in listing
+    assert '<iframe class="report" sandbox=""' in listing
+    report = admin.get("/ui/admin/reports/file/fgd-vs-binpack.html")
+    assert report.status_code == 200 and report.headers["content-security-policy"].startswith("sandbox;")
+    assert admin.get("/ui/admin/reports/file/notes.txt").status_code == 404
+    assert admin.get("/ui/admin/reports/file/..%2Fzhisuan.db").status_code == 404
+    assert session_of("alice").get("/ui/admin/reports/file/fgd-vs-binpack.html").status_code == 404
