@@ -395,6 +395,11 @@ class Agent:
             return True
         return self.changes_only and now >= self._hold_until and bool(self._changed_health())
 
+    def telemetry_due(self, now: float) -> bool:
+        """Whether the next heartbeat will carry a batch (changes only): a sample is due, or the work changed."""
+        interval = self.telemetry_interval_s or 0.0
+        return not self.changes_only or self._work_changed or now - self._telemetry_at >= interval
+
     def _changed_health(self) -> dict[str, Health]:
         return {u: s.health for u, s in self.latest.items() if self._acked_health.get(u) is not s.health}
 

@@ -38,7 +38,7 @@ from api.routers import ROUTERS
 from api.routers.agent import AgentAdmission
 from api.service_store import ChangeFeed
 from api.settings import Settings
-from api.store import Follower, Snapshots, Submitter
+from api.store import Follower, LeaseWriter, Snapshots, Submitter
 from api.ui import router as ui_router
 from scheduler.catalog import load_catalog
 from scheduler.throughput import load_throughput
@@ -110,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         submitter=submitter,
         metrics=Metrics(engine, lambda: (submitter.batches, submitter.written)),
     )
+    leases = ctx.leases = LeaseWriter(engine)
     feed = ChangeFeed(engine)
     ctx.follower = Follower(feed.read, None if is_sqlite(engine) else feed.watch, ctx.auth.invalidate, ctx.snapshots)
 
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # switch interval a busy event loop holds it for up to 5 ms each time, a few times per batch.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
         submitter.start()
+        leases.start()
         try:
             await asyncio.to_thread(_start, ctx)
         except Exception as err:
@@ -135,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if ctx.follower is not None:
                 ctx.follower.stop()
             submitter.stop()
+            leases.stop()
             if isinstance(ctx.limiter, RedisRateLimiter):
                 await ctx.limiter.close()
             engine.dispose()

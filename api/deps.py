@@ -25,7 +25,7 @@ from api.db import write_engine
 from api.enums import Role
 from api.problems import Problem, forbidden, not_found
 from api.settings import Settings
-from api.store import Follower, Snapshots, Submitter
+from api.store import Follower, LeaseWriter, Snapshots, Submitter
 from scheduler.catalog import Catalog
 from scheduler.throughput import ThroughputMatrix
 
@@ -53,6 +53,8 @@ class AppContext:
     startup_error: str | None = None
     #: Keeps the caches right from the change feed (None: refresh them on a timer instead).
     follower: Follower | None = None
+    #: Writes the heartbeats that only renew a lease, in batches.
+    leases: LeaseWriter | None = None
     bootstrap_token: str | None = field(default=None, repr=False)
 
 

@@ -291,10 +291,11 @@ class SqlServiceStore:
         outcome = StepOutcome()
         with self._writer.begin() as conn:
             self._fence(conn, fence)
+            starts = [d for d in decisions if d.kind is DecisionKind.START]
+            if starts:
+                self._start_all(conn, starts, versions, now, outcome)
             for decision in decisions:
-                if decision.kind is DecisionKind.START:
-                    self._start(conn, decision, versions[decision.job_id], now, outcome)
-                elif decision.kind is DecisionKind.PREEMPT:
+                if decision.kind is DecisionKind.PREEMPT:
                     message = decision.reasons[0].message if decision.reasons else "preempted"
                     conn.execute(
                         update(JOBS)
@@ -313,15 +314,95 @@ class SqlServiceStore:
                     data = decision.reasons[0].as_dict() if decision.reasons else {}
                     _event(conn, decision.job_id, now, "preempted", message, data)
                     outcome.preempted.append(decision.job_id)
-            for job_id, why in reasons.items():
-                # Reasons are advice, not state: they do not bump the version (a cancel must not lose a race
-                # against the scheduler explaining why the job waits).
-                conn.execute(
-                    update(JOBS)
-                    .where(JOBS.c.id == job_id, JOBS.c.state == JobState.PENDING.value)
-                    .values(reasons=[r.as_dict() for r in why])
-                )
+            # Reasons are advice, not state: they do not bump the version (a cancel must not lose a race against
+            # the scheduler explaining why the job waits). One multi-row statement (a first step over a long
+            # queue explains every job at once).
+            advice = [{"job": job_id, "why": [r.as_dict() for r in why]} for job_id, why in reasons.items()]
+            statement = (
+                update(JOBS)
+                .where(JOBS.c.id == bindparam("job"), JOBS.c.state == JobState.PENDING.value)
+                .values(reasons=bindparam("why", type_=JOBS.c.reasons.type))
+            )
+            for chunk in _chunks(advice, CHUNK * 4):
+                conn.execute(statement, chunk)
         return outcome
+
+    def _start_all(
+        self,
+        conn: Connection,
+        starts: Sequence[Decision],
+        versions: Mapping[str, int],
+        now: float,
+        outcome: StepOutcome,
+    ) -> None:
+        """Every start of a step, in multi-row statements: the conditional moves (on the version each was decided
+        on), then a read of which took (a cancel through the API may have moved a job since), then their ledger
+        entries and events. The rows moved are locked until the transaction ends, so the read is exact."""
+        move = (
+            update(JOBS)
+            .where(
+                JOBS.c.id == bindparam("job"),
+                JOBS.c.version == bindparam("seen"),
+                JOBS.c.state == JobState.PENDING.value,
+            )
+            .values(
+                state=JobState.STARTING.value,
+                version=JOBS.c.version + 1,
+                placement=bindparam("where", type_=JOBS.c.placement.type),
+                started_at=now,
+                updated_at=now,
+                reasons=[],
+                estimated_start=now,
+                estimated_finish=bindparam("finish"),
+                message="",
+            )
+        )
+        params = []
+        for decision in starts:
+            assert decision.placement is not None
+            params.append(
+                {
+                    "job": decision.job_id,
+                    "seen": versions[decision.job_id],
+                    "where": placement_to_json(decision.placement),
+                    "finish": decision.estimated_finish,
+                }
+            )
+        for chunk in _chunks(params, CHUNK * 4):
+            conn.execute(move, chunk)
+        moved: dict[str, tuple[str, int, int, Any]] = {}
+        for chunk in _chunks([d.job_id for d in starts], CHUNK * 4):
+            statement = select(JOBS.c.id, JOBS.c.state, JOBS.c.version, JOBS.c.attempt, JOBS.c.spec).where(
+                JOBS.c.id.in_(chunk)
+            )
+            for job_id, state, version, attempt, spec in conn.execute(statement):
+                moved[job_id] = (state, int(version), int(attempt), spec)
+        ledger: list[LedgerEntry] = []
+        events: list[dict[str, Any]] = []
+        for decision in starts:
+            found = moved.get(decision.job_id)
+            expected = versions[decision.job_id] + 1
+            if found is None or found[0] != JobState.STARTING.value or found[1] != expected:
+                outcome.lost_races.append(decision.job_id)
+                continue
+            placement = decision.placement
+            assert placement is not None
+            ledger.extend(decision.ledger)
+            events.append(
+                {
+                    "job_id": decision.job_id,
+                    "at": now,
+                    "kind": "started",
+                    "message": where(placement),
+                    "data": placement_to_json(placement),
+                }
+            )
+            outcome.started.append(
+                StartedRun(decision.job_id, expected, found[2], self._spec(decision.job_id, found[3]))
+            )
+        _write_ledger(conn, ledger)
+        for chunk in _chunks(events, CHUNK * 4):
+            conn.execute(insert(JOB_EVENTS), chunk)
 
     def _start(self, conn: Connection, decision: Decision, version: int, now: float, outcome: StepOutcome) -> None:
         placement = decision.placement

@@ -402,6 +402,99 @@ class Follower:
         return changes
 
 
+# ------------------------------------------------------------------------------------------ lease renewals
+
+
+class LeaseWriter:
+    """Group commit of node lease renewals: heartbeats that carry nothing but the renewal (nearly all of them, at
+    scale) are written by one thread, a batch per transaction, in one ``UPDATE ... FROM (VALUES ...)``, instead
+    of a request-handler thread and a transaction each. ``renew`` is awaited on the event loop; it answers the
+    node's ``last_seq``, or None when no agent's node has that id (the agent must register again)."""
+
+    def __init__(self, engine: Engine, max_batch: int = 1000) -> None:
+        self.engine = write_engine(engine)
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[tuple[str, float, float, asyncio.Future[int | None], Any] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        self._row = f"({mark}, {mark}, {mark})"
+        self.batches = 0
+        self.renewals = 0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="zhisuan-lease-writer", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    async def renew(self, node_id: str, now: float, expires_at: float) -> int | None:
+        if self._thread is None:
+            raise RuntimeError("the lease writer is not running")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int | None] = loop.create_future()
+        self._queue.put((node_id, now, expires_at, future, loop))
+        return await future
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._write(batch)
+                    return
+                batch.append(item)
+            self._write(batch)
+
+    def _write(self, batch: list[tuple[str, float, float, asyncio.Future[int | None], Any]]) -> None:
+        latest = {node_id: (node_id, now, expires) for node_id, now, expires, _, _ in batch}
+        rows = list(latest.values())
+        statement = (
+            f"WITH v(id, t, e) AS (VALUES {', '.join([self._row] * len(rows))}) "
+            "UPDATE nodes SET last_heartbeat = v.t, lease_expires_at = v.e, "
+            f"state = CASE WHEN nodes.state = '{NodeStatus.DOWN.value}' THEN '{NodeStatus.READY.value}' "
+            "ELSE nodes.state END "
+            f"FROM v WHERE nodes.id = v.id AND nodes.source = '{NodeSource.AGENT.value}' "
+            "RETURNING nodes.id, nodes.last_seq"
+        )
+        answers: dict[str, int | None] = {}
+        error: BaseException | None = None
+        try:
+            with self.engine.begin() as conn:
+                params = tuple(value for row in rows for value in row)
+                for node_id, last_seq in conn.exec_driver_sql(statement, params):
+                    answers[node_id] = -1 if last_seq is None else int(last_seq)
+        except Exception as err:
+            error = err
+        self.batches += 1
+        self.renewals += len(batch)
+        for node_id, _, _, future, loop in batch:
+            with contextlib.suppress(RuntimeError):  # the loop closed (server shutting down)
+                loop.call_soon_threadsafe(_settle, future, answers.get(node_id), error)
+
+
+def _settle(future: asyncio.Future[int | None], answer: int | None, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(answer)
+
+
 # ------------------------------------------------------------------------------------------ group commit
 
 
@@ -641,6 +734,7 @@ def _resolve(pairs: list[tuple[asyncio.Future[Result], Result | BaseException]])
 __all__ = [
     "MISSED_HEARTBEATS",
     "Follower",
+    "LeaseWriter",
     "PolicySnapshot",
     "Result",
     "Snapshots",

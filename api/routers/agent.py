@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Connection, bindparam, case, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -200,14 +201,33 @@ def register(body: RegisterRequest, request: Request, principal: CurrentPrincipa
 
 
 @router.post("/heartbeat", response_model=HeartbeatResponse, summary="Telemetry and health from a node agent")
-def heartbeat(body: HeartbeatRequest, request: Request, principal: CurrentPrincipal) -> Response:
+async def heartbeat(body: HeartbeatRequest, request: Request, principal: CurrentPrincipal) -> Response:
     _check_node(principal, body.node_id)
     ctx = context(request)
-    now = time.time()
-    interval, lease, telemetry = _lease(ctx)
     sent = max((b.seq for b in body.batches), default=None)
     if sent is not None and sent > MAX_SEQ:
         raise _invalid(["batches", "seq"], f"{sent} is beyond the largest sequence number the API keeps ({MAX_SEQ})")
+    now = time.time()
+    interval, lease, telemetry = _lease(ctx)
+    if body.batches or body.device_health or ctx.leases is None:
+        last_seq = await run_in_threadpool(_renew_and_store, ctx, body, now, lease, sent)
+    else:  # a renewal and nothing else: batched with the others arriving meanwhile
+        last_seq = await ctx.leases.renew(body.node_id, now, now + lease)
+    if last_seq is None:  # unknown here (or not an agent's node): the agent registers again; nothing changed
+        return _reply(HeartbeatResponse(acked_seq=-1, reregister=True), body.protocol_version)
+    reply = HeartbeatResponse(
+        acked_seq=last_seq,
+        interval_s=interval,
+        work=ctx.snapshots.device_work(body.node_id),
+        telemetry_interval_s=telemetry,
+        lease_s=lease,
+    )
+    return _reply(reply, body.protocol_version)
+
+
+def _renew_and_store(ctx: AppContext, body: HeartbeatRequest, now: float, lease: float, sent: int | None) -> int | None:
+    """Renew the lease and store what the heartbeat carries, in one transaction; the node's ``last_seq`` (-1:
+    none yet), None if no agent's node has this id."""
     renewal = (
         update(NODES)
         .where(NODES.c.id == body.node_id, NODES.c.source == NodeSource.AGENT.value)
@@ -221,19 +241,11 @@ def heartbeat(body: HeartbeatRequest, request: Request, principal: CurrentPrinci
     )
     with write_engine(ctx.engine).begin() as conn:
         renewed = conn.execute(renewal).first()
-        if renewed is None:  # unknown here (or not an agent's node): the agent registers again; nothing changed
-            return _reply(HeartbeatResponse(acked_seq=-1, reregister=True), body.protocol_version)
+        if renewed is None:
+            return None
         if body.batches or body.device_health:
             _store_devices(conn, body, now)
-    acked = renewed.last_seq if renewed.last_seq is not None else -1
-    reply = HeartbeatResponse(
-        acked_seq=acked,
-        interval_s=interval,
-        work=ctx.snapshots.device_work(body.node_id),
-        telemetry_interval_s=telemetry,
-        lease_s=lease,
-    )
-    return _reply(reply, body.protocol_version)
+    return -1 if renewed.last_seq is None else int(renewed.last_seq)
 
 
 def _store_devices(conn: Connection, body: HeartbeatRequest, now: float) -> None:
