@@ -104,7 +104,7 @@ def stacked(
     width = 600
     keys = sorted(series)
     totals = [sum(series[k][i] for k in keys) for i in range(buckets)]
-    top = max([*totals, 1e-9])
+    top = max([*totals, 1.0])  # a scale of at least one unit: a blip must not fill the chart
     step = width / max(1, buckets)
     parts = [
         f'<svg class="chart stacked" viewBox="0 0 {width} {height + 24}" width="100%" role="img">',

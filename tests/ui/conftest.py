@@ -1,4 +1,4 @@
-"""Fixtures of the dashboard tests: one deployment for the directory (:mod:`ui_stack`), HTTP sessions signed in
+"""Fixtures of the dashboard tests: one deployment per test module (:mod:`ui_stack`), HTTP sessions signed in
 through the real login, and a real headless Chromium (Debian's ``chromium``) driven by Playwright for Python.
 
 Playwright is pointed at the system browser with ``executable_path``; it never downloads one. Every browser
@@ -41,8 +41,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "browser: drives a real headless Chromium through Playwright")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
+    """Per module, so the agents and the scheduler do not keep running through the rest of the suite."""
     with running_dashboard(tmp_path_factory.mktemp("dashboard")) as started:
         yield started
 

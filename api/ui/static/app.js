@@ -22,7 +22,8 @@
     if (!live) { return; }
     var seconds = Math.round((Date.now() - lastUpdate) / 1000);
     var text = body.getAttribute("data-" + (state === "live" ? "live" : state === "polling" ? "polling" : "reconnecting")) || state;
-    var updated = (body.getAttribute("data-updated") || "{s}").replace("{s}", seconds + " s");
+    var unit = body.getAttribute("data-unit") || " s";
+    var updated = (body.getAttribute("data-updated") || "{s}").replace("{s}", seconds + unit);
     live.textContent = text + " · " + updated;
     live.setAttribute("data-state", state);
   }
