@@ -105,8 +105,11 @@ class ApiError(Exception):
     def message(self) -> str:
         """One line: the title, what to fix, the first field errors and the status."""
         text = self.title.rstrip(".")
-        if self.detail and self.detail != self.title:
-            text = f"{text}: {self.detail}"
+        detail = self.detail
+        if detail.lower().startswith(text.lower()):  # a server that repeats its title in the detail
+            detail = detail[len(text) :].lstrip(" .:;-")
+        if detail:
+            text = f"{text}: {detail}"
         extra = []
         for error in self.errors[:3]:
             loc = error.get("loc", ())

@@ -165,11 +165,18 @@ def _relay(source: threading.Event, target: threading.Event) -> None:
     threading.Thread(target=wait, name="relay", daemon=True).start()
 
 
-def _stop_agents(switches: dict[str, threading.Event], threads: list[threading.Thread]) -> None:
+def _stop_agents(
+    switches: dict[str, threading.Event], threads: list[threading.Thread], timeout_s: float = 15.0
+) -> None:
+    """Stop every agent and wait for them together (a heartbeat in flight finishes while the API still runs)."""
     for switch in switches.values():
         switch.set()
+    deadline = time.monotonic() + timeout_s
     for thread in threads:
-        thread.join(5)
+        thread.join(max(0.0, deadline - time.monotonic()))
+    late = [t.name for t in threads if t.is_alive()]
+    if late:
+        log.warning("agents still stopping when the API stops: %s", ", ".join(late))
 
 
 def _pause(stop: threading.Event, seconds: float) -> None:

@@ -1,13 +1,26 @@
 """Errors raised when a configuration or input file is rejected.
 
-Every loader validates a whole file before anything takes effect and reports the *first* problem in one line
-that names the file, the field and what would be accepted::
+Every loader validates a whole file before anything takes effect and reports each problem in one line that
+names the file, the field and what would be accepted::
 
     >>> raise ConfigError("seeds/accelerators.yaml", "models[3].kind", "'tpu' is not allowed",
     ...                   allowed=["gpu", "npu"])
     Traceback (most recent call last):
     ...
     scheduler.errors.ConfigError: seeds/accelerators.yaml: models[3].kind: 'tpu' is not allowed (allowed: gpu, npu)
+
+A document with several problems reports all that validation found, one line each (``problems`` lists them)::
+
+    >>> from pydantic import BaseModel
+    >>> class Spec(BaseModel):
+    ...     workers: int
+    ...     name: str
+    >>> try:
+    ...     validate_model(Spec, {"workers": "many"}, "job.yaml")
+    ... except ConfigError as err:
+    ...     print(err)
+    job.yaml: workers: Input should be a valid integer, unable to parse string as an integer (got 'many')
+    job.yaml: name: Field required
 """
 
 from __future__ import annotations
@@ -25,14 +38,29 @@ M = TypeVar("M", bound=BaseModel)
 class ConfigError(ValueError):
     """A file or document that cannot be used as given; ``str(err)`` is a one-line, actionable message."""
 
-    def __init__(self, source: str | Path, field: str, problem: str, allowed: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        source: str | Path,
+        field: str,
+        problem: str,
+        allowed: Iterable[str] | None = None,
+        also: Sequence[ConfigError] = (),
+    ) -> None:
         self.source = str(source)
         self.field = field
         self.problem = problem
         self.allowed = list(allowed) if allowed is not None else None
+        #: Further problems found in the same document, in the order validation found them.
+        self.also = tuple(also)
         suffix = f" (allowed: {', '.join(self.allowed)})" if self.allowed else ""
         location = f"{self.source}: {field}: " if field else f"{self.source}: "
-        super().__init__(f"{location}{problem}{suffix}")
+        self.line = f"{location}{problem}{suffix}"
+        super().__init__("\n".join(dict.fromkeys([self.line, *(e.line for e in self.also)])))
+
+    @property
+    def problems(self) -> list[ConfigError]:
+        """This problem and the others found with it."""
+        return [self, *self.also]
 
 
 def field_path(loc: Sequence[int | str]) -> str:
@@ -47,8 +75,12 @@ def field_path(loc: Sequence[int | str]) -> str:
 
 
 def from_validation_error(source: str | Path, err: ValidationError, prefix: str = "") -> ConfigError:
-    """Turn the first error of a pydantic ``ValidationError`` into a one-line :class:`ConfigError`."""
-    first = err.errors()[0]
+    """Turn a pydantic ``ValidationError`` into a :class:`ConfigError`: one line per error, the first in front."""
+    first, *rest = (_one_error(source, e, prefix) for e in err.errors())
+    return ConfigError(first.source, first.field, first.problem, first.allowed, also=rest)
+
+
+def _one_error(source: str | Path, first: Any, prefix: str) -> ConfigError:
     loc = tuple(first["loc"])
     # Pydantic adds the tag of a discriminated union or the validator name to ``loc``; keep only real fields.
     field = field_path([p for p in loc if not (isinstance(p, str) and p.startswith("function-"))])

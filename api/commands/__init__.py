@@ -25,6 +25,7 @@ from api.commands.jobs import cancel, eta, list_jobs, logs, status, submit, why
 from api.commands.kube import kube_app
 from api.commands.session import login, logout, whoami
 from api.commands.views import nodes, queues, usage
+from api.ui.cli import dashboard_command
 
 
 def register(app: typer.Typer) -> None:
@@ -44,3 +45,4 @@ def register(app: typer.Typer) -> None:
     app.command()(nodes)
     app.add_typer(admin_app, name="admin")
     app.add_typer(kube_app, name="kube")
+    app.command("dashboard")(dashboard_command)

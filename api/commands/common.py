@@ -44,7 +44,9 @@ JOB_ID = re.compile(r"^j[0-9a-f]{19}$")
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    stderr().print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    """Print each line of ``message`` as an error (a file with several problems names each) and exit."""
+    for line in message.splitlines() or [""]:
+        stderr().print(f"[red]error:[/red] {escape(line)}", soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -37,7 +38,6 @@ from api.commands.render import (
     relative,
     state_text,
     stderr,
-    stdout,
     when,
 )
 from api.models import EtaOut, JobOut
@@ -83,10 +83,21 @@ def _progress_line(job: JobOut, started: float) -> str:
     return " — ".join(parts)
 
 
+class Until(StrEnum):
+    END = "end"
+    RUNNING = "running"
+
+
 @handle_errors
 def submit(
     file: Annotated[Path, typer.Argument(help="job spec, YAML or JSON (see seeds/examples/)", show_default=False)],
-    wait: Annotated[bool, typer.Option("--wait", help="watch the job until it runs or ends")] = False,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="wait for the job to end, printing rank 0's log; exit with the job's status"),
+    ] = False,
+    until: Annotated[
+        Until, typer.Option(help="with --wait: 'end' (as sbatch --wait and ray job submit do) or 'running'")
+    ] = Until.END,
     queue: Annotated[str | None, typer.Option(help="queue (overrides the spec's)")] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="makes a resubmission return the same job (default: a fresh key)")
@@ -97,42 +108,68 @@ def submit(
     profile: ProfileOpt = None,
     output: OutputOpt = Fmt.TABLE,
 ) -> None:
-    """Submit a job spec. The spec is checked here before anything is sent; --wait exits 1 if the job fails."""
+    """Submit a job spec. The spec is checked here before anything is sent.
+
+    With --wait the command follows the job: a status line while it waits, then rank 0's log as it is written,
+    and it exits 0 when the job succeeded, or with the job's exit code (1 if it has none) when it failed or was
+    cancelled. With --until running it returns as soon as the job runs. With -o json/yaml nothing but the final job
+    is printed."""
     spec = _load(file, queue)
     with connect(url, token, profile) as client:
         job = client.submit(spec, idempotency_key=idempotency_key)
-        if wait:
-            started = time.time()
-            err = stderr()
-            if output is Fmt.TABLE:
-                stdout().print(
-                    f"Submitted [bold]{escape(job.id)}[/bold] ({escape(job.name)}) to queue {escape(str(job.queue))}"
-                )
-            try:
-                with err.status(_progress_line(job, started)) as status:
-                    job = client.wait(
-                        job.id,
-                        until="running",
-                        timeout=timeout,
-                        on_update=lambda j: status.update(_progress_line(j, started)),
-                    )
-            except TimeoutError as exc:
-                raise fail(f"{exc}; it stays queued (see `zhisuan why {job.id}`)", EXIT_API) from exc
-    if not wait:
-        emit(
-            job.to_dict(),
-            output,
-            lambda c: c.print(
-                f"Submitted [bold]{escape(job.id)}[/bold] ({escape(job.name)}) to queue {escape(str(job.queue))}: "
-                f"{state_text(job.state)}"
-            ),
-        )
-        return
-    emit(job.to_dict(), output, lambda c: c.print(f"{escape(job.id)}: {state_text(job.state)}{_placement_suffix(job)}"))
+        if not wait:
+            emit(
+                job.to_dict(),
+                output,
+                lambda c: c.print(
+                    f"Submitted [bold]{escape(job.id)}[/bold] ({escape(job.name)}) to queue {escape(str(job.queue))}: "
+                    f"{state_text(job.state)}"
+                ),
+            )
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        human = output is Fmt.TABLE
+        if human:
+            stderr().print(
+                f"Submitted [bold]{escape(job.id)}[/bold] ({escape(job.name)}) to queue {escape(str(job.queue))}"
+            )
+        job = _wait_for(client, job, "running", deadline, show=human)
+        if until is Until.END:
+            if human:  # the log, also of a job that ended before we saw it run
+                for text in client.follow_logs(job.id, rank=0):
+                    sys.stdout.write(text)
+                    sys.stdout.flush()
+                    if deadline is not None and time.monotonic() > deadline:
+                        break
+            job = _wait_for(client, client.get_job(job.id), "terminal", deadline, show=False)
+    emit(job.to_dict(), output, lambda c: stderr().print(f"{escape(job.id)}: {state_text(job.state)}{_ended(job)}"))
     if job.state in ("failed", "cancelled"):
-        detail = f": {job.message}" if job.message else ""
+        raise typer.Exit(job.exit_code if job.exit_code and 0 < job.exit_code < 256 else EXIT_API)
+
+
+def _wait_for(client: ZhisuanClient, job: JobOut, until: Literal["running", "terminal"], deadline: float | None,
+              show: bool) -> JobOut:  # fmt: skip
+    """Poll until ``until``, with a status line on stderr when ``show``; a timeout keeps the job queued."""
+    started = time.time()
+    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+    try:
+        if not show:
+            return client.wait(job.id, until=until, timeout=timeout)
+        with stderr().status(_progress_line(job, started)) as status:
+            return client.wait(
+                job.id, until=until, timeout=timeout, on_update=lambda j: status.update(_progress_line(j, started))
+            )
+    except TimeoutError as exc:
+        raise fail(f"{exc}; it stays queued (see `zhisuan why {job.id}`)", EXIT_API) from exc
+
+
+def _ended(job: JobOut) -> str:
+    """What a finished or started job's last line adds: where it ran, or why it failed."""
+    if job.state in ("failed", "cancelled"):
+        detail = f": {job.message.splitlines()[0]}" if job.message else ""
         code = f" (exit code {job.exit_code})" if job.exit_code is not None else ""
-        raise fail(f"job {job.id} {job.state}{detail}{code}", EXIT_API)
+        return f"{escape(detail)}{code}"
+    return _placement_suffix(job)
 
 
 def _placement_suffix(job: JobOut) -> str:

@@ -195,8 +195,7 @@ async def submit(
             messages = "; ".join(r.message for r in reasons) or "no acceptable pool"
             raise Problem(
                 "unschedulable",
-                f"no pool of the installed inventory could ever run this job: {messages}. "
-                "Ask for fewer or smaller workers, or other models",
+                f"{messages}. Ask for fewer or smaller workers, or other models",
                 extra={"reasons": [r.as_dict() for r in reasons]},
             )
     except Problem:

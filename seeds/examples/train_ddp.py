@@ -11,11 +11,16 @@ It uses CUDA when the visible devices include a real GPU (``--device auto``), th
 backend works for both (``--backend nccl`` for multi-GPU runs on real hardware). Rank 0 writes
 ``<ZHISUAN_CHECKPOINT_PATH>/checkpoint.pt`` every ``--checkpoint-every`` steps, at the end, and when it is asked
 to stop (SIGTERM: preemption, cancel); a new attempt with the same path resumes from the last checkpoint.
+
+Every way out — done, failed on purpose, asked to stop — releases DDP and destroys the process group first: a
+process that exits with gloo's worker threads still holding work aborts in C++ at interpreter shutdown
+("terminate called without an active exception", SIGABRT), which would turn a finished run into a failed one.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
@@ -82,12 +87,29 @@ def main() -> int:
     visible = {k: v for k, v in os.environ.items() if k.endswith("VISIBLE_DEVICES")}
     print(
         f"rank {rank}/{world} host {socket.gethostname()} node {os.environ.get('ZHISUAN_NODE', '-')} "
-        f"device {device} visible {json.dumps(visible, sort_keys=True)} "
+        f"device {device}{describe(device)} visible {json.dumps(visible, sort_keys=True)} "
         f"master {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
         flush=True,
     )
     signal.signal(signal.SIGTERM, lambda *_: STOP.update(requested=True))
     dist.init_process_group(args.backend, rank=rank, world_size=world, timeout=timedelta(seconds=120))
+    try:
+        return train(args, rank, world, device)
+    finally:
+        # Release DDP (its reducer holds gloo work) before the group, then the group, on every way out.
+        gc.collect()
+        dist.destroy_process_group()
+
+
+def describe(device: torch.device) -> str:
+    """`` (NVIDIA H100 80GB HBM3, GPU-…)`` for a CUDA device: which physical GPU this worker got."""
+    if device.type != "cuda":
+        return ""
+    props = torch.cuda.get_device_properties(device)
+    return f" ({props.name}, GPU-{props.uuid})"
+
+
+def train(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> int:
 
     torch.manual_seed(0)  # same initial weights everywhere (DDP also broadcasts rank 0's)
     model = nn.Sequential(nn.Linear(16, args.hidden), nn.ReLU(), nn.Linear(args.hidden, 1)).to(device)
@@ -142,7 +164,6 @@ def main() -> int:
         "device": str(device),
     }
     print("DONE " + json.dumps(summary), flush=True)
-    dist.destroy_process_group()
     return 0
 
 

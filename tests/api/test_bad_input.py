@@ -88,6 +88,8 @@ class TestSubmissionRefused:
         r = post_job(stack, {**JOB, "workers": 20, "devices_per_worker": 8, "models": ["H100"]})
         body = assert_problem(r, 422, "unschedulable", "local/H100", "16")
         assert body["reasons"] and body["reasons"][0]["code"] == "unschedulable"
+        # The detail says what the title does not: the reasons and what to change, each once.
+        assert body["detail"].lower().count("could ever run") == 0 and body["detail"].count("Ask for") == 1
         r = post_job(stack, {**JOB, "devices_per_worker": 16})
         assert_problem(r, 422, "unschedulable", "at most 8")
 

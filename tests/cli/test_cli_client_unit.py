@@ -308,3 +308,9 @@ def test_tls_context_only_for_https() -> None:
     assert isinstance(plain, ssl.SSLContext) and plain.verify_mode == ssl.CERT_REQUIRED  # fails closed if used
     custom = ssl.create_default_context()
     assert _tls("https://zs.example.cn", custom) is custom
+
+
+def test_a_problem_message_never_repeats_its_title() -> None:
+    err = ApiError(422, "https://zhisuan.dev/problems/unschedulable", "No pool could run this job",
+                   "no pool could run this job: a worker needs 16 devices.")  # fmt: skip
+    assert err.message == "No pool could run this job: a worker needs 16 devices. (HTTP 422)"

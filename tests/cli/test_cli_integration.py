@@ -290,12 +290,12 @@ def test_submit_wait_until_running(server: Server, tmp_path: Path) -> None:
             time.sleep(0.05)
 
     starter = later(0, start_when_submitted)
-    result = ok(zs(server, "submit", str(path), "--wait"))
+    result = ok(zs(server, "submit", str(path), "--wait", "--until", "running"))
     starter.join()
-    assert "Submitted j" in result.stdout and "running on H100" in result.stdout
+    assert "Submitted j" in result.stderr and "running on H100" in result.stderr
 
 
-def test_submit_wait_exits_1_when_the_job_fails(server: Server, tmp_path: Path) -> None:
+def test_submit_wait_exits_with_the_job_exit_code_when_it_fails(server: Server, tmp_path: Path) -> None:
     path = spec_file(tmp_path)
     name = yaml.safe_load(path.read_text())["name"]
 
@@ -312,9 +312,34 @@ def test_submit_wait_exits_1_when_the_job_fails(server: Server, tmp_path: Path) 
     thread = later(0, fail_when_submitted)
     result = zs(server, "submit", str(path), "--wait", "-o", "json")
     thread.join()
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # the job's own exit code, as sbatch --wait does
     assert json.loads(result.stdout)["state"] == "failed"
-    assert "failed: image pull failed (exit code 2)" in result.stderr
+
+
+def test_submit_wait_prints_rank_0_log_until_the_end(server: Server, tmp_path: Path) -> None:
+    path = spec_file(tmp_path)
+    name = yaml.safe_load(path.read_text())["name"]
+
+    def run_when_submitted() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with server.engine.connect() as conn:
+                found = conn.execute(select(JOBS.c.id).where(JOBS.c.name == name)).scalar()
+            if found:
+                start_job(server.engine, found)
+                write_log(server.engine, found, "epoch 1 loss 0.9\n")
+                time.sleep(0.5)
+                write_log(server.engine, found, "epoch 2 loss 0.4\n")
+                write_log(server.engine, found, "not rank 0\n", rank=1)
+                finish_job(server.engine, found, "succeeded")
+                return
+            time.sleep(0.05)
+
+    thread = later(0, run_when_submitted)
+    result = ok(zs(server, "submit", str(path), "--wait"))
+    thread.join()
+    assert result.stdout == "epoch 1 loss 0.9\nepoch 2 loss 0.4\n"
+    assert "succeeded" in result.stderr.splitlines()[-1]
 
 
 def test_submit_wait_timeout_exits_1(server: Server, tmp_path: Path) -> None:
@@ -346,11 +371,21 @@ def test_bad_spec_is_rejected_locally_and_nothing_is_written(server: Server, tmp
     assert count_jobs(server, name) == 0
 
 
+def test_every_problem_of_a_job_file_is_reported_at_once(server: Server, tmp_path: Path) -> None:
+    path = spec_file(tmp_path, workers=-2, cpus_per_worker="lots", colour="blue")
+    result = zs(server, "submit", str(path))
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 3, result.stderr
+    assert [e.split(": ")[2] for e in errors] == ["workers", "cpus_per_worker", "colour"]
+    assert "unknown field" in errors[2]
+
+
 def test_spec_the_server_rejects_exits_1_with_what_to_fix(server: Server, tmp_path: Path) -> None:
     result = zs(server, "submit", str(spec_file(tmp_path, queue="no-such-queue")))
     assert result.exit_code == 1 and "not one of your queues" in result.stderr and "422" in result.stderr
     huge = zs(server, "submit", str(spec_file(tmp_path, workers=400, devices_per_worker=8, models=["H100"])))
-    assert huge.exit_code == 1 and "no pool" in huge.stderr
+    assert huge.exit_code == 1 and "No pool" in huge.stderr and "has 64 in all" in huge.stderr
+    assert huge.stderr.lower().count("no pool") == 1  # the reason, not the title twice
 
 
 def test_tenant_users_cannot_administer(server: Server) -> None:
