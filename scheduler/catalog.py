@@ -208,6 +208,9 @@ class Vendor(_Strict):
     name: str
     ray_resource: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
     visibility_env: str | None = Field(default=None, pattern=r"^[A-Z][A-Z0-9_]*$")
+    #: Variables every worker of this vendor gets, so that the devices named by index in ``visibility_env`` are
+    #: the ones the node agent's tool numbered so (CUDA numbers by speed unless told to use the PCI order).
+    runtime_env: dict[str, str] = Field(default_factory=dict)
     source: str | None = None
 
 

@@ -53,6 +53,7 @@ RESERVED_ENV = frozenset(
         "MASTER_ADDR",
         "MASTER_PORT",
         "CUDA_VISIBLE_DEVICES",
+        "CUDA_DEVICE_ORDER",
         "ASCEND_RT_VISIBLE_DEVICES",
         "MLU_VISIBLE_DEVICES",
         "XPU_VISIBLE_DEVICES",

@@ -56,7 +56,7 @@ PROBE = textwrap.dedent(
     keys = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "ZHISUAN_JOB_ID",
             "ZHISUAN_ATTEMPT", "ZHISUAN_NODE", "ZHISUAN_RAY_NODE_ID", "ZHISUAN_CHECKPOINT_PATH", "ZHISUAN_MODEL",
             "CUDA_VISIBLE_DEVICES", "ASCEND_RT_VISIBLE_DEVICES", "ZHISUAN_VISIBLE_DEVICES", "ZHISUAN_DEVICE_MILLI",
-            "GREETING"]
+            "CUDA_DEVICE_ORDER", "GREETING"]
     env = {k: os.environ.get(k) for k in keys}
     print("PROBE " + json.dumps({**env, "pid": os.getpid(), "cwd": os.getcwd()}), flush=True)
     if a.record:
@@ -172,6 +172,7 @@ def test_one_worker_runs_on_the_chosen_node_and_devices(executor: RayExecutor, p
     assert ray_node_labels()[str(seen["ZHISUAN_RAY_NODE_ID"])] == worker.node  # Ray agrees where it ran
     devices = ",".join(map(str, worker.devices))
     assert seen["CUDA_VISIBLE_DEVICES"] == devices and seen["ZHISUAN_VISIBLE_DEVICES"] == devices
+    assert seen["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # CUDA numbers the devices as NVML (the agent) does
     assert (seen["RANK"], seen["WORLD_SIZE"], seen["LOCAL_RANK"]) == ("0", "1", "0")
     assert (seen["ZHISUAN_JOB_ID"], seen["ZHISUAN_ATTEMPT"]) == ("one", "0")
     assert seen["ZHISUAN_CHECKPOINT_PATH"] == "/tmp/ckpt/one" and seen["GREETING"] == "ni hao"

@@ -60,6 +60,7 @@ def plan_workers(
         raise ExecutorError(str(err)) from None
     resource = ray_resource_name(vendor, catalog)
     visibility = device_visibility_env(vendor, catalog)
+    runtime_env = catalog.vendor(vendor).runtime_env
     nodes = list(placement.nodes)
     per_node: dict[str, int] = {}
     plans: list[WorkerPlan] = []
@@ -92,6 +93,7 @@ def plan_workers(
             devices=tuple(worker.devices),
             milli=worker.milli,
             visibility_env=(visibility,) if visibility else (),
+            device_env=dict(runtime_env),
             entrypoint=req.entrypoint,
             log_path=str(Path(log_dir) / req.job_id / str(req.attempt) / f"rank-{rank}.log"),
             namespace=namespace,

@@ -76,6 +76,8 @@ class WorkerSpec:
     devices: tuple[int, ...]
     milli: int
     visibility_env: tuple[str, ...]
+    #: The vendor's runtime variables (``CUDA_DEVICE_ORDER=PCI_BUS_ID``...), set like the visibility variable.
+    device_env: dict[str, str]
     entrypoint: str
     log_path: str
     namespace: str
@@ -444,6 +446,7 @@ class RankProcess:
         devices = ",".join(str(d) for d in spec.devices)
         for name in (*spec.visibility_env, ZHISUAN_VISIBLE_DEVICES):
             env[name] = devices
+        env.update(spec.device_env)
         env.update(
             {
                 "RANK": str(spec.rank),
