@@ -81,7 +81,7 @@ async def _maintain(ctx: AppContext) -> None:
             log.debug("refresh failed: %s", err)
 
 
-def _limiter(settings: Settings) -> RateLimiter | RedisRateLimiter:
+def make_limiter(settings: Settings) -> RateLimiter | RedisRateLimiter:
     """Per-token rate limits: in Redis when several processes share them, else in this process."""
     if settings.redis_url:
         return RedisRateLimiter(settings.redis_url, settings.rate_per_s, settings.rate_burst)
@@ -105,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         catalog=catalog,
         throughput=throughput,
         auth=Authenticator(engine, settings.token_cache_s),
-        limiter=_limiter(settings),
+        limiter=make_limiter(settings),
         snapshots=Snapshots(engine, catalog, throughput),
         submitter=submitter,
         metrics=Metrics(engine, lambda: (submitter.batches, submitter.written)),
@@ -218,7 +218,7 @@ def run(
         raise ValueError("several workers read their settings from ZHISUAN_* variables; pass settings=None")
     os.environ["ZHISUAN_WORKERS"] = str(workers)
     shared = Settings.from_env()
-    _limiter(shared)  # the error about Redis, once, before any process starts
+    make_limiter(shared)  # the error about Redis, once, before any process starts
     prepare_database(shared)
     uvicorn.run("api.app:create_app", factory=True, workers=workers, **options)
 

@@ -185,11 +185,22 @@ def server(
     ray_address: Annotated[
         str | None, typer.Option(help="Ray cluster the scheduler runs jobs on; without it only the API runs")
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="API processes serving the port; more than one needs ZHISUAN_REDIS_URL (shared rate limits) "
+            "or ZHISUAN_RATE_LIMIT=off",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the API and, with --ray-address, run the scheduler service (settings from ZHISUAN_* variables)."""
     from api.settings import Settings
     from api.up import running, wait_for_interrupt
 
+    if workers > 1:
+        _serve_workers(host, port, ray_address, workers)
+        return
     settings = Settings.from_env()
     with running(settings, host=host, port=port, ray_address=ray_address, agents=False) as run:
         if run.admin_token is not None:
@@ -197,6 +208,40 @@ def server(
         scheduler = "scheduler on " + ray_address if ray_address else "no scheduler (no --ray-address)"
         console.print(f"serving {run.url}; {scheduler}. Ctrl-C stops.")
         wait_for_interrupt(run.stop)
+
+
+def _serve_workers(host: str, port: int, ray_address: str | None, workers: int) -> None:
+    """``workers`` API processes on ``host:port`` (uvicorn's supervisor, in this process's main thread) and, with
+    ``ray_address``, the scheduler service in this process. The processes share everything through the database
+    and Redis: a submission through any of them wakes the scheduler (the change feed), a revoked token is refused
+    by all within a second, a token's rate limit is one bucket."""
+    import socket
+    from contextlib import ExitStack
+
+    from api.app import run as run_api
+    from api.settings import Settings
+    from api.up import running
+
+    settings = Settings.from_env().with_(workers=workers)
+    try:
+        from api.app import make_limiter
+
+        make_limiter(settings)
+    except ValueError as err:
+        errors.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    with ExitStack() as stack:
+        if ray_address:
+            # The scheduler's host (api.up.running) also serves an API, on a private loopback port nobody is told.
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                private = sock.getsockname()[1]
+            run = stack.enter_context(running(settings, port=private, ray_address=ray_address, agents=False))
+            if run.admin_token is not None:
+                console.print(f"center admin token (shown once): {run.admin_token}")
+            console.print(f"scheduler on {ray_address}")
+        console.print(f"serving http://{host}:{port} with {workers} processes. Ctrl-C stops.")
+        run_api(host=host, port=port, workers=workers)
 
 
 if __name__ == "__main__":

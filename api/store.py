@@ -241,6 +241,40 @@ class Snapshots:
         with self.engine.connect() as conn:
             self._load_inventory(conn, self.inventory.key)
 
+    def nodes_changed(self, ids: Iterable[str]) -> None:
+        """Nodes the change feed names: a new one joins the snapshot, one described anew makes the whole inventory
+        be read again; a health flip or a lease that came back changes nothing here (O(changes), not O(nodes))."""
+        wanted = sorted(set(ids))
+        rows: list[Any] = []
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 2000):
+                chunk = wanted[start : start + 2000]
+                rows.extend(conn.execute(select(NODES).where(NODES.c.id.in_(chunk))).mappings())
+        known = {n.id: n for n in self.inventory.nodes}
+        fresh: list[Node] = []
+        for row in rows:
+            try:
+                node = node_of(row)
+            except ValueError:
+                continue
+            old = known.get(node.id)
+            if old is None:
+                fresh.append(node)
+            elif old != node:
+                self.refresh_inventory()
+                return
+        if len(rows) < len(wanted) and any(i in known for i in set(wanted) - {r["id"] for r in rows}):
+            self.refresh_inventory()  # a node was deleted
+            return
+        if fresh:
+            with self._lock:
+                inventory = self.inventory
+                for node in fresh:
+                    if node.id not in inventory.state.nodes:
+                        inventory.state.add_node(node)
+                        inventory.nodes.append(node)
+                inventory.feasible.clear()
+
     def refresh_policy(self) -> None:
         with self.engine.connect() as conn:
             self.set_policy(load_policy_version(conn, self.catalog))
@@ -394,9 +428,7 @@ class Follower:
         if changes.policy:
             snapshots.refresh_policy()
         if changes.nodes:
-            snapshots.inventory_stale = True
-        if snapshots.inventory_stale and time.monotonic() - snapshots._inventory_at >= self.inventory_every_s:
-            snapshots.refresh_inventory()
+            snapshots.nodes_changed(changes.nodes)
         if changes.jobs:
             snapshots.jobs_changed(changes.jobs)
         return changes

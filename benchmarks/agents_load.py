@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import resource
 import signal
@@ -283,6 +284,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.token_file is None:
             parser.error("give --token or --token-file")
         args.token = args.token_file.read_text().strip()
+    # A herd refused with 429 would log a warning per agent per retry: the JSON counts them instead.
+    logging.getLogger("zhisuan.agent").setLevel(logging.ERROR)
     try:
         import uvloop
 

@@ -149,7 +149,9 @@ def _tree_cpu(pid: int) -> float:
 class Api:
     """The API as ``--workers`` processes on one port, on ``database_url``."""
 
-    def __init__(self, database_url: str, tmp: Path, workers: int, redis_url: str | None, rate_limit: str) -> None:
+    def __init__(
+        self, database_url: str, tmp: Path, workers: int, redis_url: str | None, rate_limit: str, heartbeat_rate: float
+    ) -> None:
         self.database_url, self.tmp, self.workers = database_url, tmp, workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -162,6 +164,7 @@ class Api:
             # The example cluster's nodes too, so that every model the locust profile asks for exists.
             "ZHISUAN_CLUSTER_FILE": str(ROOT / "seeds" / "clusters" / "example.yaml"),
             "ZHISUAN_RATE_LIMIT": rate_limit,
+            "ZHISUAN_HEARTBEAT_RATE": str(heartbeat_rate),
             "PYTHONPATH": str(ROOT),
         }
         if redis_url:
@@ -175,7 +178,7 @@ class Api:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -681,11 +684,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "cpus": os.cpu_count(),
         "workers": args.workers,
+        "heartbeat_rate": args.heartbeat_rate,
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
         "beside": _beside(),
     }
     cpu = Cpu()
-    api = Api(database_url, tmp, args.workers, args.redis_url, args.rate_limit)
+    api = Api(database_url, tmp, args.workers, args.redis_url, args.rate_limit, args.heartbeat_rate)
     agents: Agents | None = None
     try:
         api.start()
@@ -697,7 +701,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "scheduler" in args.phases:
             result["scheduler"] = phase_scheduler(args, api, cpu)
         if agents is not None:
-            agents.process.send_signal(signal.SIGINT)
+            agents.process.send_signal(signal.SIGTERM)
             with contextlib.suppress(Exception):
                 agents.process.wait(timeout=60)
             with contextlib.suppress(Exception):
@@ -744,6 +748,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate-limit", default="50/s burst 200")
     parser.add_argument("--nodes", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=256, help="agent requests in flight at most")
+    parser.add_argument(
+        "--heartbeat-rate",
+        type=float,
+        default=200.0,
+        help="ZHISUAN_HEARTBEAT_RATE of the API: heartbeats/s it plans for (10,000 nodes at 200/s: every 50 s)",
+    )
     parser.add_argument("--agents-duration", type=float, default=600.0)
     parser.add_argument("--restart-api-at", type=float, default=0.0, help="kill and restart the API at S seconds")
     parser.add_argument("--jobs", type=int, default=100_000)
@@ -758,6 +768,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     args.phases = set(args.phases.split(","))
+    # Started in the background, a process ignores SIGINT: let SIGTERM stop it cleanly (databases dropped).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     text = json.dumps(run(args), indent=2, default=str)
     if args.out is not None:
         args.out.write_text(text)

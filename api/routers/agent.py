@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agents.protocol import (
     PROTOCOL_2_FIELDS,
+    REGISTER_PATH,
     SUPPORTED_PROTOCOLS,
     DeviceSample,
     Health,
@@ -305,7 +306,11 @@ class AgentAdmission:
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
+        #: Registrations (a dozen rows each) get a quarter of the places: renewals, which keep nodes up, never
+        #: wait behind a herd of registrations.
+        self.register_limit = max(1, limit // 4)
         self.in_flight = 0
+        self.registering = 0
         self.refused = 0
         self._random = random.Random()
 
@@ -313,7 +318,8 @@ class AgentAdmission:
         if self.limit <= 0 or scope["type"] != "http" or not scope["path"].startswith(AGENT_PREFIX):
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.limit:
+        registration = scope["path"] == REGISTER_PATH
+        if self.in_flight >= self.limit or (registration and self.registering >= self.register_limit):
             self.refused += 1
             # Spread the retries over more seconds the deeper the overload, so they do not come back together.
             spread = 1.0 + 4.0 * min(1.0, self.refused / (10.0 * self.limit))
@@ -326,9 +332,11 @@ class AgentAdmission:
             await problem.response(scope.get("path", ""))(scope, receive, send)
             return
         self.in_flight += 1
+        self.registering += registration
         try:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+            self.registering -= registration
             if self.in_flight == 0:
                 self.refused = 0
