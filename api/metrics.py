@@ -59,6 +59,10 @@ class _JobsByState(Collector):
         return iter(())
 
 
+#: Routes that hold a response open (server-sent events): counted, but left out of the latency histogram.
+STREAMS = frozenset({"/ui/events"})
+
+
 class Metrics:
     def __init__(self, engine: Engine, writer_stats: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -85,7 +89,8 @@ class Metrics:
             labels = (method, route, str(status))
             children = self._children[key] = (self.requests.labels(*labels), self.latency.labels(*labels))
         children[0].inc()
-        children[1].observe(seconds)
+        if route not in STREAMS:  # a stream open for an hour is not an hour-long request
+            children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
