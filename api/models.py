@@ -398,3 +398,90 @@ class ReadyOut(_Out):
     database: str
     revision: str | None
     head: str | None
+
+
+# ------------------------------------------------------------------------------------------------ services
+
+
+class ServiceLoadOut(_Out):
+    """What the routers saw of a service in the last seconds (added up over every router)."""
+
+    ongoing: float = Field(description="requests in flight, queued included")
+    queued: float
+    requests_per_s: float
+    errors_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    routers: int
+
+
+class ServiceReplicaOut(_Out):
+    job_id: str
+    revision: int
+    phase: str = Field(description="pending, starting, ready, draining or unhealthy")
+    state: JobState = Field(description="the replica job's state")
+    attempt: int
+    node: str | None
+    url: str | None
+    ongoing: int = Field(description="requests in flight on it, by the routers' last reports")
+    reasons: list[str] = Field(description="why it waits to be placed")
+
+
+class ServiceOut(_Out):
+    id: str
+    tenant: str
+    name: str
+    user: str
+    queue: str
+    revision: int
+    state: str = Field(description="active, or deleting (its replicas drain and stop)")
+    desired: int | None = Field(description="replicas the autoscaler wants (None: not decided yet)")
+    ready: int
+    min_replicas: int
+    max_replicas: int
+    path: str = Field(description="the endpoint's path on the serving port")
+    url: str | None = Field(description="the endpoint's URL, when the API knows the serving address")
+    message: str
+    created_at: float
+    updated_at: float
+    slo_p99_ms: float | None
+    load: ServiceLoadOut | None
+    replicas: list[ServiceReplicaOut]
+    spec: dict[str, Any]
+
+
+class ServiceDeployed(ServiceOut):
+    outcome: str = Field(description="created, updated (a new revision) or unchanged")
+
+
+class ServiceKeyIn(_In):
+    name: str = Field(default="", max_length=200, description="who the key is for")
+
+
+class ServiceKeyOut(_Out):
+    id: str
+    service: str
+    name: str
+    created_at: float
+    revoked_at: float | None
+
+
+class ServiceKeyCreated(ServiceKeyOut):
+    key: str = Field(description="shown once: zsk_<id>_<secret>; store it now")
+
+
+class ServiceUsageOut(_Out):
+    service: str
+    tenant: str
+    start: float
+    end: float
+    requests: int
+    errors: int
+    rejected: int
+    tokens: int
+    device_hours: float = Field(description="replica runs that stopped in the period")
+    running_device_hours: float = Field(description="replica runs still going, up to now (charged when they stop)")
+    ncu_hours: float
+    charge: float
+    currency: str
+    charge_per_1k_requests: float | None

@@ -290,6 +290,112 @@ class LeaderLockRow(SQLModel, table=True):
     term: int = 0
 
 
+# ------------------------------------------------------------------------------------------------ serving
+
+
+class ServiceRow(SQLModel, table=True):
+    """A served inference service (``/v1/services``): its spec at ``revision``, bumped by every change of it.
+
+    Its replicas are jobs (``service_replicas`` links them); the serving controller writes ``desired`` and
+    ``message``; a deleted service is ``deleting`` until its replicas are gone, then its row goes.
+    """
+
+    __tablename__ = "services"
+    __table_args__ = (UniqueConstraint("tenant", "name"),)
+
+    id: str = Field(primary_key=True)
+    tenant: str
+    name: str
+    user: str
+    queue: str
+    spec: dict[str, Any] = Field(sa_type=JSONValue)
+    revision: int = 1
+    state: str = "active"
+    desired: int | None = None
+    message: str = ""
+    created_at: float
+    updated_at: float
+
+
+class ServiceReplicaRow(SQLModel, table=True):
+    """One replica of a service: its job, and what the controller learned (URL, health, drain).
+
+    A replica whose job ended keeps its row (``ended_at``): the service's bill adds up its replicas' ledger
+    entries, also after the service itself is gone (so ``service_id`` is no foreign key).
+    """
+
+    __tablename__ = "service_replicas"
+
+    job_id: str = Field(
+        sa_column=Column(String, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True, nullable=False)
+    )
+    service_id: str = Field(index=True)
+    revision: int
+    url: str | None = None
+    url_attempt: int | None = None
+    ready_at: float | None = None
+    failures: int = 0
+    draining_since: float | None = None
+    created_at: float
+    ended_at: float | None = None
+    message: str = ""
+
+
+class ServiceKeyRow(SQLModel, table=True):
+    """A key for calling one service, ``zsk_<id>_<secret>``; only the SHA-256 of the secret is stored."""
+
+    __tablename__ = "service_keys"
+
+    id: str = Field(primary_key=True)
+    service_id: str = Field(
+        sa_column=Column(String, ForeignKey("services.id", ondelete="CASCADE"), nullable=False, index=True)
+    )
+    tenant: str
+    name: str = ""
+    secret_hash: str
+    created_at: float
+    created_by: str = ""
+    revoked_at: float | None = None
+
+
+class ServiceLoadRow(SQLModel, table=True):
+    """The newest load report of one router about one service (what the autoscaler and the drains read)."""
+
+    __tablename__ = "service_load"
+
+    router: str = Field(primary_key=True)
+    service_id: str = Field(
+        sa_column=Column(String, ForeignKey("services.id", ondelete="CASCADE"), primary_key=True, nullable=False)
+    )
+    at: float = Field(index=True)
+    window_s: float = 1.0
+    requests: int = 0
+    errors: int = 0
+    rejected: int = 0
+    ongoing: float = 0.0
+    queued: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    tokens: int = 0
+    replicas: dict[str, Any] = Field(default_factory=dict, sa_type=JSONValue)
+
+
+class ServiceUsageRow(SQLModel, table=True):
+    """Requests, errors and tokens of a service per hour (kept after the service is deleted: the bill needs it)."""
+
+    __tablename__ = "service_usage"
+    __table_args__ = (Index("ix_service_usage_tenant_hour", "tenant", "hour"),)
+
+    service_id: str = Field(primary_key=True)
+    hour: float = Field(primary_key=True)
+    tenant: str
+    name: str
+    requests: int = 0
+    errors: int = 0
+    rejected: int = 0
+    tokens: int = 0
+
+
 def table(model: type[SQLModel]) -> Table:
     """The Core :class:`~sqlalchemy.Table` of a table model (for bulk statements on hot paths)."""
     return cast(Table, model.__table__)  # type: ignore[attr-defined]
@@ -308,6 +414,11 @@ API_TOKENS = table(ApiTokenRow)
 LEADER_LOCK = table(LeaderLockRow)
 DEVICE_HEALTH_EVENTS = table(DeviceHealthEventRow)
 CHANGES = table(ChangeRow)
+SERVICES = table(ServiceRow)
+SERVICE_REPLICAS = table(ServiceReplicaRow)
+SERVICE_KEYS = table(ServiceKeyRow)
+SERVICE_LOAD = table(ServiceLoadRow)
+SERVICE_USAGE = table(ServiceUsageRow)
 #: The tables this module defines (the migration must create exactly these).
 TABLES = (
     JOBS,
@@ -322,5 +433,10 @@ TABLES = (
     LEADER_LOCK,
     DEVICE_HEALTH_EVENTS,
     CHANGES,
+    SERVICES,
+    SERVICE_REPLICAS,
+    SERVICE_KEYS,
+    SERVICE_LOAD,
+    SERVICE_USAGE,
 )
 TABLE_NAMES = frozenset(t.name for t in TABLES)

@@ -12,7 +12,7 @@ flagged ``energy_estimated``) and the charge::
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from scheduler.catalog import Catalog
 from scheduler.model import LedgerEntry, LedgerKind, StopCause
@@ -72,3 +72,52 @@ def domestic_share(entries: Iterable[LedgerEntry]) -> float:
         if entry.domestic:
             domestic += entry.ncu_hours
     return domestic / total if total else 0.0
+
+
+@dataclass(frozen=True)
+class ServiceUsage:
+    """What one served service used: its replicas' device-hours, NCU-hours and charge from the ledger (runs that
+    stopped), the device-hours of runs still going (charged when they stop), and the requests the routers
+    counted."""
+
+    device_hours: float = 0.0
+    ncu_hours: float = 0.0
+    charge: float = 0.0
+    running_device_hours: float = 0.0
+    requests: int = 0
+    errors: int = 0
+    tokens: int = 0
+
+    @property
+    def charge_per_1k_requests(self) -> float | None:
+        return self.charge / self.requests * 1000 if self.requests else None
+
+
+def service_usage(
+    entries: Iterable[LedgerEntry], now: float, requests: int = 0, errors: int = 0, tokens: int = 0
+) -> ServiceUsage:
+    """Add up a service's replica runs: every stop entry is a finished run; a start entry with no stop after it
+    on the same job is a run still going, counted up to ``now``::
+
+        >>> from scheduler.model import LedgerEntry, LedgerKind
+        >>> def entry(kind, at, seconds=0.0):
+        ...     return LedgerEntry(kind, "r1", "acme", "acme", "ann", "H100", "bj1/H100", 0.5, at, seconds,
+        ...                        ncu_hours=0.5 * seconds / 3600 * 2, charge=seconds / 3600 * 18)
+        >>> use = service_usage([entry(LedgerKind.START, 0), entry(LedgerKind.STOP, 3600, 3600),
+        ...                      entry(LedgerKind.START, 3600)], now=5400, requests=1000)
+        >>> use.device_hours, use.running_device_hours, use.charge, use.charge_per_1k_requests
+        (0.5, 0.25, 18.0, 18.0)
+    """
+    device_hours = ncu_hours = charge = running = 0.0
+    open_runs: dict[str, LedgerEntry] = {}
+    for entry in sorted(entries, key=lambda e: (e.at, e.kind is LedgerKind.START)):
+        if entry.kind is LedgerKind.START:
+            open_runs[entry.job_id] = entry
+            continue
+        open_runs.pop(entry.job_id, None)
+        device_hours += entry.devices * entry.seconds / 3600
+        ncu_hours += entry.ncu_hours
+        charge += entry.charge
+    for started in open_runs.values():
+        running += started.devices * max(0.0, now - started.at) / 3600
+    return ServiceUsage(device_hours, ncu_hours, charge, running, requests, errors, tokens)

@@ -23,6 +23,7 @@ import typer
 from api.commands.admin import admin_app
 from api.commands.jobs import cancel, eta, list_jobs, logs, status, submit, why
 from api.commands.kube import kube_app
+from api.commands.services import services_app
 from api.commands.session import login, logout, whoami
 from api.commands.views import nodes, queues, usage
 from api.ui.cli import dashboard_command
@@ -45,4 +46,5 @@ def register(app: typer.Typer) -> None:
     app.command()(nodes)
     app.add_typer(admin_app, name="admin")
     app.add_typer(kube_app, name="kube")
+    app.add_typer(services_app, name="services")
     app.command("dashboard")(dashboard_command)

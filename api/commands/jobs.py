@@ -252,9 +252,22 @@ def status(
     output: OutputOpt = Fmt.TABLE,
 ) -> None:
     """A job's state, placement, reasons, estimates and latest events."""
+    from api.commands.services import service_of_job, service_rows
+    from api.models import ServiceOut
+
     with connect(url, token, profile) as client:
         job = client.get_job(job_ref(client, job_id))
         events = client.events(job.id) if output is Fmt.TABLE else []
+        # A replica of a served service: show the service's endpoint and live figures too.
+        service_id = service_of_job(job.spec) if output is Fmt.TABLE else None
+        served = next(
+            (
+                ServiceOut.from_api(s)
+                for s in (client.request("GET", "/v1/services")["items"] if service_id else [])
+                if s["id"] == service_id
+            ),
+            None,
+        )
 
     def table(console: Console) -> None:
         rows = [
@@ -284,6 +297,8 @@ def status(
             rows.append(("message", escape(job.message)))
         if job.exit_code is not None:
             rows.append(("exit code", str(job.exit_code)))
+        if served is not None:
+            rows.extend((f"  {k}" if k != "service" else "replica of", v) for k, v in service_rows(served))
         key_values(console, rows)
         if events:
             t = Table(title="events", box=None, header_style="bold")
