@@ -447,6 +447,36 @@ class SqlServiceStore:
         return True
 
     @_unavailable_as_store_error
+    def transition_many(
+        self, fence: Fence, moves: Sequence[tuple[str, int]], state: JobState, now: float, message: str
+    ) -> set[str]:
+        if not moves:
+            return set()
+        statement = (
+            update(JOBS)
+            .where(JOBS.c.id == bindparam("job"), JOBS.c.version == bindparam("seen"))
+            .values(state=state.value, version=JOBS.c.version + 1, updated_at=now)
+        )
+        expected = {job_id: version + 1 for job_id, version in moves}
+        moved: set[str] = set()
+        with self._writer.begin() as conn:
+            self._fence(conn, fence)
+            params = [{"job": job_id, "seen": version} for job_id, version in moves]
+            for chunk in _chunks(params, CHUNK * 4):
+                conn.execute(statement, chunk)
+            # The rows moved stay locked until the commit: this read says exactly which moves took.
+            for chunk in _chunks(list(expected), CHUNK * 4):
+                rows = conn.execute(select(JOBS.c.id, JOBS.c.state, JOBS.c.version).where(JOBS.c.id.in_(chunk)))
+                moved.update(r.id for r in rows if r.state == state.value and r.version == expected[r.id])
+            events: list[dict[str, Any]] = [
+                {"job_id": job_id, "at": now, "kind": state.value, "message": message, "data": {}}
+                for job_id in sorted(moved)
+            ]
+            for chunk in _chunks(events, CHUNK * 4):
+                conn.execute(insert(JOB_EVENTS), chunk)
+        return moved
+
+    @_unavailable_as_store_error
     def end(
         self,
         fence: Fence,

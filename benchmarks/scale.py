@@ -342,7 +342,8 @@ def watch_downs(database_url: str, stop: threading.Event, every_s: float, seen: 
 
 def phase_agents(args: argparse.Namespace, api: Api, cpu: Cpu, node_token: str, tmp: Path) -> tuple[Agents, Any]:
     """Start the agents; return them (still running into the scheduler phase) and the agents-window report."""
-    total = args.agents_duration + (args.scheduler_duration + 120 if "scheduler" in args.phases else 0)
+    # Long enough for the herd (up to --agents-duration), the window and the scheduler phase; stopped after them.
+    total = 2 * args.agents_duration + (args.scheduler_duration + 300 if "scheduler" in args.phases else 0)
     agents = Agents(api, node_token, args.nodes, total, tmp, args.connections)
     cpu.add("agents_load", agents.process.pid)
     started = time.time()
@@ -360,9 +361,9 @@ def phase_agents(args: argparse.Namespace, api: Api, cpu: Cpu, node_token: str, 
     watcher = threading.Thread(target=watch_downs, args=(api.database_url, stop, 5.0, downs), daemon=True)
     watcher.start()
     restarted: dict[str, Any] | None = None
-    deadline = started + args.agents_duration
-    if args.restart_api_at and time.time() < started + args.restart_api_at:
-        time.sleep(max(0.0, started + args.restart_api_at - time.time()))
+    deadline = window_start + args.agents_duration  # the whole window after the herd
+    if args.restart_api_at and time.time() < window_start + args.restart_api_at:
+        time.sleep(max(0.0, window_start + args.restart_api_at - time.time()))
         t0 = time.time()
         api.kill()
         api.start()
@@ -430,6 +431,24 @@ def phase_scheduler(args: argparse.Namespace, api: Api, cpu: Cpu) -> dict[str, A
         return report
 
     service.cycle = timed  # type: ignore[method-assign]
+    # Where the time of a cycle goes: the policy core's step and the estimated-start pass are O(pending) by design.
+    parts: dict[str, list[float]] = {"core_step": [], "eta_pass": []}
+    eta_at: list[float] = []
+
+    def timing(name: str, function: Any) -> Any:
+        def timed_part(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                parts[name].append(time.perf_counter() - start)
+                if name == "eta_pass":
+                    eta_at.append(time.time())
+
+        return timed_part
+
+    service.core.step = timing("core_step", service.core.step)  # type: ignore[method-assign]
+    service._refresh_eta = timing("eta_pass", service._refresh_eta)  # type: ignore[method-assign]
     stop = threading.Event()
     thread = threading.Thread(target=service.run, args=(stop,), name="scheduler", daemon=True)
     before = cpu.sample()
@@ -455,7 +474,7 @@ def phase_scheduler(args: argparse.Namespace, api: Api, cpu: Cpu) -> dict[str, A
             time.sleep(1.0 / args.probe_rate)
         time.sleep(5)
     stop.set()
-    thread.join(timeout=60)
+    thread.join(timeout=600)  # the cycle in progress finishes: nothing of it may overlap the next phase
     after = cpu.sample()
     wall = time.time() - t0
     engine.dispose()
@@ -463,6 +482,9 @@ def phase_scheduler(args: argparse.Namespace, api: Api, cpu: Cpu) -> dict[str, A
     rest = cycles[1:]
     busy = [c[1] for c in rest if _busy(c[2])]
     idle = [c[1] for c in rest if not _busy(c[2])]
+    # A cycle that ran the estimated-start pass ended just after it did.
+    with_eta = {min(range(len(cycles)), key=lambda i: abs(cycles[i][0] - t)) for t in eta_at} if cycles else set()
+    busy_no_eta = [c[1] for i, c in enumerate(cycles) if i and _busy(c[2]) and i not in with_eta]
     latency = [decided[j] - t for j, t in submitted.items() if j in decided]
     launched = collections.Counter(executor.launched)
     if failover:
@@ -484,6 +506,9 @@ def phase_scheduler(args: argparse.Namespace, api: Api, cpu: Cpu) -> dict[str, A
         "first_cycle": _describe(first[2]) if first else None,
         "cycles": len(cycles),
         "cycle_with_work": _ms_summary(busy),
+        "cycle_with_work_without_eta_pass": _ms_summary(busy_no_eta),
+        "core_step": _ms_summary(parts["core_step"][1:]),
+        "eta_pass": _ms_summary(parts["eta_pass"][1:]),
         "cycle_idle": _ms_summary(idle),
         "started_total": sum(len(c[2].started) for c in cycles),
         "finished_total": sum(len(c[2].finished) for c in cycles),

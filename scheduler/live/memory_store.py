@@ -289,6 +289,12 @@ class MemoryStore:
         self._event(job_id, now, state.value, message, {})
         return True
 
+    def transition_many(
+        self, fence: Fence, moves: Sequence[tuple[str, int]], state: JobState, now: float, message: str
+    ) -> set[str]:
+        self._fence(fence)
+        return {job_id for job_id, version in moves if self.transition(fence, job_id, version, state, now, message)}
+
     def end(
         self,
         fence: Fence,

@@ -197,7 +197,9 @@ class SchedulerService:
         self._active: dict[str, _Active] = {}
         self._hold_until: dict[str, float] = {}
         self._log_offsets: dict[tuple[str, int, int], int] = {}
-        self._reasons_written: dict[str, tuple[str, ...]] = {}
+        #: The reasons last stored per pending job (compared as values: rendering 100,000 messages a step to
+        #: compare them cost more than the step's writes).
+        self._reasons_written: dict[str, tuple[Reason, ...]] = {}
         self._missing: dict[str, int] = {}
         self._last_step = float("-inf")
         self._last_eta = float("-inf")
@@ -483,6 +485,7 @@ class SchedulerService:
         self._active = wanted
 
         statuses = {s.job_id: s for s in self.executor.poll()}
+        running: list[_Active] = []
         for job_id, attempt in self.executor.discover():
             active = wanted.get(job_id)
             if active is None or active.attempt != attempt:
@@ -511,9 +514,17 @@ class SchedulerService:
                 continue
             self._missing.pop(job_id, None)
             if status.phase is Phase.RUNNING and active.state is JobState.STARTING:
-                self._transition(active, now, JobState.RUNNING, "all workers are running")
+                running.append(active)
             elif status.terminal:
                 self._finish(active, status, now, report)
+        # Every start the executor confirmed this cycle, in one write (a cold start confirms thousands at once).
+        moved = self.store.transition_many(
+            self.fence, [(a.job_id, a.version) for a in running], JobState.RUNNING, now, "all workers are running"
+        )
+        for active in running:
+            if active.job_id in moved:
+                active.version += 1
+                active.state = JobState.RUNNING
 
     def _wanted(self, now: float, changes: Changes, states: dict[str, tuple[JobState, int]]) -> dict[str, _Active]:
         """The jobs that hold devices by the records: read whole on a resync, else the active ones updated with
@@ -606,8 +617,7 @@ class SchedulerService:
         for decision in decisions:
             if decision.kind in (DecisionKind.START, DecisionKind.PREEMPT):
                 continue
-            messages = tuple(r.message for r in decision.reasons)
-            if self._reasons_written.get(decision.job_id) != messages:
+            if self._reasons_written.get(decision.job_id) != decision.reasons:
                 reasons[decision.job_id] = decision.reasons
         outcome = self.store.commit_step(self.fence, now, decisions, versions, reasons)
         for run in outcome.started:
@@ -623,7 +633,7 @@ class SchedulerService:
             if self._active.pop(job_id, None) is not None:
                 report.preempted.append(job_id)
         for job_id, written in reasons.items():
-            self._reasons_written[job_id] = tuple(r.message for r in written)
+            self._reasons_written[job_id] = written
         for job_id in outcome.lost_races:
             # The API moved the job (cancelled it) after we read it: give its devices back in the core.
             self.core.finish(self.state, job_id, now, StopCause.CANCELLED)

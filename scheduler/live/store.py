@@ -247,6 +247,12 @@ class ServiceStore(Protocol):
         """Move a job to ``state`` if it still has ``version`` (and record the event); False if it moved."""
         ...
 
+    def transition_many(
+        self, fence: Fence, moves: Sequence[tuple[str, int]], state: JobState, now: float, message: str
+    ) -> set[str]:
+        """:meth:`transition` for many ``(job, version)`` at once, in one write; the ids that moved."""
+        ...
+
     def end(
         self,
         fence: Fence,

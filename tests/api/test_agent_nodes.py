@@ -10,10 +10,10 @@ from api_stack import JOB, Stack, assert_problem
 from sqlalchemy import update
 
 from agents.agent import Agent, AgentConfig, AgentStopped
-from agents.protocol import HeartbeatResponse
+from agents.protocol import PROTOCOL_2_FIELDS, HeartbeatRequest, HeartbeatResponse
 from agents.shims.emulated import EmulatedShim
 from api.models import NodeOut, PoolOut
-from api.tables import DEVICES, JOBS, NODES
+from api.tables import DEVICE_HEALTH_EVENTS, DEVICES, JOBS, NODES
 
 
 def make_agent(stack: Stack, node_id: str, token: str | None = None, model: str = "H100", devices: int = 4) -> Agent:
@@ -206,5 +206,61 @@ def test_emulated_telemetry_follows_the_jobs_placed_on_the_node(stack: Stack) ->
         with stack.engine.begin() as conn:
             conn.execute(update(JOBS).where(JOBS.c.id == job["id"]).values(state="succeeded"))
         assert busy_after_heartbeat() == [0.0, 0.0, 0.0, 0.0]
+    finally:
+        agent.close()
+
+
+def test_heartbeats_carry_only_what_changed(stack: Stack) -> None:
+    """Protocol 2: a lease renewal every interval, health the API has not acknowledged, a sample when due."""
+    agent = make_agent(stack, "agent-h100-delta")
+    sent: list[HeartbeatRequest] = []
+    original = agent.heartbeat_request
+
+    def recording(now: float) -> HeartbeatRequest:
+        request = original(now)
+        sent.append(request)
+        return request
+
+    agent.heartbeat_request = recording  # type: ignore[method-assign]
+    try:
+        reply = agent.register()
+        assert reply.telemetry_interval_s and reply.lease_s == 3 * reply.heartbeat_interval_s  # type: ignore[operator]
+        assert agent.changes_only
+        agent.tick()
+        assert agent.flush()
+        first = sent[-1]
+        assert len(first.batches) == 1 and len(first.device_health) == 4  # everything, once
+        agent.tick()
+        assert agent.flush()
+        renewal = sent[-1]
+        assert renewal.batches == [] and renewal.device_health == {}  # nothing changed: a renewal only
+        [node] = stack.rows(NODES, NODES.c.id == "agent-h100-delta")
+        assert node["lease_expires_at"] > time.time() + reply.heartbeat_interval_s  # type: ignore[operator]
+        shim = agent.shims[0]
+        assert isinstance(shim, EmulatedShim)
+        shim.inject_xid(2, 79)
+        agent.tick()
+        assert agent.heartbeat_due(agent.clock())  # a health change does not wait for the interval
+        assert agent.flush()
+        change = sent[-1]
+        assert list(change.device_health) == [agent.devices[2].uuid] and len(change.batches) == 1
+        history = stack.rows(DEVICE_HEALTH_EVENTS, DEVICE_HEALTH_EVENTS.c.node_id == "agent-h100-delta")
+        assert [(h["index"], h["healthy"]) for h in history] == [(2, False)] and "79" in history[0]["reason"]
+    finally:
+        agent.close()
+
+
+def test_a_protocol_1_agent_gets_answers_in_its_own_words(stack: Stack) -> None:
+    agent = make_agent(stack, "agent-h100-old")
+    try:
+        body = agent.registration().model_dump(mode="json") | {"protocol_version": 1}
+        with stack.client("node") as c:
+            registered = c.post("/v1/agent/register", json=body).json()
+            assert registered["heartbeat_interval_s"] and not PROTOCOL_2_FIELDS & set(registered)
+            heartbeat = agent.heartbeat_request(agent.clock()).model_dump(mode="json") | {"protocol_version": 1}
+            answered = c.post("/v1/agent/heartbeat", json=heartbeat).json()
+            assert answered["acked_seq"] == -1 and not PROTOCOL_2_FIELDS & set(answered)
+            refused = c.post("/v1/agent/register", json=body | {"protocol_version": 9})
+            assert_problem(refused, 422, "validation-error", "protocols 1, 2")
     finally:
         agent.close()
