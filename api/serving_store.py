@@ -391,13 +391,13 @@ class SqlServing:
     @_store_errors
     def key(self, key_id: str) -> ServiceKey | None:
         query = (
-            select(SERVICE_KEYS, SERVICES.c.name)
+            select(SERVICE_KEYS, SERVICES.c.name.label("service_name"))
             .join(SERVICES, SERVICES.c.id == SERVICE_KEYS.c.service_id)
             .where(SERVICE_KEYS.c.id == key_id)
         )
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
-        return _key(row._mapping, row.name) if row is not None else None
+        return _key(row._mapping, row.service_name) if row is not None else None
 
     @_store_errors
     def report(self, reports: Sequence[LoadReport]) -> None:
