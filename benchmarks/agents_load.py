@@ -226,6 +226,10 @@ class Fleet:
         s = self.stats
         steady_from = (s.all_registered_s or wall) + s.started
         steady = [t for t in s.heartbeat_times if t >= steady_from]
+        # Latencies of the heartbeats after the last registration (the herd's queueing left out).
+        steady_latency = [
+            lat for lat, t in zip(s.heartbeat_latency, s.heartbeat_times, strict=True) if t >= steady_from
+        ]
         window = s.started + wall - steady_from
         intervals = sorted({round(a.heartbeat_interval_s, 3) for a in self.agents})
         return {
@@ -244,6 +248,7 @@ class Fleet:
                 "ok": len(s.heartbeat_latency),
                 "per_s_steady": round(len(steady) / window, 1) if window > 0 else None,
                 "latency": summary_ms(s.heartbeat_latency),
+                "latency_after_herd": summary_ms(steady_latency),
                 "queue_wait": summary_ms(s.queue_wait),
                 "throttled_429": s.heartbeats_throttled,
                 "errors": s.heartbeat_errors,

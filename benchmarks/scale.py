@@ -456,20 +456,27 @@ def phase_scheduler(args: argparse.Namespace, api: Api, cpu: Cpu) -> dict[str, A
     thread.start()
     # Submissions through the API, a few per second, timed to their first committed decision.
     submitted: dict[str, float] = {}
+    probe_errors: collections.Counter[str] = collections.Counter()
     users = api.call("POST", "/v1/users", api.admin, {"name": "probe", "tenant": "acme", "role": "tenant-user"})
     token = api.call("POST", "/v1/tokens", api.admin, {"user": users["id"], "name": "probe"})["token"]
     failover: dict[str, Any] = {}
     probe_rng = random.Random(3)
-    with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+    with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as client:
         n = 0
         while time.time() - t0 < args.scheduler_duration:
             if not failover and time.time() - t0 > args.scheduler_duration / 2:
                 failover = fail_over(api.database_url, args.outage)
             spec = job_spec(probe_rng, "acme", 10_000_000 + n)
             sent = time.time()
-            r = client.post("/v1/jobs", json=spec)
-            if r.status_code == 201:
-                submitted[r.json()["id"]] = sent
+            try:
+                r = client.post("/v1/jobs", json=spec)
+            except httpx.HTTPError as err:  # counted, not fatal: the failover makes some
+                probe_errors[type(err).__name__] += 1
+            else:
+                if r.status_code == 201:
+                    submitted[r.json()["id"]] = sent
+                else:
+                    probe_errors[f"HTTP {r.status_code}"] += 1
             n += 1
             time.sleep(1.0 / args.probe_rate)
         time.sleep(5)
@@ -513,7 +520,12 @@ def phase_scheduler(args: argparse.Namespace, api: Api, cpu: Cpu) -> dict[str, A
         "started_total": sum(len(c[2].started) for c in cycles),
         "finished_total": sum(len(c[2].finished) for c in cycles),
         "pending_at_end": cycles[-1][2].pending if cycles else None,
-        "submit_to_decided": {**_ms_summary(latency), "submitted": len(submitted), "decided": len(latency)},
+        "submit_to_decided": {
+            **_ms_summary(latency),
+            "submitted": len(submitted),
+            "decided": len(latency),
+            "refused_or_failed": dict(probe_errors),
+        },
         "failover": failover,
         "launched": len(executor.launched),
         "double_launches": sum(1 for count in launched.values() if count > 1),
@@ -724,7 +736,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "agents" in args.phases:
             agents, result["agents"] = phase_agents(args, api, cpu, node_token, tmp)
         if "scheduler" in args.phases:
-            result["scheduler"] = phase_scheduler(args, api, cpu)
+            try:
+                result["scheduler"] = phase_scheduler(args, api, cpu)
+            except Exception as err:  # keep what the other phases measured
+                result["scheduler"] = {"error": f"{type(err).__name__}: {err}"}
         if agents is not None:
             agents.process.send_signal(signal.SIGTERM)
             with contextlib.suppress(Exception):
@@ -732,7 +747,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with contextlib.suppress(Exception):
                 result.setdefault("agents", {})["load_generator"] = json.loads(agents.out.read_text())
         if "mixed" in args.phases:
-            result["mixed"] = phase_mixed(args, api, cpu, tmp)
+            try:
+                result["mixed"] = phase_mixed(args, api, cpu, tmp)
+            except Exception as err:
+                result["mixed"] = {"error": f"{type(err).__name__}: {err}"}
     finally:
         if agents is not None and agents.process.poll() is None:
             agents.process.kill()
