@@ -1,7 +1,7 @@
 """The service endpoint: one router process answers ``/v1/services/{tenant}/{name}/...`` for every service.
 
 An ASGI application (Starlette, served by uvicorn) that forwards each request to one healthy replica of its
-service with httpx, and streams the answer back as it comes (chunked or server-sent events)::
+service with aiohttp, and streams the answer back as it comes (chunked or server-sent events)::
 
     curl -H "Authorization: Bearer zsk_..." -d '{"prompt": "hi", "stream": true}' \\
         http://router:8100/v1/services/acme/chat/v1/completions
@@ -42,7 +42,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 import uvicorn
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.storage import storage_from_string
@@ -264,7 +264,7 @@ class ServiceRouter:
         self.clock = clock
         self.services: dict[tuple[str, str], _Service] = {}
         self._keys: dict[str, tuple[ServiceKey | None, float]] = {}
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._report_now = asyncio.Event()
         self.metrics = _Metrics()
@@ -275,8 +275,15 @@ class ServiceRouter:
     # ------------------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        limits = httpx.Limits(max_connections=4096, max_keepalive_connections=1024, keepalive_expiry=30.0)
-        self._client = httpx.AsyncClient(limits=limits, trust_env=False, follow_redirects=False)
+        # aiohttp, not httpx, to the replicas: httpx's pool slows down sharply with many requests in flight
+        # (encode/httpx#3215); this client runs one router at a few thousand requests a second.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0, enable_cleanup_closed=True)
+        self._client = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
         self._report_now = asyncio.Event()
         with contextlib.suppress(Exception):
             await self.refresh()
@@ -295,7 +302,7 @@ class ServiceRouter:
         with contextlib.suppress(Exception):
             await self.report()
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     async def _every(self, period_s: float, work: Callable[[], Awaitable[None]], what: str) -> None:
@@ -470,8 +477,17 @@ class ServiceRouter:
         serving = service.route.serving
         cold = not service.replicas
         budget = (serving.cold_start_budget_s or serving.queue_timeout_s) if cold else serving.queue_timeout_s
-        if service.queued >= serving.max_queued_requests and not cold:
+        if service.queued >= serving.max_queued_requests:
             service.rejected += 1
+            if cold:
+                # Waiting for a first replica is bounded like any queue: a flood at zero replicas is turned away.
+                self.metrics.rejected.labels(service.label, "unavailable").inc()
+                raise Rejected(
+                    503,
+                    "unavailable",
+                    f"{service.label} is starting and {service.queued} requests wait for it already; retry shortly",
+                    self.config.unavailable_retry_after_s,
+                )
             self.metrics.rejected.labels(service.label, "overload").inc()
             raise Rejected(
                 429,
@@ -544,7 +560,10 @@ class ServiceRouter:
             headers.append(("x-request-id", uuid.uuid4().hex))
         rest = request.path_params.get("rest", "")
         target = "/" + rest + (f"?{request.url.query}" if request.url.query else "")
-        timeout = httpx.Timeout(serving.request_timeout_s, connect=self.config.connect_timeout_s)
+        # A replica that accepts the connection but never answers is cut off after request_timeout_s of silence.
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.config.connect_timeout_s, sock_read=serving.request_timeout_s
+        )
         tried: set[str] = set()
         last_error = ""
         for attempt in range(self.config.max_attempts):
@@ -552,98 +571,102 @@ class ServiceRouter:
             tried.add(replica.endpoint.job_id)
             began = time.perf_counter()
             sent = False
-            upstream: httpx.Response | None = None
+            upstream: aiohttp.ClientResponse | None = None
             try:
-                outgoing = self._client.build_request(
-                    request.method, replica.endpoint.url + target, headers=headers, content=body, timeout=timeout
-                )
                 try:
-                    upstream = await self._client.send(outgoing, stream=True)
-                except (httpx.ConnectError, httpx.ConnectTimeout):
-                    raise
-                except httpx.TransportError:
+                    upstream = await self._client.request(
+                        request.method,
+                        replica.endpoint.url + target,
+                        headers=headers,
+                        data=body or None,
+                        timeout=timeout,
+                        allow_redirects=False,
+                    )
+                except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+                    raise  # the request never left: safe to send anywhere else
+                except aiohttp.ClientError:
                     sent = True
                     raise
                 sent = True
-                streaming = _streams(upstream)
-                if upstream.status_code in (502, 503, 504) and idempotent and attempt + 1 < self.config.max_attempts:
-                    await upstream.aclose()
-                    self._fail(service, replica, f"status-{upstream.status_code}", eject=upstream.status_code == 503)
-                    last_error = f"replica answered {upstream.status_code}"
+                status = upstream.status
+                if status in (502, 503, 504) and idempotent and attempt + 1 < self.config.max_attempts:
+                    upstream.release()
+                    self._fail(service, replica, f"status-{status}", eject=status == 503)
+                    last_error = f"replica answered {status}"
                     await self._release(service, replica)
                     self.metrics.retries.labels(service.label).inc()
                     continue
-                if not streaming:
-                    content = b"".join([chunk async for chunk in upstream.aiter_raw()])
-                    await upstream.aclose()
+                answer_headers = _answer_headers(upstream)
+                if not _streams(upstream):
+                    content = await upstream.read()
+                    upstream.release()
                     await self._release(service, replica)
-                    self._done(service, replica, upstream, arrived, began, _tokens(upstream, content))
-                    return Response(content, upstream.status_code, headers=_answer_headers(upstream))
-                return StreamingResponse(
-                    self._relay(service, replica, upstream, arrived, began),
-                    status_code=upstream.status_code,
-                    headers=_answer_headers(upstream),
+                    self._done(service, replica, status, arrived, began, _tokens(upstream, content))
+                    return _raw_response(Response(content, status), answer_headers)
+                response = StreamingResponse(
+                    self._relay(service, replica, upstream, arrived, began), status_code=status
                 )
-            except httpx.HTTPError as exc:
+                return _raw_response(response, answer_headers)
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 if upstream is not None:
-                    await upstream.aclose()
+                    upstream.close()
                 await self._release(service, replica)
-                kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connect" if not sent else "broken"
+                timed_out = isinstance(exc, TimeoutError)
+                kind = "timeout" if timed_out else "connect" if not sent else "broken"
                 self._fail(service, replica, kind, eject=True)
                 last_error = f"{type(exc).__name__} from replica {replica.endpoint.job_id}"
                 if (not sent or idempotent) and attempt + 1 < self.config.max_attempts:
                     self.metrics.retries.labels(service.label).inc()
                     continue
                 service.errors += 1
-                self.metrics.requests.labels(service.label, replica.endpoint.job_id, "502").inc()
-                status = 504 if isinstance(exc, httpx.TimeoutException) else 502
-                return Rejected(status, "upstream-failed", f"the replica failed: {last_error}").response()
+                code = 504 if timed_out else 502
+                self.metrics.requests.labels(service.label, replica.endpoint.job_id, str(code)).inc()
+                return Rejected(code, "upstream-failed", f"the replica failed: {last_error}").response()
             except BaseException:
                 if upstream is not None:
-                    await upstream.aclose()
+                    upstream.close()
                 await self._release(service, replica)
                 raise
         service.errors += 1
         return Rejected(502, "upstream-failed", f"every attempt failed; last: {last_error}").response()
 
     async def _relay(
-        self, service: _Service, replica: _Replica, upstream: httpx.Response, arrived: float, began: float
+        self, service: _Service, replica: _Replica, upstream: aiohttp.ClientResponse, arrived: float, began: float
     ) -> AsyncIterator[bytes]:
         tail = b""
+        ok = False
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.content.iter_any():
                 tail = (tail + chunk)[-2048:]
                 yield chunk
-        except httpx.HTTPError:
+            ok = True
+        except (aiohttp.ClientError, TimeoutError):
             # The replica died mid-stream: the caller sees its answer cut short (nothing can be sent again).
             service.errors += 1
             self._fail(service, replica, "broken", eject=True)
             raise
         finally:
-            await upstream.aclose()
+            if ok:
+                upstream.release()
+            else:
+                upstream.close()
             await self._release(service, replica)
-        self._done(service, replica, upstream, arrived, began, _tokens(upstream, tail))
+        self._done(service, replica, upstream.status, arrived, began, _tokens(upstream, tail))
 
     def _done(
-        self,
-        service: _Service,
-        replica: _Replica,
-        upstream: httpx.Response,
-        arrived: float,
-        began: float,
-        tokens: int,
+        self, service: _Service, replica: _Replica, status: int, arrived: float, began: float, tokens: int
     ) -> None:
         end = time.perf_counter()
         job_id = replica.endpoint.job_id
         service.requests += 1
-        if upstream.status_code >= 500:
+        if status >= 500:
             service.errors += 1
         if len(service.latencies) < 50_000:
             service.latencies.append((end - arrived) * 1000)
         service.tokens += tokens
         replica.failures = 0
         m = self.metrics
-        m.requests.labels(service.label, job_id, str(upstream.status_code)).inc()
+        m.requests.labels(service.label, job_id, str(status)).inc()
         m.latency.labels(service.label).observe(end - arrived)
         m.replica_latency.labels(service.label, job_id).observe(end - began)
         if tokens:
@@ -681,18 +704,26 @@ class ServiceRouter:
         )
 
 
-def _streams(upstream: httpx.Response) -> bool:
+def _streams(upstream: aiohttp.ClientResponse) -> bool:
     """Stream an answer through when it is an event stream or has no length (chunked); read others whole (a
     replica that dies while sending one can then still be retried)."""
     kind = upstream.headers.get("content-type", "")
     return kind.startswith("text/event-stream") or "content-length" not in upstream.headers
 
 
-def _answer_headers(upstream: httpx.Response) -> dict[str, str]:
-    return {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
+def _answer_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+    """The replica's headers as sent (repeated ones, such as set-cookie, kept), less the hop-by-hop ones."""
+    return [(k.lower(), v) for k, v in upstream.raw_headers if k.lower().decode("latin-1") not in _DROP_RESPONSE]
 
 
-def _tokens(upstream: httpx.Response, tail: bytes) -> int:
+def _raw_response(response: Response, headers: list[tuple[bytes, bytes]]) -> Response:
+    # Starlette set content-length (or nothing, streaming); the replica's own headers follow as they were.
+    own = [(k, v) for k, v in response.raw_headers if k in (b"content-length",)]
+    response.raw_headers = own + headers
+    return response
+
+
+def _tokens(upstream: aiohttp.ClientResponse, tail: bytes) -> int:
     told = upstream.headers.get("x-zhisuan-tokens")
     if told is not None and told.isdigit():
         return int(told)
