@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, Cluster, make_cluster
+from scale_stack import ROOT, Cluster, make_cluster
 from sqlalchemy import event, insert, select, text
 
 from api.db import make_engine, migrate
