@@ -122,7 +122,8 @@ class Cpu:
 
     @staticmethod
     def delta(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, Any]:
-        used: dict[str, Any] = {k: round(after.get(k, 0.0) - v, 1) for k, v in before.items()}
+        # A part started after ``before`` (locust) counts from zero.
+        used: dict[str, Any] = {k: round(v - before.get(k, 0.0), 1) for k, v in after.items()}
         ours = sum(v for k, v in used.items() if k != "machine")
         used["other_on_machine"] = round(max(0.0, used["machine"] - ours), 1)
         used["wall"] = round(wall, 1)
@@ -632,9 +633,9 @@ def phase_mixed(args: argparse.Namespace, api: Api, cpu: Cpu, tmp: Path) -> dict
         flood_token = api.call("POST", "/v1/tokens", api.admin, {"user": user["id"], "name": "flood"})["token"]
         flood_thread = threading.Thread(target=_flood, args=(api.url, flood_token, flood_stop, flood), daemon=True)
     before = cpu.sample()
+    reaped = _children_cpu()
     t0 = time.time()
     locust = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sys.stderr, stderr=sys.stderr)
-    cpu.add("locust", locust.pid)
     if flood_thread is not None:
         flood_thread.start()
     exit_code = locust.wait(timeout=args.mixed_duration + 180)
@@ -642,6 +643,8 @@ def phase_mixed(args: argparse.Namespace, api: Api, cpu: Cpu, tmp: Path) -> dict
     if flood_thread is not None:
         flood_thread.join()
     after = cpu.sample()
+    # locust has exited: its CPU (and its worker processes') is in this process's reaped children.
+    after["locust"] = _children_cpu() - reaped
     wall = time.time() - t0
     stats, _ = read_stats(Path(f"{prefix}.json"))
     entries = json.loads(Path(f"{prefix}.json").read_text())
@@ -689,6 +692,13 @@ def _all_requests(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "p50_ms": percentile(times, 0.5),
         "p99_ms": percentile(times, 0.99),
     }
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _flood(url: str, token: str, stop: threading.Event, out: dict[str, Any]) -> None:
