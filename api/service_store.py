@@ -404,34 +404,6 @@ class SqlServiceStore:
         for chunk in _chunks(events, CHUNK * 4):
             conn.execute(insert(JOB_EVENTS), chunk)
 
-    def _start(self, conn: Connection, decision: Decision, version: int, now: float, outcome: StepOutcome) -> None:
-        placement = decision.placement
-        assert placement is not None
-        changed = conn.execute(
-            update(JOBS)
-            .where(JOBS.c.id == decision.job_id, JOBS.c.version == version, JOBS.c.state == JobState.PENDING.value)
-            .values(
-                state=JobState.STARTING.value,
-                version=JOBS.c.version + 1,
-                placement=placement_to_json(placement),
-                started_at=now,
-                updated_at=now,
-                reasons=[],
-                estimated_start=now,
-                estimated_finish=decision.estimated_finish,
-                message="",
-            )
-        )
-        if changed.rowcount != 1:
-            outcome.lost_races.append(decision.job_id)
-            return
-        _write_ledger(conn, decision.ledger)
-        _event(conn, decision.job_id, now, "started", where(placement), placement_to_json(placement))
-        row = conn.execute(select(JOBS.c.attempt, JOBS.c.spec).where(JOBS.c.id == decision.job_id)).one()
-        outcome.started.append(
-            StartedRun(decision.job_id, version + 1, row.attempt, self._spec(decision.job_id, row.spec))
-        )
-
     @_unavailable_as_store_error
     def transition(self, fence: Fence, job_id: str, version: int, state: JobState, now: float, message: str) -> bool:
         with self._writer.begin() as conn:

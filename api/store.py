@@ -160,7 +160,6 @@ class Snapshots:
         #: True while a :class:`Follower` keeps the work table and the inventory current from the change feed.
         self.following = False
         self._inventory_at = -math.inf
-        self.inventory_stale = False
 
     def device_work(self, node_id: str, max_age_s: float = 1.0) -> list[DeviceWork]:
         """The device shares jobs hold on ``node_id``.
@@ -236,7 +235,6 @@ class Snapshots:
 
     def refresh_inventory(self) -> None:
         """Reload every node (blocking)."""
-        self.inventory_stale = False
         self._inventory_at = time.monotonic()
         with self.engine.connect() as conn:
             self._load_inventory(conn, self.inventory.key)
@@ -354,9 +352,9 @@ class Snapshots:
 
 class Follower:
     """Keeps one API process's caches right from the change feed, whatever process wrote: a revoked token or a
-    disabled user empties the token cache (``on_tokens``), a policy version or a node change reloads the
-    snapshots (the inventory at most once a second), a job that moved updates the table of device work that
-    heartbeats answer. ``read`` is :meth:`api.service_store.ChangeFeed.read`; ``watch`` (PostgreSQL's LISTEN) wakes
+    disabled user empties the token cache (``on_tokens``), a policy version reloads the policy snapshot, the
+    nodes that changed are read and patched into the inventory snapshot, a job that moved updates the table of
+    device work that heartbeats answer. ``read`` is :meth:`api.service_store.ChangeFeed.read`; ``watch`` (PostgreSQL's LISTEN) wakes
     it early, else it polls every ``poll_s``. One daemon thread::
 
         follower = Follower(feed.read, feed.watch, ctx.auth.invalidate, ctx.snapshots)   # doctest: +SKIP
@@ -370,11 +368,9 @@ class Follower:
         on_tokens: Callable[[], None],
         snapshots: Snapshots,
         poll_s: float = 0.1,
-        inventory_every_s: float = 1.0,
     ) -> None:
         self.read, self.watch, self.on_tokens, self.snapshots = read, watch, on_tokens, snapshots
         self.poll_s = poll_s if watch is None else max(poll_s, 0.5)
-        self.inventory_every_s = inventory_every_s
         self.cursor: FeedCursor | None = None
         self.reads = 0
         self._wake = threading.Event()
