@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from conftest import HERE, REPO, server_cmd
 from local_executor import LocalProcessExecutor, wait_until
+from serving_stack import HERE, REPO, server_cmd
 from typer.testing import CliRunner
 
 from api.app import create_app

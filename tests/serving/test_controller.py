@@ -7,8 +7,8 @@ import time
 import uuid
 from collections import Counter
 
-from conftest import NODES, Stack, auth, load, server_cmd, service_spec
 from local_executor import wait_until
+from serving_stack import NODES, Stack, auth, load, server_cmd, service_spec
 
 from scheduler.live.serving.store import LoadReport
 from scheduler.model import Node

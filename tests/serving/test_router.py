@@ -10,8 +10,8 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import Stack, auth, load, service_spec
 from local_executor import wait_until
+from serving_stack import Stack, auth, load, service_spec
 
 from scheduler.spec import JobState
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from conftest import service_spec
+from serving_stack import service_spec
 from sqlalchemy import Engine, select
 
 from api.db import make_engine, migrate
