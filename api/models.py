@@ -181,6 +181,10 @@ class EtaOut(_Out):
     estimated_start: float | None
     estimated_finish: float | None
     computed_at: float | None
+    start_earliest: float | None = Field(
+        default=None, description="a pending job: the band its start is forecast in, from (scheduler.eta.EtaBand)"
+    )
+    start_latest: float | None = Field(default=None, description="a pending job: the band's end")
 
 
 # ---------------------------------------------------------------------------------------------- queues
@@ -387,6 +391,26 @@ class NodeOut(_Out):
     def size(self) -> int:
         """How many devices the node has."""
         return self.device_count
+
+
+class LeftOutNode(_Out):
+    name: str
+    reason: str = Field(description="why the source could not use it (unknown vendor, malformed annotation...)")
+
+
+class InventorySourceOut(_Out):
+    """One source of nodes (``file``, ``kubernetes``) and whether what it published is current."""
+
+    source: NodeSource
+    stale: bool = Field(description="its nodes are the last known ones: the source cannot be read now")
+    reason: str = Field(description="why it is stale (the source's last error), empty when current")
+    updated_at: float = Field(description="its last publish")
+    changed_at: float = Field(description="the last publish that changed a node")
+    every_s: float | None = Field(description="how often it publishes (None: once, at bootstrap)")
+    nodes: int
+    schedulable: int
+    left_out: list[LeftOutNode] = Field(description="nodes it knows but could not map, and why")
+    reasons: dict[str, list[str]] = Field(description="per node: why it takes no work, or what its source reports")
 
 
 class HealthOut(_Out):

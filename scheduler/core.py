@@ -103,6 +103,10 @@ class QueueingConfig:
     #: preemption, as Tiresias' simulator assumes); otherwise only what it checkpointed counts. SRTF's
     #: remaining time reads it.
     preempted_resume: bool = False
+    #: How often SRTF or LAS may displace one job. Work lost at every displacement of a job that does not resume
+    #: can keep two jobs displacing each other for ever (LAS's starvation rule brings each back in turn), so
+    #: without ``preempted_resume`` the default bounds it at 3; with it, ``None`` (no bound, as Tiresias).
+    ordering_preemptions: int | None = None
 
     def __post_init__(self) -> None:
         check_ordering(self.ordering)
@@ -384,6 +388,13 @@ class SchedulerCore:
             las_thresholds=queueing.las_thresholds,
             las_starvation=queueing.las_starvation,
             previous_step=self._previous_step if self._previous_step < now else -math.inf,
+            displacement_budget=(
+                queueing.ordering_preemptions
+                if queueing.ordering_preemptions is not None
+                else None
+                if queueing.preempted_resume
+                else 3
+            ),
         )
 
     def _rule(self, ordering: str, state: ClusterState, now: float, walk: _Walk) -> OrderingRule:
@@ -618,6 +629,7 @@ class SchedulerCore:
                 code, why = ReasonCode.PRIORITY, "higher priority"
             elif rule is not None and rule.outranks(job, victim):
                 code, why = ReasonCode.PRIORITY, _RULE_REASON[rule.ordering]
+                self.service.note_displaced(victim.job.id)
             else:
                 code, why = ReasonCode.QUOTA, "reclaim"
             self.service.stopped(victim, now, resume, self.config.queueing.las_thresholds)

@@ -66,7 +66,7 @@ from typing import Literal
 from scheduler.core import SchedulerCore
 from scheduler.model import MILLI, DecisionKind, DomesticPreference, Job
 from scheduler.quota import demand_for
-from scheduler.state import ClusterState, PoolState
+from scheduler.state import ClusterState, PoolState, RunningJob
 from scheduler.tenancy import NCU, tenant_account, user_account
 
 Method = Literal["exact", "aggregate"]
@@ -118,6 +118,22 @@ class EtaBand:
 DEFAULT_BAND = EtaBand()
 
 
+def forecast_runtime(core: SchedulerCore, job: Job) -> float | None:
+    """Reference seconds a forecast expects ``job`` to run: its estimate corrected by how its user's finished jobs
+    compared to their estimates (:meth:`~scheduler.orderings.DurationPredictor.calibrated`)."""
+    return core.predictor.calibrated(job, core.runtimes.estimate)
+
+
+def forecast_end(core: SchedulerCore, running: RunningJob, now: float) -> float | None:
+    """When a forecast expects a running job to end: its calibrated runtime from its start, never before now."""
+    if running.expected_end is None:
+        return None
+    estimate = forecast_runtime(core, running.job)
+    if estimate is None or running.relative <= 0:
+        return running.expected_end
+    return max(running.started_at + estimate / running.relative, now)
+
+
 def fork(core: SchedulerCore) -> SchedulerCore:
     """A core with the same configuration and learned state, whose decisions do not touch the original."""
     twin = SchedulerCore(core.config, core.catalog, core.throughput, core.policy)
@@ -163,9 +179,13 @@ def exact_forecast(
     sim_state = state.copy()
     remaining = {job.id: job for job in pending}
     result = Forecast(starts=dict.fromkeys(remaining))
-    ends: list[tuple[float, str]] = [
-        (r.expected_end, job_id) for job_id, r in sim_state.running.items() if r.expected_end is not None
-    ]
+    # The fork decides as the core does (on the users' estimates), but jobs end when their calibrated estimates
+    # say (:func:`forecast_runtime`): users over-estimate, and ends foreseen too late make every start late.
+    ends: list[tuple[float, str]] = []
+    for job_id, r in sim_state.running.items():
+        end = forecast_end(core, r, now)
+        if end is not None:
+            ends.append((end, job_id))
     heapq.heapify(ends)
     t = now
     while remaining and result.events < max_events:
@@ -183,8 +203,9 @@ def exact_forecast(
                     result.starts[decision.job_id] = t
                     if decision.placement is not None:
                         result.pools[decision.job_id] = decision.placement.pool
-                if started.expected_end is not None:
-                    heapq.heappush(ends, (started.expected_end, decision.job_id))
+                end = forecast_end(core, started, t)
+                if end is not None:
+                    heapq.heappush(ends, (end, decision.job_id))
             elif decision.kind is DecisionKind.PREEMPT and decision.job_id in running_jobs:
                 # A preempted job waits again; if it was one we forecast for, its estimate is its restart.
                 remaining[decision.job_id] = running_jobs[decision.job_id]
@@ -527,12 +548,10 @@ class _Planner:
         quota = self._quota_ids.get((job.queue, job.tenant))
         if quota is None:
             quota = self._quota_class(job)
-        key = (job.placement_shape, job.runtime_s, quota)
+        estimate = forecast_runtime(self.core, job)
+        key = (job.placement_shape, estimate, quota)
         options = self._by_job.get(key)
         if options is None:
-            estimate = job.runtime_s
-            if estimate is None:
-                estimate = self.core.runtimes.estimate(job)
             options = self._by_job[key] = self._options_for(job, estimate, quota)
         if len(options) == 1:
             option = options[0]
@@ -659,7 +678,7 @@ class _Planner:
         nodes = state.nodes
         for job_id in self._releases.get(pool.id, ()):
             running = state.running[job_id]
-            end = running.expected_end
+            end = forecast_end(self.core, running, now)
             assert end is not None
             at = snap(end, _FOREVER) if end > now else now
             delta = deltas.get(at)

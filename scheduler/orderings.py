@@ -37,6 +37,7 @@ its own jobs and the queues take turns by the fair share of their tenants (:func
 from __future__ import annotations
 
 import math
+import statistics
 from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -86,6 +87,8 @@ class _Service:
     stopped_at: float = 0.0
     #: When the job reached its current LAS level (``None``: it never left level 0 since its submission).
     level_at: float | None = None
+    #: How often a preemptive ordering displaced it (its budget: ``QueueingConfig.ordering_preemptions``).
+    displaced: int = 0
 
 
 class ServiceBook:
@@ -132,6 +135,17 @@ class ServiceBook:
 
     def forget(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
+
+    def displaced(self, job_id: str) -> int:
+        """How often a preemptive ordering has displaced the job so far."""
+        entry = self._jobs.get(job_id)
+        return entry.displaced if entry is not None else 0
+
+    def note_displaced(self, job_id: str) -> None:
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            entry = self._jobs[job_id] = _Service()
+        entry.displaced += 1
 
     def attained(self, job_id: str, running: RunningJob | None, now: float) -> float:
         """Device-seconds received since the job's last promotion, the current run included."""
@@ -214,6 +228,8 @@ class DurationPredictor:
         self._groups: dict[tuple[object, ...], tuple[deque[float], list[float]]] = {}
         #: Per job id, the group that first answered for it (``none``: no group had history).
         self._answered: dict[str, str] = {}
+        #: Real runtime over the user's own estimate, per user and over everybody.
+        self._ratios: dict[tuple[str, ...], deque[float]] = {}
 
     @staticmethod
     def _keys(job: Job) -> list[tuple[object, ...]]:
@@ -227,9 +243,16 @@ class DurationPredictor:
         return keys
 
     def record(self, job: Job, reference_seconds: float) -> None:
-        """Learn a finished run (its runtime on the reference model)."""
+        """Learn a finished run (its runtime on the reference model), and how it compares to what its user said
+        it would run (``runtime_s``, a walltime)."""
         if reference_seconds <= 0:
             return
+        if job.runtime_s:
+            for ratio_key in (("ratio", job.tenant, job.user), ("ratio",)):
+                ratios = self._ratios.get(ratio_key)
+                if ratios is None:
+                    ratios = self._ratios[ratio_key] = deque(maxlen=self.window * 5)
+                ratios.append(reference_seconds / job.runtime_s)
         for key in self._keys(job):
             group = self._groups.get(key)
             if group is None:
@@ -250,6 +273,29 @@ class DurationPredictor:
                 return group[1][0] / len(group[0]), level
         self._note(job.id, "none")
         return None, "none"
+
+    def calibrated(self, job: Job, fallback: Callable[[Job], float | None]) -> float | None:
+        """What a forecast should expect ``job`` to run (reference seconds): its user's estimate times the median
+        ratio of real runtime to estimate of the user's finished jobs (of everybody's while the user has fewer
+        than three), else the history prediction, else ``fallback(job)``::
+
+            >>> predictor = DurationPredictor()
+            >>> for seconds in (30.0, 40.0, 50.0):
+            ...     predictor.record(Job(id="a", user="ann", runtime_s=100.0), seconds)
+            >>> predictor.calibrated(Job(id="b", user="ann", runtime_s=200.0), lambda job: None)
+            80.0
+        """
+        if job.runtime_s:
+            for ratio_key in (("ratio", job.tenant, job.user), ("ratio",)):
+                ratios = self._ratios.get(ratio_key)
+                if ratios is not None and len(ratios) >= 3:
+                    return job.runtime_s * statistics.median(ratios)
+            return job.runtime_s
+        for key in self._keys(job):
+            group = self._groups.get(key)
+            if group is not None and group[0]:
+                return group[1][0] / len(group[0])
+        return fallback(job)
 
     def _note(self, job_id: str, level: str) -> None:
         if job_id not in self._answered:
@@ -286,6 +332,8 @@ class OrderingContext:
     #: When the core last stepped before this one (a job that crossed a LAS threshold since then is "just
     #: demoted").
     previous_step: float = -math.inf
+    #: A job the preemptive ordering displaced this many times is not displaced by it again (``None``: no bound).
+    displacement_budget: int | None = None
 
     def remaining(self, job: Job, running: RunningJob | None = None) -> float:
         """Estimated reference seconds left (``inf`` without an estimate)."""
@@ -411,6 +459,9 @@ class OrderingRule:
         """Whether waiting ``job`` goes before running ``victim`` under the ordering."""
         other = victim.job
         if other.priority != job.priority or (self._applies is not None and not self._applies(job, other)):
+            return False
+        budget = self.context.displacement_budget
+        if budget is not None and self.context.service.displaced(other.id) >= budget:
             return False
         if self.ordering == "las" and self._just_demoted(job, victim):
             return True

@@ -6,8 +6,9 @@ A job that cannot start for lack of capacity may stop running jobs when either
 * **reclaim**: the preemptor's queues stay within their deserved share after it starts, the victim is of no
   higher class, and, at the moment it is chosen, one of the victim's queues uses more than its deserved share
   (it is running on lent capacity), or
-* **ordering** (SRTF, LAS; :class:`~scheduler.orderings.OrderingRule`): the victim is of the same class and the
-  preemptive ordering ranks it after the preemptor (longer remaining time, higher attained-service level).
+* **ordering** (SRTF, LAS; :class:`~scheduler.orderings.OrderingRule`): the victim is of the same class, the
+  preemptive ordering ranks it after the preemptor (longer remaining time, higher attained-service level), and it
+  is in the preemptor's queue or the preemptor's queues stay within their deserved share.
 
 Victims are whole jobs (gang-aware), taken from one pool at a time so that the freed devices sit where the
 preemptor can use them (topology-aware: the placement engine packs the preemptor into what is freed), cheapest
@@ -21,7 +22,9 @@ disqualifies the restart from reclaiming anything; only a change from outside (a
 eligible again. An ordering victim ranks after its preemptor and cannot come back before it: a victim's remaining
 time or attained service does not change while it waits, the preemptor's remaining time only shrinks as it runs
 (SRTF), and under LAS the two swap only when the preemptor's own service crosses a threshold, a bounded number of
-times per job. ``tests/unit/test_queueing.py`` and ``tests/unit/test_orderings.py`` check that repeated steps on a
+times per job (and, for jobs that lose work when stopped, a bounded number of times at all). Across queues an
+ordering preemption never takes a queue above its deserved share, so reclaim never has to undo it.
+``tests/unit/test_queueing.py`` and ``tests/unit/test_orderings.py`` check that repeated steps on a
 fixed workload converge.
 """
 
@@ -95,7 +98,13 @@ class Preemptor:
             return False
         if other.priority < job.priority:
             return True
-        if rule is not None and rule.outranks(job, victim):
+        # The ordering displaces within the preemptor's queue, or across queues only while the preemptor stays
+        # within its deserved share: it must not undo what reclaim gives back (they would take turns for ever).
+        if (
+            rule is not None
+            and (reclaim or self.quota.queue_of(other) == self.quota.queue_of(job))
+            and rule.outranks(job, victim)
+        ):
             return True
         return (
             reclaim
@@ -164,7 +173,14 @@ class Preemptor:
             return None
         ordered: set[str] = set()
         if rule is not None:
-            ordered = {r.job.id for r in candidates if r.job.priority == job.priority and rule.outranks(job, r)}
+            same_queue = self.quota.queue_of(job)
+            ordered = {
+                r.job.id
+                for r in candidates
+                if r.job.priority == job.priority
+                and (reclaim or self.quota.queue_of(r.job) == same_queue)
+                and rule.outranks(job, r)
+            }
             ranks = {r.job.id: rule.rank(r) for r in candidates if r.job.id in ordered}
             # Lower classes first, then the ones the ordering ranks worst; then cheapest, most recent.
             candidates.sort(

@@ -29,6 +29,7 @@ from scheduler.errors import ConfigError
 from scheduler.tenancy import check_ordering
 from simulations.loaders import FORMATS, TraceError
 from simulations.packing import ARRIVALS, Arrivals
+from simulations.planner import compare_runs, planner_section
 from simulations.report import render
 from simulations.runner import RunSpec, run
 from simulations.sweep import BACKENDS, grid, run_sweep
@@ -58,11 +59,24 @@ def _clean(value: Any) -> Any:
 
 
 def _write_outputs(results: list[dict[str, Any]], json_out: Path | None, report_out: Path | None, title: str) -> None:
+    # Runs that kept per-job records are compared as a planner would (by size, fairness, SLO, cost); the records
+    # themselves stay out of the outputs.
+    compared = [r for r in results if r.get("mode") == "timeline" and "jobs" in r]
+    planner = None
+    if len(compared) > 1:
+        weights: dict[str, float] = {}
+        for r in compared:
+            weights.update(r.get("tenant_weights", {}))
+        planner = compare_runs(compared, weights)
+    results = [{k: v for k, v in r.items() if k != "jobs"} for r in results]
     if json_out is not None:
         payload: Any = results[0] if len(results) == 1 else {"runs": results}
+        if planner is not None:
+            payload["planner"] = planner
         json_out.write_text(json.dumps(_clean(payload), indent=1, default=str), encoding="utf-8")
     if report_out is not None:
-        report_out.write_text(render(results, title), encoding="utf-8")
+        section = planner_section(planner) if planner is not None else None
+        report_out.write_text(render(results, title, section), encoding="utf-8")
 
 
 def _headline(result: dict[str, Any]) -> str:
@@ -178,6 +192,9 @@ def simulate(
         policy_file=str(policy_file) if policy_file else None,
     )
     policies = [p.strip() for p in policy.split(",") if p.strip()]
+    if (len(orderings) > 1 or len(policies) > 1) and mode is Mode.timeline:
+        # Several policies of one workload: keep per-job records for the planner's comparison.
+        base.simulation.setdefault("record_jobs", True)
     try:
         specs = grid(
             base,

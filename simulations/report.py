@@ -406,8 +406,9 @@ pre{background:#f7f7f7;padding:0.6em;overflow:auto;font-size:11px}
 """
 
 
-def render(results: list[dict[str, Any]], title: str = "Zhisuan simulation report") -> str:
-    """The whole HTML page for one or several run results."""
+def render(results: list[dict[str, Any]], title: str = "Zhisuan simulation report", planner: str | None = None) -> str:
+    """The whole HTML page for one or several run results (``planner``: the policy comparison's section,
+    :func:`simulations.planner.planner_section`)."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
@@ -417,6 +418,8 @@ def render(results: list[dict[str, Any]], title: str = "Zhisuan simulation repor
     if packing:
         parts.append(_packing_section(packing))
     parts.append(_comparison_section(results))
+    if planner is not None:
+        parts.append(planner)
     for result in results:
         if result.get("mode") == "timeline":
             parts.append(_timeline_section(result))

@@ -212,6 +212,10 @@ def run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]:
         out = replay.as_dict()
         out["replay_skipped"] = out.pop("trace")
         out["plots"] = replay.plots
+        if config.record_jobs:
+            out["jobs"] = replay.jobs
+        if queue_policy is not None:
+            out["tenant_weights"] = {t: spec.weight for t, spec in queue_policy.tenants.items()}
         if scenario is not None:
             out["targets"] = scenario.targets.check(replay.summary)
     else:

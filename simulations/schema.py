@@ -82,6 +82,8 @@ class TraceJob:
     status: str = ""
     #: The job's name as the trace gives it (Helios' ``job_name``, ...): what QSSF groups history by.
     name: str = ""
+    #: What the core is told the job will run, in reference seconds (a user's walltime); 0: the duration.
+    estimate_s: float = 0.0
     #: Line of the source file the job came from (for error messages); 0 when generated.
     row: int = field(default=0, compare=False)
 
@@ -134,7 +136,7 @@ class TraceJob:
             priority=self.priority,
             preemptible=self.preemptible,
             submit_time=max(self.submit_time, 0.0),
-            runtime_s=seconds if runtime and seconds > 0 else None,
+            runtime_s=(self.estimate_s or seconds) if runtime and seconds > 0 else None,
             labels={"name": self.name} if self.name else {},
         )
 

@@ -330,6 +330,8 @@ class TimelineSimulation:
         elif event.payload == "seen":
             # What the executor reported since the last cycle is seen now (``step_period_s``).
             for kind, running in self._unseen:
+                if self.running.get(running.entry.job.id) is not running:
+                    continue  # stopped before the service saw it end (preempted): it runs again, as live
                 if kind == "finish":
                     self._finished(running, event.time)
                 else:

@@ -396,11 +396,16 @@ def why(
 
 
 def eta_text(eta: EtaOut, now: float | None = None) -> str:
-    """One line for humans: ``starts in 12 min (14:32 UTC), finishes in 2 h (16:32 UTC)``."""
+    """One line for humans: ``starts between 14:05 and 14:20 UTC (most likely in 12 min, 14:12 UTC), finishes in
+    2 h (16:32 UTC)``; without a band (an older server), ``starts in 12 min (14:32 UTC), ...``."""
     if eta.state == "pending":
         if eta.estimated_start is None:
             return "no estimate yet: no start is foreseen with the current queue and capacity"
-        text = f"starts {relative(eta.estimated_start, now)}"
+        if eta.start_earliest is not None and eta.start_latest is not None:
+            likely = relative(eta.estimated_start, now)
+            text = f"starts between {when(eta.start_earliest)} and {when(eta.start_latest)} (most likely {likely})"
+        else:
+            text = f"starts {relative(eta.estimated_start, now)}"
         if eta.estimated_finish is not None:
             text += f", finishes {relative(eta.estimated_finish, now)}"
         return text

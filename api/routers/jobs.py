@@ -36,6 +36,7 @@ from api.models import V1_PROBLEMS, EtaOut, EventOut, Items, JobOut, JobPage, Lo
 from api.problems import Problem, from_pydantic, not_found
 from api.store import request_hash
 from api.tables import JOB_EVENTS, JOB_LOGS, JOBS, new_job_id
+from scheduler.eta import DEFAULT_BAND
 from scheduler.model import JobKind, PriorityClass
 from scheduler.spec import TERMINAL_STATES, JobSpec, JobState
 from scheduler.tenancy import QueuePolicy
@@ -472,12 +473,15 @@ def job_why(job_id: JobId, scope: Scope, session: ReadSession) -> Response:
 def job_eta(job_id: JobId, scope: Scope, session: ReadSession) -> Response:
     job = visible_job(session, scope, job_id)
     known = job["estimated_start"] is not None or job["estimated_finish"] is not None
-    return respond(
-        {
-            "job_id": job_id,
-            "state": job["state"],
-            "estimated_start": job["estimated_start"],
-            "estimated_finish": job["estimated_finish"],
-            "computed_at": job["updated_at"] if known else None,
-        }
-    )
+    answer: dict[str, Any] = {
+        "job_id": job_id,
+        "state": job["state"],
+        "estimated_start": job["estimated_start"],
+        "estimated_finish": job["estimated_finish"],
+        "computed_at": job["updated_at"] if known else None,
+    }
+    if job["state"] == JobState.PENDING.value and job["estimated_start"] is not None:
+        # The band the real start falls in most of the time, around the forecast as seen now (its width is
+        # calibrated on measured forecast errors: benchmarks/README.md).
+        answer["start_earliest"], answer["start_latest"] = DEFAULT_BAND.around(job["estimated_start"], time.time())
+    return respond(answer)
