@@ -36,6 +36,7 @@ from api.metrics import ApiMiddleware, Metrics
 from api.problems import install as install_problems
 from api.routers import ROUTERS
 from api.routers.agent import AgentAdmission
+from api.routers.inventory import router as inventory_router
 from api.service_store import ChangeFeed
 from api.settings import Settings
 from api.store import Follower, LeaseWriter, Snapshots, Submitter
@@ -160,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     app.include_router(ui_router)  # the dashboard under /ui (api/ui)
+    app.include_router(inventory_router)  # GET /v1/inventory: sources and their staleness
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -14,10 +14,11 @@ It runs the policy core on files (``zhisuan place``), shows the core at work on 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agents.cli import app as agent_app
@@ -35,6 +36,9 @@ from scheduler.scoring import SCORERS
 from scheduler.state import ClusterState
 from scheduler.tenancy import load_policy
 from simulations.cli import app as simulations_app
+
+if TYPE_CHECKING:
+    from api.settings import Settings
 
 app = typer.Typer(help="Zhisuan (智算): a scheduler for intelligent computing centers.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
@@ -193,24 +197,80 @@ def server(
             "or ZHISUAN_RATE_LIMIT=off",
         ),
     ] = 1,
+    inventory: Annotated[
+        str | None,
+        typer.Option(
+            help="where nodes come from besides their agents: file (the cluster file; bare metal) or kubernetes "
+            "(Nodes listed and watched) (env ZHISUAN_INVENTORY; default file)",
+            show_default=False,
+        ),
+    ] = None,
+    kubeconfig: Annotated[
+        Path | None,
+        typer.Option(
+            help="kubeconfig of the cluster (env ZHISUAN_KUBECONFIG; default: the pod's service account in a "
+            "cluster, else $KUBECONFIG or ~/.kube/config)",
+            show_default=False,
+        ),
+    ] = None,
+    size_worker_groups: Annotated[
+        bool | None,
+        typer.Option(
+            "--size-worker-groups/--no-size-worker-groups",
+            help="the scheduler sizes the KubeRay worker groups from its own queue (needs --inventory kubernetes) "
+            "(env ZHISUAN_SIZE_WORKER_GROUPS)",
+            show_default=False,
+        ),
+    ] = None,
+    raycluster: Annotated[
+        str | None,
+        typer.Option(
+            help="namespace/name of the RayCluster to size (env ZHISUAN_RAYCLUSTER; default zhisuan/zhisuan)",
+            show_default=False,
+        ),
+    ] = None,
+    scale_grace: Annotated[
+        float | None,
+        typer.Option(min=0, help="seconds a worker node idles before it goes (env ZHISUAN_SCALE_GRACE_S; default 600)"),
+    ] = None,
 ) -> None:
     """Serve the API and, with --ray-address, run the scheduler service (settings from ZHISUAN_* variables)."""
     from api.settings import Settings
     from api.up import running, wait_for_interrupt
 
+    given = {
+        "inventory": inventory.strip().lower() if inventory is not None else None,
+        "kubeconfig": kubeconfig,
+        "size_worker_groups": size_worker_groups,
+        "raycluster": raycluster,
+        "scale_grace_s": scale_grace,
+    }
+    try:
+        settings = Settings.from_env().with_(**{k: v for k, v in given.items() if v is not None})
+    except ValueError as err:
+        errors.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(2) from None
     if workers > 1:
-        _serve_workers(host, port, ray_address, workers)
+        _serve_workers(host, port, ray_address, workers, settings)
         return
-    settings = Settings.from_env()
-    with running(settings, host=host, port=port, ray_address=ray_address, agents=False) as run:
-        if run.admin_token is not None:
-            console.print(f"center admin token (shown once): {run.admin_token}")
-        scheduler = "scheduler on " + ray_address if ray_address else "no scheduler (no --ray-address)"
-        console.print(f"serving {run.url}; {scheduler}. Ctrl-C stops.")
-        wait_for_interrupt(run.stop)
+    try:
+        with running(settings, host=host, port=port, ray_address=ray_address, agents=False) as run:
+            if run.admin_token is not None:
+                console.print(f"center admin token (shown once): {run.admin_token}")
+            scheduler = "scheduler on " + ray_address if ray_address else "no scheduler (no --ray-address)"
+            if run.kubernetes is not None:
+                scheduler += "; nodes from Kubernetes"
+            if run.capacity is not None:
+                namespace, name = settings.raycluster_ref
+                scheduler += f", worker groups of RayCluster {namespace}/{name} sized by Zhisuan"
+            console.print(f"serving {run.url}; {scheduler}. Ctrl-C stops.")
+            wait_for_interrupt(run.stop)
+    except ConfigError as err:
+        errors.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
-def _serve_workers(host: str, port: int, ray_address: str | None, workers: int) -> None:
+def _serve_workers(host: str, port: int, ray_address: str | None, workers: int, settings: Settings) -> None:
     """``workers`` API processes on ``host:port`` (uvicorn's supervisor, in this process's main thread) and, with
     ``ray_address``, the scheduler service in this process. The processes share everything through the database
     and Redis: a submission through any of them wakes the scheduler (the change feed), a revoked token is refused
@@ -219,10 +279,9 @@ def _serve_workers(host: str, port: int, ray_address: str | None, workers: int) 
     from contextlib import ExitStack
 
     from api.app import run as run_api
-    from api.settings import Settings
     from api.up import running
 
-    settings = Settings.from_env().with_(workers=workers)
+    settings = settings.with_(workers=workers)
     try:
         from api.app import make_limiter
 
@@ -231,7 +290,7 @@ def _serve_workers(host: str, port: int, ray_address: str | None, workers: int) 
         errors.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None
     with ExitStack() as stack:
-        if ray_address:
+        if ray_address or settings.inventory != "file":
             # The scheduler's host (api.up.running) also serves an API, on a private loopback port nobody is told.
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
@@ -239,7 +298,10 @@ def _serve_workers(host: str, port: int, ray_address: str | None, workers: int) 
             run = stack.enter_context(running(settings, port=private, ray_address=ray_address, agents=False))
             if run.admin_token is not None:
                 console.print(f"center admin token (shown once): {run.admin_token}")
-            console.print(f"scheduler on {ray_address}")
+            if ray_address:
+                console.print(f"scheduler on {ray_address}")
+            if run.kubernetes is not None:
+                console.print("nodes from Kubernetes")
         console.print(f"serving http://{host}:{port} with {workers} processes. Ctrl-C stops.")
         run_api(host=host, port=port, workers=workers)
 

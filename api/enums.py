@@ -26,3 +26,5 @@ class NodeStatus(StrEnum):
 class NodeSource(StrEnum):
     AGENT = "agent"
     FILE = "file"
+    #: Kubernetes Nodes, listed and watched (``zhisuan server --inventory kubernetes``).
+    KUBERNETES = "kubernetes"

@@ -393,6 +393,26 @@ class NodeOut(_Out):
         return self.device_count
 
 
+class LeftOutNode(_Out):
+    name: str
+    reason: str = Field(description="why the source could not use it (unknown vendor, malformed annotation...)")
+
+
+class InventorySourceOut(_Out):
+    """One source of nodes (``file``, ``kubernetes``) and whether what it published is current."""
+
+    source: NodeSource
+    stale: bool = Field(description="its nodes are the last known ones: the source cannot be read now")
+    reason: str = Field(description="why it is stale (the source's last error), empty when current")
+    updated_at: float = Field(description="its last publish")
+    changed_at: float = Field(description="the last publish that changed a node")
+    every_s: float | None = Field(description="how often it publishes (None: once, at bootstrap)")
+    nodes: int
+    schedulable: int
+    left_out: list[LeftOutNode] = Field(description="nodes it knows but could not map, and why")
+    reasons: dict[str, list[str]] = Field(description="per node: why it takes no work, or what its source reports")
+
+
 class HealthOut(_Out):
     status: str
 

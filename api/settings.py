@@ -31,6 +31,19 @@
 ``ZHISUAN_BATCH_LINGER_MS``         group commit: how long the writer waits to fill a batch (default 2)
 ``ZHISUAN_ADMIN_TOKEN_FILE``        where bootstrap writes the first admin token (mode 0600), if set
 ``ZHISUAN_FAST_SUBMIT``             ``0`` serves POST /v1/jobs through FastAPI instead of the ASGI fast path
+``ZHISUAN_INVENTORY``               where nodes come from besides agents: ``file`` (default: the cluster file, bare
+                                    metal) or ``kubernetes`` (Nodes listed and watched, published to the database)
+``ZHISUAN_KUBECONFIG``              kubeconfig to reach the API server; unset: the pod's service account inside a
+                                    cluster, else ``$KUBECONFIG`` or ``~/.kube/config``
+``ZHISUAN_KUBE_CONTEXT``            the kubeconfig context (default: its current one)
+``ZHISUAN_KUBE_NODE_SELECTOR``      label selector of the Nodes to take (default: all)
+``ZHISUAN_INVENTORY_PUBLISH_S``     the Kubernetes inventory is published at every change and at least this often
+                                    (default 30); three missed publishes make it stale in ``GET /v1/inventory``
+``ZHISUAN_SIZE_WORKER_GROUPS``      ``1``: the scheduler sizes the KubeRay worker groups itself (needs
+                                    ``ZHISUAN_INVENTORY=kubernetes``; the RayCluster's in-tree autoscaler stays off)
+``ZHISUAN_RAYCLUSTER``              ``namespace/name`` of that RayCluster (default ``zhisuan/zhisuan``)
+``ZHISUAN_SCALE_GRACE_S``           a worker node idle this long goes (default 600)
+``ZHISUAN_SCALE_POLL_S``            how often the RayCluster and its Pods are read (default 2)
 =================================  ==================================================================
 """
 
@@ -46,6 +59,8 @@ from scheduler.catalog import SEEDS_DIR
 
 DEFAULT_DATABASE_URL = "sqlite:///./.zhisuan/zhisuan.db"
 DEFAULT_POLICY_FILE = SEEDS_DIR / "policy.yaml"
+#: Where nodes may come from besides their agents (``ZHISUAN_INVENTORY``).
+INVENTORIES = ("file", "kubernetes")
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*s)?\s*(?:,?\s*(?:burst)?\s*(\d+(?:\.\d+)?))?\s*$")
 
 
@@ -61,6 +76,15 @@ def parse_rate_limit(text: str) -> tuple[float, float]:
     if rate <= 0 or burst < 1:
         raise ValueError(f"ZHISUAN_RATE_LIMIT {text!r}: rate must be positive and burst at least 1")
     return rate, burst
+
+
+def _flag(text: str, name: str) -> bool:
+    value = text.strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name}={text!r}: write 1 or 0")
 
 
 @dataclass(frozen=True)
@@ -86,6 +110,36 @@ class Settings:
     admin_token_file: Path | None = None
     retry_after_s: int = 2
     fast_submit: bool = True
+    inventory: str = "file"
+    kubeconfig: Path | None = None
+    kube_context: str | None = None
+    kube_node_selector: str | None = None
+    inventory_publish_s: float = 30.0
+    size_worker_groups: bool = False
+    raycluster: str = "zhisuan/zhisuan"
+    scale_grace_s: float = 600.0
+    scale_poll_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.inventory not in INVENTORIES:
+            raise ValueError(
+                f"ZHISUAN_INVENTORY={self.inventory!r}: write one of {', '.join(INVENTORIES)} (--inventory on the "
+                "command line)"
+            )
+        if self.size_worker_groups and self.inventory != "kubernetes":
+            raise ValueError(
+                "sizing worker groups (ZHISUAN_SIZE_WORKER_GROUPS, --size-worker-groups) needs the Kubernetes "
+                "inventory: set ZHISUAN_INVENTORY=kubernetes (--inventory kubernetes)"
+            )
+        namespace, _, name = self.raycluster.partition("/")
+        if not namespace or not name or "/" in name:
+            raise ValueError(f"ZHISUAN_RAYCLUSTER={self.raycluster!r}: write it as namespace/name (zhisuan/zhisuan)")
+
+    @property
+    def raycluster_ref(self) -> tuple[str, str]:
+        """``(namespace, name)`` of the RayCluster whose worker groups the scheduler sizes."""
+        namespace, _, name = self.raycluster.partition("/")
+        return namespace, name
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -129,6 +183,15 @@ class Settings:
             batch_linger_ms=number("ZHISUAN_BATCH_LINGER_MS", 2.0),
             admin_token_file=path("ZHISUAN_ADMIN_TOKEN_FILE", None),
             fast_submit=env.get("ZHISUAN_FAST_SUBMIT", "1").strip().lower() not in ("0", "false", "no", "off"),
+            inventory=(env.get("ZHISUAN_INVENTORY") or "file").strip().lower(),
+            kubeconfig=path("ZHISUAN_KUBECONFIG", None),
+            kube_context=env.get("ZHISUAN_KUBE_CONTEXT") or None,
+            kube_node_selector=env.get("ZHISUAN_KUBE_NODE_SELECTOR") or None,
+            inventory_publish_s=number("ZHISUAN_INVENTORY_PUBLISH_S", 30.0) or 30.0,
+            size_worker_groups=_flag(env.get("ZHISUAN_SIZE_WORKER_GROUPS", ""), "ZHISUAN_SIZE_WORKER_GROUPS"),
+            raycluster=(env.get("ZHISUAN_RAYCLUSTER") or "zhisuan/zhisuan").strip(),
+            scale_grace_s=number("ZHISUAN_SCALE_GRACE_S", 600.0),
+            scale_poll_s=number("ZHISUAN_SCALE_POLL_S", 2.0) or 2.0,
         )
 
     def heartbeat_interval(self, nodes: int) -> float:

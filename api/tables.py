@@ -149,6 +149,28 @@ class NodeRow(SQLModel, table=True):
     lease_expires_at: float | None = Field(default=None, index=True)
 
 
+class InventorySourceRow(SQLModel, table=True):
+    """The last publish of an inventory source (``file``, ``kubernetes``): whether its nodes are current, and what
+    it could not use. A stale source's nodes are its last known ones; ``reason`` says why it cannot be read."""
+
+    __tablename__ = "inventory_sources"
+
+    source: str = Field(primary_key=True)
+    stale: bool = False
+    reason: str = ""
+    #: The last publish, and the last one that changed a node.
+    updated_at: float
+    changed_at: float
+    #: How often its publisher writes (None: once, at bootstrap): a publish overdue by 3 of these is stale too.
+    every_s: float | None = None
+    nodes: int = 0
+    schedulable: int = 0
+    #: Nodes it knows but could not map (``[{"name", "reason"}]``), and per node why it takes no work or what
+    #: its source reports wrong with it (``{node: [reason, ...]}``).
+    left_out: list[dict[str, str]] = Field(default_factory=list, sa_type=JSONValue)
+    reasons: dict[str, list[str]] = Field(default_factory=dict, sa_type=JSONValue)
+
+
 class DeviceRow(SQLModel, table=True):
     """One accelerator of a node, with its latest health and telemetry sample."""
 
@@ -406,6 +428,7 @@ JOBS = table(JobRow)
 JOB_EVENTS = table(JobEventRow)
 JOB_LOGS = table(JobLogRow)
 NODES = table(NodeRow)
+INVENTORY_SOURCES = table(InventorySourceRow)
 DEVICES = table(DeviceRow)
 LEDGER = table(LedgerRow)
 POLICY_VERSIONS = table(PolicyVersionRow)
@@ -425,6 +448,7 @@ TABLES = (
     JOB_EVENTS,
     JOB_LOGS,
     NODES,
+    INVENTORY_SOURCES,
     DEVICES,
     LEDGER,
     POLICY_VERSIONS,

@@ -8,6 +8,13 @@ jobs through the policy core onto Ray. Ctrl-C stops everything::
     zhisuan up                                   # seeds/clusters/local.yaml, ./.zhisuan/zhisuan.db
     zhisuan up --address 10.0.0.5:6379           # schedule onto an existing Ray cluster instead
     zhisuan server --ray-address 10.0.0.5:6379   # API + scheduler only (agents run on the nodes)
+    zhisuan server --inventory kubernetes --size-worker-groups --ray-address zhisuan-head-svc:6379
+                                                 # on Kubernetes: Nodes watched, KubeRay worker groups sized
+
+With the Kubernetes inventory (``ZHISUAN_INVENTORY=kubernetes``) one thread lists and watches the Nodes
+(:class:`~scheduler.live.inventory.kubernetes.KubernetesInventory`) and another publishes what it makes of them
+into the database at every change (:func:`api.inventory_sink.follow`); with ``--size-worker-groups`` the scheduler
+service gets a :class:`~scheduler.live.kuberay.KubeRayCapacity` as its step 3b.
 """
 
 from __future__ import annotations
@@ -28,18 +35,22 @@ from api.auth import issue_token
 from api.bootstrap import ADMIN_USER, prepare
 from api.coalescing import CoalescingHttpToolsProtocol
 from api.db import make_engine, migrate, write_session
-from api.enums import Role
+from api.enums import NodeSource, Role
+from api.inventory_sink import SqlInventorySink, follow
 from api.profiles import Profile, save_profile
 from api.service_store import SqlServiceStore
 from api.settings import Settings
 from scheduler.cluster import load_cluster
 from scheduler.core import CoreConfig, SchedulerCore
+from scheduler.live.capacity import CapacityManager
 from scheduler.live.executors.base import Executor
 from scheduler.live.service import SchedulerService, ServiceConfig
 from scheduler.live.store import ServiceStore
 from scheduler.model import Node
 
 if TYPE_CHECKING:
+    from scheduler.live.inventory.kubernetes import KubernetesInventory
+    from scheduler.live.kuberay import KubeRayCapacity
     from scheduler.live.localcluster import LocalCluster
 
 log = logging.getLogger("zhisuan")
@@ -63,6 +74,10 @@ class Running:
     stop: threading.Event = field(default_factory=threading.Event)
     #: The local Ray cluster when :func:`running` started one (None with ``ray_address``).
     cluster: LocalCluster | None = None
+    #: The Kubernetes Node inventory being followed (``inventory="kubernetes"``), and the KubeRay worker-group
+    #: sizer of the scheduler service (``size_worker_groups``).
+    kubernetes: KubernetesInventory | None = None
+    capacity: KubeRayCapacity | None = None
     _scheduler: _SchedulerHost | None = field(default=None, repr=False)
     _agent_stops: dict[str, threading.Event] = field(default_factory=dict, repr=False)
 
@@ -100,9 +115,15 @@ class _SchedulerHost:
     """Runs one :class:`SchedulerService` at a time in a thread of this process."""
 
     def __init__(
-        self, store: ServiceStore, executor: Executor, config: ServiceConfig | None, core_config: CoreConfig | None
+        self,
+        store: ServiceStore,
+        executor: Executor,
+        config: ServiceConfig | None,
+        core_config: CoreConfig | None,
+        capacity: CapacityManager | None = None,
     ) -> None:
         self.store, self.executor, self.config, self.core_config = store, executor, config, core_config
+        self.capacity = capacity
         self.service: SchedulerService | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -111,7 +132,9 @@ class _SchedulerHost:
         if self.service is not None and self._thread is not None and self._thread.is_alive():
             return self.service
         self._stop = threading.Event()
-        service = SchedulerService(self.store, self.executor, self.config, core=SchedulerCore(self.core_config))
+        service = SchedulerService(
+            self.store, self.executor, self.config, core=SchedulerCore(self.core_config), capacity=self.capacity
+        )
         stop = self._stop
 
         def loop() -> None:
@@ -271,12 +294,15 @@ def running(
     core_config: CoreConfig | None = None,
     log_dir: str | None = None,
     include_dashboard: bool = False,
+    executor: Executor | None = None,
 ) -> Iterator[Running]:
     """Start what was asked (local Ray cluster, API, agents, scheduler), yield, and stop it all in reverse.
 
     ``core_config`` configures the scheduler's policy core, ``log_dir`` is where workers write their logs on the
     nodes (the executor's default otherwise), ``include_dashboard`` starts the local cluster's Ray dashboard (its
-    Jobs API, for comparisons)."""
+    Jobs API, for comparisons). ``executor`` runs the scheduler on it instead of on Ray (``InstantExecutor`` in
+    tests and benchmarks). ``settings.inventory`` says where nodes come from besides agents (the module
+    docstring), ``settings.size_worker_groups`` whether the scheduler sizes the KubeRay worker groups."""
     with ExitStack() as stack:
         nodes: list[Node] = []
         local: LocalCluster | None = None
@@ -296,6 +322,8 @@ def running(
 
         url = f"http://{host}:{port}"
         result = Running(url, settings, admin, None, ray_address, nodes, cluster=local)
+        if settings.inventory == NodeSource.KUBERNETES.value:
+            result.kubernetes = _follow_kubernetes(settings, stack)
         server = uvicorn.Server(
             uvicorn.Config(
                 _PokeOnChange(create_app(settings), result.poke_scheduler),
@@ -327,19 +355,71 @@ def running(
             # Agents stop (and finish their last heartbeat) before the API they talk to does.
             stack.callback(_stop_agents, result._agent_stops, threads)
 
-        if scheduler and ray_address is not None:
-            from scheduler.live.executors.ray.executor import RayExecutor
+        if scheduler and (ray_address is not None or executor is not None):
+            if executor is None:
+                from scheduler.live.executors.ray.executor import RayExecutor
 
-            executor = RayExecutor(ray_address) if log_dir is None else RayExecutor(ray_address, log_dir=log_dir)
-            stack.callback(executor.close)
+                assert ray_address is not None
+                ray = RayExecutor(ray_address) if log_dir is None else RayExecutor(ray_address, log_dir=log_dir)
+                stack.callback(ray.close)
+                executor = ray
             engine = make_engine(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
             stack.callback(engine.dispose)
             migrate(engine)
             store = SqlServiceStore(engine, heartbeat_interval_s=settings.heartbeat_interval_s)
-            result._scheduler = _SchedulerHost(store, executor, service_config, core_config)
+            if settings.size_worker_groups:
+                assert result.kubernetes is not None  # Settings refuse sizing without the Kubernetes inventory
+                result.capacity = _kuberay_capacity(settings, result.kubernetes, stack)
+            result._scheduler = _SchedulerHost(store, executor, service_config, core_config, result.capacity)
             result.start_scheduler()
             stack.callback(result.stop_scheduler)
         yield result
+
+
+def _follow_kubernetes(settings: Settings, stack: ExitStack) -> KubernetesInventory:
+    """List and watch the Nodes in one thread and publish them into the database in another, until the stack
+    closes. The client is configured now: a kubeconfig that cannot be used fails the start with one line."""
+    from scheduler.live.inventory.kubernetes import KubernetesInventory, kube_api_client
+
+    api = kube_api_client(settings.kubeconfig, settings.kube_context)
+    stack.callback(api.close)
+    source = KubernetesInventory(api, label_selector=settings.kube_node_selector)
+    engine = make_engine(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
+    stack.callback(engine.dispose)
+    sink = SqlInventorySink(engine, every_s=settings.inventory_publish_s)
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=source.run, args=(stop,), name="k8s-inventory", daemon=True),
+        threading.Thread(
+            target=follow,
+            args=(source, sink, stop),
+            kwargs={"every_s": settings.inventory_publish_s},
+            name="k8s-inventory-publish",
+            daemon=True,
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+        stack.callback(thread.join, 10)
+    stack.callback(stop.set)  # first of these on the way out: cuts the open watch, then the joins
+    return source
+
+
+def _kuberay_capacity(settings: Settings, source: KubernetesInventory, stack: ExitStack) -> KubeRayCapacity:
+    """The scheduler's step 3b on Kubernetes: the RayCluster's worker groups sized by the scaling rule."""
+    from scheduler.live.inventory.kubernetes import kube_api_client
+    from scheduler.live.kuberay import KubeRayCapacity, WorkerGroupSizer
+    from scheduler.scaling import ScalingRule
+
+    api = kube_api_client(settings.kubeconfig, settings.kube_context)
+    stack.callback(api.close)
+    namespace, name = settings.raycluster_ref
+    return KubeRayCapacity(
+        WorkerGroupSizer(api, namespace, name),
+        source,
+        ScalingRule(grace_s=settings.scale_grace_s),
+        poll_s=settings.scale_poll_s,
+    )
 
 
 def developer_login(url: str, admin_token: str, tenant: str = "acme", user: str = "dev") -> str:

@@ -159,6 +159,20 @@ def simulate(
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
     catalog: Annotated[Path | None, typer.Option(help="accelerator catalog (default seeds/)", hidden=True)] = None,
     throughput: Annotated[Path | None, typer.Option(help="throughput matrix (default seeds/)", hidden=True)] = None,
+    autoscale: Annotated[
+        bool,
+        typer.Option(
+            help="timeline: replay the KubeRay worker-group scaling rule (nodes start out of service, gangs get "
+            "their nodes at once, idle ones go after --scale-grace); capacity over time in the report"
+        ),
+    ] = False,
+    scale_grace: Annotated[float, typer.Option(min=0, help="--autoscale: seconds a node idles before it goes")] = 600.0,
+    scale_startup: Annotated[
+        float, typer.Option(min=0, help="--autoscale: seconds from a node's addition to its worker taking work")
+    ] = 60.0,
+    scale_interval: Annotated[
+        float, typer.Option(min=0.001, help="--autoscale: seconds between two runs of the scaling rule")
+    ] = 10.0,
 ) -> None:
     """Replay a trace (or a scenario) through the scheduling core; print a summary, write JSON/HTML."""
     if scenario is None and (cluster is None or trace is None):
@@ -190,6 +204,10 @@ def simulate(
         queueing=queueing_knobs,
         simulation=sim_knobs,
         policy_file=str(policy_file) if policy_file else None,
+        autoscale=autoscale,
+        scale_grace_s=scale_grace,
+        scale_startup_s=scale_startup,
+        scale_interval_s=scale_interval,
     )
     policies = [p.strip() for p in policy.split(",") if p.strip()]
     if (len(orderings) > 1 or len(policies) > 1) and mode is Mode.timeline:
@@ -207,6 +225,13 @@ def simulate(
         return
     for result in results:
         err.print(_headline(result), highlight=False)
+        if "scaling" in result:
+            scaling = result["scaling"]
+            err.print(
+                f"  autoscaled: {scaling['node_hours_in_service']:.1f} node-hours in service of "
+                f"{scaling['node_hours_installed']:.1f} installed, {len(scaling['decisions'])} scaling decisions",
+                highlight=False,
+            )
     title = f"Zhisuan simulation: {scenario.stem if scenario else (trace.name if trace else '')}"
     _write_outputs(results, json_out, report, title)
     if json_out is None and report is None:

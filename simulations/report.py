@@ -257,6 +257,57 @@ def _timeline_section(result: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _scaling_section(result: dict[str, Any]) -> str:
+    """Capacity over time under the worker-group scaling rule (``zhisuan simulate --autoscale``)."""
+    scaling = result["scaling"]
+    parts = [
+        f"<h2>{html.escape(_label(result))}: capacity (worker groups sized by the scaling rule)</h2>",
+        f"<p>Grace {_fmt(scaling['grace_s'])} s, rule every {_fmt(scaling['interval_s'])} s, a new node takes work "
+        f"{_fmt(scaling['startup_s'])} s after it is added. Node-hours in service: "
+        f"{_fmt(scaling.get('node_hours_in_service'))} of {_fmt(scaling.get('node_hours_installed'))} installed.</p>",
+    ]
+    groups = scaling.get("groups", {})
+    parts.append(
+        _table(
+            ["group", "pool", "installed", "peak in service", "node-hours in service", "node-hours installed"],
+            [
+                (
+                    name,
+                    g["pool"],
+                    g["installed"],
+                    g["peak_in_service"],
+                    g["node_hours_in_service"],
+                    g["node_hours_installed"],
+                )
+                for name, g in groups.items()
+            ],
+        )
+    )
+    series: dict[str, list[tuple[float, float]]] = {}
+    for point in scaling["capacity"]:
+        series.setdefault(f"{point['group']} in service", []).append((point["t"], point["in_service"]))
+    end = max((t for pts in series.values() for t, _ in pts), default=0.0)
+    for pts in series.values():
+        pts.append((end, pts[-1][1]))  # the last level holds to the end of the chart
+    parts.append(
+        line_chart(
+            series, title="Nodes in service over time", x_label="hours", y_label="nodes", x_scale=3600.0, step=True
+        )
+    )
+    decisions = scaling["decisions"]
+    parts.append(f"<h3>Scaling decisions ({len(decisions)}; the first 50)</h3>")
+    parts.append(
+        _table(
+            ["time (s)", "group", "added", "removed", "for"],
+            [
+                (d["t"], d["group"], d["added"], ", ".join(d["removed"]) or "-", ", ".join(d["for"]) or "-")
+                for d in decisions[:50]
+            ],
+        )
+    )
+    return "".join(parts)
+
+
 def _packing_section(results: list[dict[str, Any]]) -> str:
     series = {
         f"{r['policy']} (seed {r['seed']})": [(p["arrived"] * 100, p["allocated"] * 100) for p in r["curve"]]
@@ -423,6 +474,8 @@ def render(results: list[dict[str, Any]], title: str = "Zhisuan simulation repor
     for result in results:
         if result.get("mode") == "timeline":
             parts.append(_timeline_section(result))
+            if result.get("scaling"):
+                parts.append(_scaling_section(result))
     inputs = [
         {k: r.get(k) for k in ("cluster", "trace", "replay_skipped", "policy", "seed", "scenario")} for r in results
     ]

@@ -20,11 +20,13 @@ from scheduler.catalog import Catalog, load_catalog
 from scheduler.core import CoreConfig, QueueingConfig, SchedulerCore
 from scheduler.model import Node
 from scheduler.placement import PlacementConfig
+from scheduler.scaling import ScalingRule
 from scheduler.tenancy import QueuePolicy, check_ordering, load_policy
 from scheduler.throughput import ThroughputMatrix, load_throughput
 from simulations.loaders import LoadOptions, SkipReport, TraceError, TraceSource, load_nodes, open_trace
 from simulations.metrics import workload_shapes
 from simulations.packing import Arrivals, packing_core, run_packing
+from simulations.scaling import ScalingReplay, scaling_pools
 from simulations.scenario import Scenario, apply_changes, grow_demand, load_scenario
 from simulations.schema import TraceJob
 from simulations.synthetic import SyntheticSpec, pai_like
@@ -60,6 +62,12 @@ class RunSpec:
     simulation: dict[str, Any] = field(default_factory=dict)
     #: A policy file (tenants, queues, quotas, per-queue orderings) the core runs under.
     policy_file: str | None = None
+    #: Timeline: replay the KubeRay worker-group scaling rule (``scheduler.scaling``): every node starts out of
+    #: service; a node the rule adds takes work ``scale_startup_s`` later, an idle one goes after ``scale_grace_s``.
+    autoscale: bool = False
+    scale_grace_s: float = 600.0
+    scale_interval_s: float = 10.0
+    scale_startup_s: float = 60.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -105,6 +113,8 @@ def sim_config(base: SimConfig, knobs: dict[str, Any]) -> SimConfig:
 
 def run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]:
     """Run ``spec`` and return its result as plain data (``summary``, ``plots``, ``trace`` report, …)."""
+    if spec.autoscale and spec.mode != "timeline":
+        raise ValueError("--autoscale replays the worker-group scaling rule in the timeline mode only")
     catalog, throughput = _catalogs(spec)
     scenario: Scenario | None = None
     if spec.scenario:
@@ -208,8 +218,13 @@ def run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]:
             trace_path=trace_path,
             trace_ordered=ordered,
         )
+        scaling = _scaling_replay(spec, sim, nodes, core) if spec.autoscale else None
         replay = sim.run(itertools.chain(head, stream), SkipReport(strict=spec.strict))
         out = replay.as_dict()
+        if scaling is not None:
+            # Past the last job, until its nodes have had their grace period: capacity over time ends at rest.
+            scaling.drain(until=sim.engine.now + spec.scale_grace_s + 2 * spec.scale_interval_s)
+            out["scaling"] = scaling.summary(until=sim.engine.now)
         out["replay_skipped"] = out.pop("trace")
         out["plots"] = replay.plots
         if config.record_jobs:
@@ -238,6 +253,21 @@ def run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]:
     if spec.mode == "timeline":
         out["runtimes"] = runtime_source(ordering, bool(spec.simulation.get("hide_runtimes", False)))
     return out
+
+
+def _scaling_replay(spec: RunSpec, sim: TimelineSimulation, nodes: list[Node], core: SchedulerCore) -> ScalingReplay:
+    """The scaling rule of the live service's step 3b on the replay's own state (one worker group per pool)."""
+    if min(spec.scale_grace_s, spec.scale_startup_s) < 0 or spec.scale_interval_s <= 0:
+        raise ValueError("--scale-grace and the startup must not be negative, the scaling interval must be positive")
+    rule = ScalingRule(
+        grace_s=spec.scale_grace_s,
+        acceptable=lambda job: [model for model, _ in core.placement.acceptable_models(job)],
+    )
+    replay = ScalingReplay(
+        sim, scaling_pools(nodes), rule, interval_s=spec.scale_interval_s, startup_s=spec.scale_startup_s
+    )
+    replay.attach()
+    return replay
 
 
 def runtime_source(ordering: str, hidden: bool) -> str:

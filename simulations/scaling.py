@@ -211,6 +211,46 @@ class ScalingReplay:
             if last is None or (last["replicas"], last["in_service"]) != (point["replicas"], point["in_service"]):
                 self.capacity.append(point)
 
-    def summary(self) -> dict[str, Any]:
-        """Capacity over time and the rule's decisions, for the run's report."""
-        return {"capacity": list(self.capacity), "decisions": list(self.decisions)}
+    def summary(self, until: float | None = None) -> dict[str, Any]:
+        """Capacity over time and the rule's decisions, for the run's report; with ``until`` (the end of the run),
+        also the node-hours each group had in service against the node-hours installed, and its peak.
+
+            >>> from scheduler.model import Node
+            >>> from simulations.timeline import SimConfig, TimelineSimulation
+            >>> nodes = [Node(id=f"n{i}", model="H100", devices=8, cpu_milli=96000, memory_mib=900000, site="bj1")
+            ...          for i in range(2)]
+            >>> replay = ScalingReplay(TimelineSimulation(nodes, config=SimConfig()), scaling_pools(nodes))
+            >>> replay.attach()
+            >>> hours = replay.summary(until=3600.0)
+            >>> hours["node_hours_in_service"], hours["node_hours_installed"]
+            (0.0, 2.0)
+        """
+        out: dict[str, Any] = {
+            "grace_s": self.rule.grace_s,
+            "interval_s": self.interval_s,
+            "startup_s": self.startup_s,
+            "capacity": list(self.capacity),
+            "decisions": list(self.decisions),
+        }
+        if until is None:
+            return out
+        groups: dict[str, dict[str, Any]] = {}
+        for name, group in self.groups.items():
+            points = [c for c in self.capacity if c["group"] == name]
+            served = 0.0
+            for point, following in zip(points, [*points[1:], None], strict=True):
+                end = until if following is None else following["t"]
+                served += point["in_service"] * max(0.0, end - point["t"]) / 3600.0
+            start = points[0]["t"] if points else until
+            groups[name] = {
+                "pool": group.spec.pool,
+                "installed": len(group.spec.nodes),
+                "peak_in_service": max((c["in_service"] for c in points), default=0),
+                "peak_replicas": max((c["replicas"] for c in points), default=0),
+                "node_hours_in_service": served,
+                "node_hours_installed": len(group.spec.nodes) * max(0.0, until - start) / 3600.0,
+            }
+        out["groups"] = groups
+        out["node_hours_in_service"] = sum(g["node_hours_in_service"] for g in groups.values())
+        out["node_hours_installed"] = sum(g["node_hours_installed"] for g in groups.values())
+        return out

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from api.client import ApiError, ZhisuanClient
 from api.commands.common import (
     OutputOpt,
     ProfileOpt,
@@ -24,9 +25,10 @@ from api.commands.render import (
     ago,
     emit,
     key_values,
+    stderr,
     when,
 )
-from api.models import NodeOut, QueueOut, UsageOut
+from api.models import InventorySourceOut, NodeOut, QueueOut, UsageOut
 
 
 def amount_text(value: float) -> str:
@@ -159,6 +161,24 @@ def _node_detail(console: Console, n: NodeOut) -> None:
         console.print(t)
 
 
+def _warn_stale(client: ZhisuanClient) -> None:
+    """One warning line on stderr per inventory source whose nodes are the last known ones (``GET
+    /v1/inventory``); a server without that endpoint says nothing."""
+    try:
+        sources = [InventorySourceOut.from_api(s) for s in client.request("GET", "/v1/inventory").get("items", [])]
+    except ApiError as exc:
+        if exc.status == 404:
+            return
+        raise
+    for source in sources:
+        if source.stale:
+            stderr().print(
+                f"[yellow]warning:[/yellow] the {source.source} inventory is stale: {escape(source.reason)} "
+                f"(its nodes are shown as last known, changed {when(source.changed_at)})",
+                soft_wrap=True,
+            )
+
+
 @handle_errors
 def nodes(
     node_id: Annotated[str | None, typer.Argument(help="one node's details and devices", show_default=False)] = None,
@@ -200,6 +220,7 @@ def nodes(
             emit(node.to_dict(), output, lambda c: _node_detail(c, node))
             return
         listed = client.nodes()
+        _warn_stale(client)
 
     def node_table(console: Console) -> None:
         t = Table(box=None, header_style="bold")

@@ -30,6 +30,10 @@ RayCluster, sets ``replicas`` of the groups it was told about and names the pods
 ``resourceVersion`` it read as a precondition. A 409 — another controller wrote in between — makes it read again
 and re-apply only its own change, so neither write is lost.
 
+**Capacity** (:class:`KubeRayCapacity`) is the scheduler service's step 3b on Kubernetes (the
+:class:`~scheduler.live.capacity.CapacityManager` port): a node is in service only while a ready worker pod of its
+group runs there, and the groups are sized by the scaling rule from the service's own pending jobs.
+
     >>> from scheduler.live.inventory.kubernetes import inventory_from_objects
     >>> from scheduler.live.inventory.base import Inventory
     >>> rc = raycluster(Inventory(), KubeRayOptions(name="zs"))
@@ -43,18 +47,20 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from kubernetes import client
 
-from scheduler.live.inventory.base import Inventory, InventoryNode
+from scheduler.backfill import Reservation
+from scheduler.live.inventory.base import Inventory, InventoryNode, InventorySource
 from scheduler.live.inventory.kubernetes import api_error_line
 from scheduler.live.inventory.kubernetes_names import KubernetesNames, Toleration, load_kubernetes_names
-from scheduler.model import Node
+from scheduler.model import Job, Node
 from scheduler.ray_node import ISLAND_LABEL, NODE_LABEL, ray_label_value, ray_node_spec
-from scheduler.scaling import GroupTarget, GroupView
+from scheduler.scaling import GroupTarget, GroupView, ScalingRule
+from scheduler.state import ClusterState
 
 log = logging.getLogger("zhisuan.kuberay")
 
@@ -511,3 +517,205 @@ def _apply_targets(
                 strategy["workersToDelete"] = merged
                 changed = True
     return changed
+
+
+# ----------------------------------------------------------------------------------------------- capacity
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """One worker group as the last look at the RayCluster and its Pods found it."""
+
+    plan: WorkerGroupPlan
+    replicas: int
+    max_replicas: int
+    min_replicas: int
+    #: Nodes with a ready worker pod of the group that is not being deleted, and that Kubernetes lets take work.
+    in_service: tuple[str, ...]
+
+
+class KubeRayCapacity:
+    """The :class:`~scheduler.live.capacity.CapacityManager` of a KubeRay RayCluster whose groups Zhisuan sizes.
+
+    Its groups are planned from the node inventory (:func:`plan_worker_groups`, as :func:`raycluster` generated
+    them); each look (at most every ``poll_s``) reads the RayCluster and its Pods once. A node is in service while
+    a ready worker pod of its group runs there — not one already named in ``workersToDelete`` — and its Node is
+    schedulable. Sizing runs :class:`~scheduler.scaling.ScalingRule` on each fresh look and writes the targets that
+    differ through :class:`WorkerGroupSizer` (``resourceVersion`` preconditions, 409 retries). An API server that
+    cannot be read or written is logged (once per message) and the last look stands; nothing is raised.
+    """
+
+    def __init__(
+        self,
+        sizer: WorkerGroupSizer,
+        inventory: InventorySource,
+        rule: ScalingRule | None = None,
+        *,
+        poll_s: float = 2.0,
+        reserve: tuple[float, float] = (0.05, 0.10),
+    ) -> None:
+        self.sizer = sizer
+        self.inventory = inventory
+        self.rule = rule or ScalingRule()
+        self.poll_s = poll_s
+        self.reserve = reserve
+        self.groups: dict[str, GroupState] = {}
+        #: What it wrote: one entry per group whose target changed (for logs and tests).
+        self.decisions: list[dict[str, Any]] = []
+        self.last_error = ""
+        self._last_look = float("-inf")
+        self._fresh = False
+        self._plans: list[WorkerGroupPlan] = []
+        self._planned_from: Inventory | None = None
+        self._missing: set[str] = set()
+
+    # -------------------------------------------------------------------------------------- looking
+
+    def in_service(self, now: float) -> dict[str, bool] | None:
+        if now - self._last_look < self.poll_s:
+            return None
+        self._last_look = now
+        inventory = self.inventory.inventory()
+        if inventory is not self._planned_from:
+            self._plans = plan_worker_groups(inventory, self.reserve)
+            self._planned_from = inventory
+        schedulable = {n.node.id: n.schedulable for n in inventory.nodes}
+        try:
+            cluster = self.sizer.get()
+            pods = self.sizer.pods()
+        except SizerError as exc:
+            self._failed(str(exc))
+            return None
+        self._recovered()
+        self.groups = self._look(cluster, pods, schedulable)
+        self._fresh = True
+        answer = {node: False for plan in self._plans for node in plan.nodes}
+        for group in self.groups.values():
+            answer.update(dict.fromkeys(group.in_service, True))
+        return answer
+
+    def _look(
+        self, cluster: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], schedulable: Mapping[str, bool]
+    ) -> dict[str, GroupState]:
+        state = readiness(cluster, pods)
+        specs = {g.get("groupName", ""): g for g in (cluster.get("spec") or {}).get("workerGroupSpecs") or ()}
+        doomed = {
+            name for spec in specs.values() for name in ((spec.get("scaleStrategy") or {}).get("workersToDelete") or ())
+        }
+        leaving = set()
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            if meta.get("name") in doomed:
+                leaving.add(((meta.get("labels") or {}).get(GROUP_LABEL, ""), (pod.get("spec") or {}).get("nodeName")))
+        groups = {}
+        for plan in self._plans:
+            spec = specs.get(plan.name)
+            if spec is None:
+                if plan.name not in self._missing:
+                    self._missing.add(plan.name)
+                    log.warning(
+                        "worker group %s (%d nodes of %s) is not in RayCluster %s/%s: its nodes take no work "
+                        "(regenerate it: zhisuan kube raycluster)",
+                        plan.name,
+                        len(plan.nodes),
+                        plan.pool,
+                        self.sizer.namespace,
+                        self.sizer.name,
+                    )
+                continue
+            self._missing.discard(plan.name)
+            ready = state.groups.get(plan.name)
+            nodes = tuple(
+                n
+                for n in (ready.nodes if ready else ())
+                if n in plan.nodes and schedulable.get(n, False) and (plan.name, n) not in leaving
+            )
+            limit = spec.get("maxReplicas")
+            groups[plan.name] = GroupState(
+                plan=plan,
+                replicas=int(spec.get("replicas") or 0),
+                max_replicas=min(len(plan.nodes), int(limit)) if limit is not None else len(plan.nodes),
+                min_replicas=int(spec.get("minReplicas") or 0),
+                in_service=nodes,
+            )
+        return groups
+
+    # -------------------------------------------------------------------------------------- sizing
+
+    def size(
+        self,
+        state: ClusterState,
+        pending: Sequence[Job],
+        reservations: Mapping[str, Reservation],
+        now: float,
+        acceptable: Callable[[Job], Sequence[str]],
+    ) -> tuple[str, ...]:
+        if not self._fresh:
+            return ()
+        self._fresh = False
+        self.rule.acceptable = acceptable
+        views = [
+            GroupView(
+                name=name,
+                pool=g.plan.pool,
+                model=g.plan.model,
+                devices=g.plan.devices,
+                cpu_milli=g.plan.cpu_milli,
+                memory_mib=g.plan.memory_mib,
+                replicas=g.replicas,
+                max_replicas=g.max_replicas,
+                nodes=g.in_service,
+                min_replicas=g.min_replicas,
+            )
+            for name, g in self.groups.items()
+        ]
+        targets = self.rule.decide(state, pending, views, now, reservations)
+        changed = {name: t for name, t in targets.items() if t.replicas != self.groups[name].replicas or t.remove}
+        if not changed:
+            return ()
+        try:
+            self.sizer.resize(changed)
+        except SizerError as exc:
+            self._failed(str(exc))
+            return ()
+        self._recovered()
+        taken: list[str] = []
+        for name, target in changed.items():
+            before = self.groups[name]
+            self.groups[name] = GroupState(
+                before.plan,
+                target.replicas,
+                before.max_replicas,
+                before.min_replicas,
+                tuple(n for n in before.in_service if n not in target.remove),
+            )
+            taken.extend(target.remove)
+            self.decisions.append(
+                {
+                    "t": now,
+                    "group": name,
+                    "replicas": target.replicas,
+                    "added": target.added,
+                    "removed": list(target.remove),
+                    "for": list(target.serving),
+                }
+            )
+            log.info(
+                "worker group %s: %d -> %d replicas%s%s",
+                name,
+                before.replicas,
+                target.replicas,
+                f" for {', '.join(target.serving)}" if target.added else "",
+                f", removing idle {', '.join(target.remove)}" if target.remove else "",
+            )
+        return tuple(taken)
+
+    def _failed(self, line: str) -> None:
+        if line != self.last_error:
+            log.warning("%s (worker groups keep their size until it answers)", line)
+        self.last_error = line
+
+    def _recovered(self) -> None:
+        if self.last_error:
+            log.info("RayCluster %s/%s answers again", self.sizer.namespace, self.sizer.name)
+        self.last_error = ""

@@ -7,6 +7,9 @@ them — so the service recovers from a crash by simply starting again::
     2. sync the policy in force and the node inventory into the core's :class:`ClusterState`;
     3. reconcile: what the executor reports moves jobs (running, succeeded, failed → retried, lost → requeued),
        cancel requests are carried out, attempts the database no longer wants are stopped;
+    3b. size capacity (with a :class:`~scheduler.live.capacity.CapacityManager`, e.g. KubeRay worker groups that
+       Zhisuan sizes): a node takes work only while it is in service (its worker pod ready); groups grow by the
+       nodes pending gangs need, all at once, and shrink by nodes idle past a grace period, never one with work;
     4. run :meth:`SchedulerCore.step` over the pending jobs and persist its decisions in one transaction;
     5. only then act on them: launch starts, stop preemption victims (an action is never taken for a decision
        that was not committed, and every action is idempotent, so a crash in between is repaired next cycle);
@@ -39,6 +42,7 @@ from typing import Protocol, runtime_checkable
 
 from scheduler.core import SchedulerCore
 from scheduler.eta import forecast
+from scheduler.live.capacity import CapacityManager
 from scheduler.live.executors.base import ExecutionStatus, Executor, ExecutorError, LaunchRequest, Phase
 from scheduler.live.serving.controller import ServeController
 from scheduler.live.store import (
@@ -157,6 +161,7 @@ class SchedulerService:
         core: SchedulerCore | None = None,
         clock: Callable[[], float] = time.time,
         serving: ServeController | None = None,
+        capacity: CapacityManager | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -170,6 +175,10 @@ class SchedulerService:
         self.serving = serving
         if serving is not None:
             serving.attach(self)
+        #: Step 3b (capacity), and its last word on the nodes it manages (kept across leadership changes: it is
+        #: the cluster's word, not the records').
+        self.capacity = capacity
+        self._in_service: dict[str, bool] = {}
 
     def _reset(self) -> None:
         """Forget everything learned from the records (on start and whenever leadership is regained)."""
@@ -291,6 +300,9 @@ class SchedulerService:
             # A worker was lost this cycle: learn which node died before placing anything (its retry included).
             self._inventory_stale = False
             self._sync_inventory(now, report, None)
+        # 3b. Size capacity: nodes out of service take no work; worker groups follow the pending demand.
+        if self.capacity is not None:
+            self._size_capacity(now)
         # 4-5. Step the core, persist its decisions, then act on them.
         self._schedule(now, report, changes, states)
         # 6. Copy logs and refresh estimated starts now and then.
@@ -715,6 +727,40 @@ class SchedulerService:
             self._dirty = True
             if entry is not None:
                 self.store.write_ledger((entry,))
+
+    # ------------------------------------------------------------------------------------------ capacity
+
+    def _size_capacity(self, now: float) -> None:
+        """Step 3b: a managed node is schedulable only while the manager says it is in service (and the records
+        agree); then the manager sizes its groups from the pending jobs, in the core's order."""
+        assert self.capacity is not None
+        seen = self.capacity.in_service(now)
+        if seen is not None:
+            self._in_service = dict(seen)
+        self._mask_capacity()
+        pending = [self._jobs[(job_id, v)] for job_id, v in self._pending.items() if (job_id, v) in self._jobs]
+        taken = self.capacity.size(
+            self.state,
+            self.core.order(pending),
+            self.core.reservations,
+            now,
+            lambda job: [model for model, _ in self.core.placement.acceptable_models(job)],
+        )
+        if taken:
+            # Their pods are being deleted: nothing may be placed there in between.
+            self._in_service.update(dict.fromkeys(taken, False))
+            self._mask_capacity()
+
+    def _mask_capacity(self) -> None:
+        for node_id, in_service in self._in_service.items():
+            known = self._nodes.get(node_id)
+            node = self.state.nodes.get(node_id)
+            if known is None or node is None:
+                continue
+            schedulable = in_service and known[2]
+            if node.schedulable != schedulable:
+                self.state.set_schedulable(node_id, schedulable)
+                self._dirty = True
 
     # ------------------------------------------------------------------------------------------ logs, ETA
 

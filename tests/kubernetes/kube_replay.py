@@ -17,6 +17,7 @@ watch streams and the error decoding. What it serves is scripted by the test:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import socket
@@ -98,6 +99,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         return None
 
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.lock:
+            self.server.connections.discard(self.connection)
+        super().finish()
+
     # ------------------------------------------------------------------ plumbing
 
     def _send_json(self, status: int, body: Any) -> None:
@@ -112,7 +123,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
+    def _cut(self) -> None:
+        """The connection goes away mid-conversation, as with an API server that went down."""
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+        self.close_connection = True
+
     def _route(self, method: str) -> None:
+        if self.server.closing.is_set():
+            self._cut()
+            return
         url = urlparse(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         body = None
@@ -207,6 +227,9 @@ class _Handler(BaseHTTPRequestHandler):
             if stream.end == "hold":
                 while time.monotonic() - began < timeout and not self.server.closing.is_set():
                     time.sleep(0.02)
+                if self.server.closing.is_set():
+                    self._cut()
+                    return
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, OSError):
@@ -280,6 +303,8 @@ class _Server(ThreadingHTTPServer):
         self.state = state
         self.lock = threading.Lock()
         self.closing = threading.Event()
+        #: Open client connections: a stopped server cuts them (kept-alive ones too), as a dead API server does.
+        self.connections: set[socket.socket] = set()
 
 
 class ReplayServer:
@@ -295,14 +320,25 @@ class ReplayServer:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while a request reads or writes the script: a test playing a controller takes it too."""
+        return self._server.lock
+
     def start(self) -> ReplayServer:
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop as an API server that goes down: no new connections, and every open one cut."""
         self._server.closing.set()
         self._server.shutdown()
         self._server.server_close()
+        with self._server.lock:
+            open_connections = list(self._server.connections)
+        for connection in open_connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> ReplayServer:
         return self.start()

@@ -15,6 +15,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from api.settings import Settings
 from scheduler.live.inventory.base import Inventory
 from scheduler.live.kuberay import raycluster
 
@@ -97,6 +98,21 @@ def test_rbac_is_least_privilege() -> None:
     assert server["spec"]["replicas"] == 2  # the database leader lock lets exactly one schedule
     env = {e["name"]: e for e in server["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["ZHISUAN_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "zhisuan-database", "key": "url"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_server_follows_the_nodes_and_sizes_the_worker_groups_with_settings_it_accepts(overlay: str) -> None:
+    objects = render(overlay)
+    server = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "zhisuan-server")
+    container = server["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    settings = Settings.from_env(env)  # what the server would make of them (a bad value raises, naming it)
+    assert settings.inventory == "kubernetes" and settings.size_worker_groups
+    rc = next(o for o in objects if o["kind"] == "RayCluster")
+    assert settings.raycluster_ref == (rc["metadata"]["namespace"], rc["metadata"]["name"])
+    assert rc["spec"]["enableInTreeAutoscaling"] is False  # the scheduler sizes the groups, not Ray
+    assert server["spec"]["template"]["spec"]["serviceAccountName"] == "zhisuan-scheduler"
+    assert "ZHISUAN_KUBECONFIG" not in env  # in the cluster: the pod's ServiceAccount
 
 
 def test_the_base_raycluster_is_what_the_generator_writes() -> None:

@@ -1,6 +1,12 @@
-"""The worker-group scaling rule: pure, in the timeline simulator, and gang-aware."""
+"""The worker-group scaling rule: pure, in the timeline simulator (and ``zhisuan simulate --autoscale``), and
+gang-aware."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -8,7 +14,7 @@ from scheduler.model import Job, Node
 from scheduler.scaling import GroupView, ScalingRule, workers_per_node
 from scheduler.state import ClusterState
 from simulations.scaling import ScalingReplay, scaling_pools
-from simulations.schema import TraceJob
+from simulations.schema import TraceJob, write_native
 from simulations.timeline import SimConfig, TimelineSimulation
 
 
@@ -96,3 +102,37 @@ def test_in_the_simulator_a_4_node_gang_grows_the_group_by_4_starts_and_its_node
     assert capacity == [(0, 0), (4, 0), (4, 4), (0, 0)]
     # The gang started when its four nodes came into service, on those four.
     assert result.summary["wait_s"]["p99"] == pytest.approx(30.0)
+
+
+def test_zhisuan_simulate_autoscale_shows_capacity_over_time_in_the_json_and_the_report(tmp_path: Path) -> None:
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(
+        "name: k8s\nsites:\n  bj1: {region: north, tier: cloud}\n"
+        "pools:\n  - {model: H100, site: bj1, nodes: 8, devices_per_node: 8, cpu_cores: 96, memory_gib: 1024}\n"
+    )
+    trace = tmp_path / "trace.csv"
+    write_native(
+        [TraceJob(id="gang", submit_time=0, duration_s=600, workers=4, devices_per_worker=8, models=("H100",))],
+        trace,
+    )
+    out, report = tmp_path / "run.json", tmp_path / "run.html"
+    argv = [str(Path(sys.executable).parent / "zhisuan"), "simulate", "--cluster", str(cluster), "--trace"]
+    argv += [str(trace), "--autoscale", "--scale-grace", "300", "--scale-startup", "30", "--json", str(out)]
+    done = subprocess.run([*argv, "--report", str(report), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "autoscaled: " in done.stderr and "node-hours in service" in done.stderr
+    scaling = json.loads(out.read_text())["scaling"]
+    first, last = scaling["decisions"]
+    assert (first["t"], first["added"], first["for"]) == (0.0, 4, ["gang"])
+    assert last["added"] == 0 and len(last["removed"]) == 4 and last["t"] >= 30 + 600 + 300
+    assert [(c["replicas"], c["in_service"]) for c in scaling["capacity"]] == [(0, 0), (4, 0), (4, 4), (0, 0)]
+    group = scaling["groups"]["bj1-h100"]
+    assert (group["installed"], group["peak_in_service"]) == (8, 4)
+    # Four nodes in service from t=30 until they go, of eight installed for the whole run.
+    assert group["node_hours_in_service"] == pytest.approx(4 * (last["t"] - 30) / 3600)
+    assert scaling["node_hours_in_service"] < scaling["node_hours_installed"]
+    page = report.read_text()
+    assert "capacity (worker groups sized by the scaling rule)" in page and "Nodes in service over time" in page
+    # --autoscale is a timeline replay: the packing experiment says so and writes nothing.
+    packing = subprocess.run([*argv[:-2], "--mode", "packing"], capture_output=True, text=True, timeout=300)
+    assert packing.returncode == 2 and "timeline mode only" in packing.stderr

@@ -33,20 +33,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import orjson
 from kubernetes import client
+from kubernetes import config as kube_config
 from kubernetes.watch.watch import iter_resp_lines
 from pydantic import ValidationError
 from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 
 from scheduler.catalog import Catalog, load_catalog
+from scheduler.errors import ConfigError
 from scheduler.live.inventory.base import Inventory, InventoryNode, LeftOut, RegisteredDevice
 from scheduler.live.inventory.kubernetes_names import (
     KubernetesNames,
@@ -59,8 +63,10 @@ from scheduler.model import Node
 
 log = logging.getLogger("zhisuan.inventory.kubernetes")
 
-#: The client's own line splitter for watch streams (untyped upstream).
+#: The client's own line splitter for watch streams and its configuration loaders (untyped upstream).
 _iter_lines = cast(Callable[[Any], Iterator[str]], iter_resp_lines)
+_load_incluster = cast(Callable[..., None], kube_config.load_incluster_config)
+_load_kubeconfig = cast(Callable[..., None], kube_config.load_kube_config)
 
 #: Conditions a kubelet reports that say nothing bad when False (node-problem-detector's are bad when True, too).
 _READY = "Ready"
@@ -580,6 +586,36 @@ class _Expired(Exception):
     """The server answered 410 Gone: the version or continue token is too old; list again."""
 
 
+# ----------------------------------------------------------------------------------------------- the client
+
+
+def kube_api_client(kubeconfig: str | Path | None = None, context: str | None = None) -> client.ApiClient:
+    """A ``kubernetes`` client for the product: from ``kubeconfig`` (and ``context``) when given, else the pod's
+    service account inside a cluster (``KUBERNETES_SERVICE_HOST`` set), else ``$KUBECONFIG`` or
+    ``~/.kube/config``. Raises :class:`~scheduler.errors.ConfigError` with one line saying what to set."""
+    configuration = client.Configuration()
+    where = str(kubeconfig) if kubeconfig is not None else "the Kubernetes configuration"
+    try:
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            where = "the in-cluster service account"
+            _load_incluster(client_configuration=configuration)
+        else:
+            _load_kubeconfig(
+                config_file=str(kubeconfig) if kubeconfig is not None else None,
+                context=context,
+                client_configuration=configuration,
+                persist_config=False,
+            )
+    except (kube_config.ConfigException, OSError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            where,
+            "",
+            f"cannot reach a Kubernetes API server with it ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
+            "set ZHISUAN_KUBECONFIG (--kubeconfig) or run inside the cluster with a service account",
+        ) from None
+    return client.ApiClient(configuration)
+
+
 # ----------------------------------------------------------------------------------------------- the watch loop
 
 
@@ -588,8 +624,11 @@ class KubernetesInventory:
 
     ``api`` is a ``kubernetes.client.ApiClient`` (configured from a kubeconfig or in-cluster service account by
     the caller: :func:`kubernetes.config.load_incluster_config`). Call :meth:`run` in a thread; it returns when
-    ``stop`` is set (an open watch is cut at once).
+    ``stop`` is set (an open watch is cut at once). A new :class:`Inventory` object is handed out after every
+    change (a publisher compares identities to know when to write).
     """
+
+    source = "kubernetes"
 
     def __init__(
         self,
@@ -793,10 +832,15 @@ class KubernetesInventory:
                     self.sync()
                     need_list = False
                 verb = "watch"
+                began = self._clock()
                 outcome = self.watch_once()
                 if outcome in ("expired", "ended"):
                     log.info("node watch %s; listing again", outcome)
                     need_list = True
+                    if outcome == "ended" and self._clock() - began < 1.0:
+                        # Something in between closes every watch at once (a proxy, an API server going
+                        # down): back off as for an error instead of listing the nodes in a tight loop.
+                        stop.wait(self._next_delay())
             except Exception as exc:
                 if stop.is_set():
                     break
