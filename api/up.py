@@ -414,12 +414,16 @@ def _kuberay_capacity(settings: Settings, source: KubernetesInventory, stack: Ex
     api = kube_api_client(settings.kubeconfig, settings.kube_context)
     stack.callback(api.close)
     namespace, name = settings.raycluster_ref
-    return KubeRayCapacity(
+    capacity = KubeRayCapacity(
         WorkerGroupSizer(api, namespace, name),
         source,
         ScalingRule(grace_s=settings.scale_grace_s),
         poll_s=settings.scale_poll_s,
     )
+    # Its own thread reads and writes the RayCluster: a slow API server never holds the scheduler's cycle.
+    capacity.start()
+    stack.callback(capacity.close)
+    return capacity
 
 
 def developer_login(url: str, admin_token: str, tenant: str = "acme", user: str = "dev") -> str:

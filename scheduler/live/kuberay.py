@@ -47,10 +47,12 @@ import hashlib
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
+import urllib3
 from kubernetes import client
 
 from scheduler.backfill import Reservation
@@ -404,7 +406,12 @@ def readiness(cluster: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> 
 
 
 class SizerError(RuntimeError):
-    """The RayCluster could not be written (one line, like the inventory's errors)."""
+    """The RayCluster could not be read or written (one line, like the inventory's errors)."""
+
+
+#: What a request to an API server that is down, slow or denying raises: the API's answer, or no answer at all
+#: (connection refused or reset, a read timeout: urllib3's errors).
+_UNREACHABLE = (client.ApiException, urllib3.exceptions.HTTPError, OSError)
 
 
 @dataclass(frozen=True)
@@ -418,29 +425,44 @@ class ResizeResult:
 class WorkerGroupSizer:
     """Reads a RayCluster and its Pods, and writes worker-group targets with optimistic concurrency."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, name: str, *, max_attempts: int = 8) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        name: str,
+        *,
+        max_attempts: int = 8,
+        request_timeout_s: float = 30.0,
+    ) -> None:
         self._objects = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
         self.namespace = namespace
         self.name = name
         self.max_attempts = max_attempts
+        #: A slow API server fails a request after this long instead of holding its caller.
+        self.request_timeout_s = request_timeout_s
 
     def get(self) -> dict[str, Any]:
         try:
             obj = cast(
                 dict[str, Any],
-                self._objects.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name),
+                self._objects.get_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, self.name, _request_timeout=self.request_timeout_s
+                ),
             )
-        except client.ApiException as exc:
+        except _UNREACHABLE as exc:
             raise SizerError(api_error_line(exc, "get", "rayclusters.ray.io")) from None
         return obj
 
     def pods(self) -> list[dict[str, Any]]:
         try:
             response: Any = self._core.list_namespaced_pod(
-                self.namespace, label_selector=f"{CLUSTER_LABEL}={self.name}", _preload_content=False
+                self.namespace,
+                label_selector=f"{CLUSTER_LABEL}={self.name}",
+                _preload_content=False,
+                _request_timeout=self.request_timeout_s,
             )
-        except client.ApiException as exc:
+        except _UNREACHABLE as exc:
             raise SizerError(api_error_line(exc, "list", "pods")) from None
         items: list[dict[str, Any]] = json.loads(response.data).get("items") or []
         return items
@@ -480,7 +502,13 @@ class WorkerGroupSizer:
                 written = cast(
                     dict[str, Any],
                     self._objects.replace_namespaced_custom_object(
-                        GROUP, VERSION, self.namespace, PLURAL, self.name, cluster
+                        GROUP,
+                        VERSION,
+                        self.namespace,
+                        PLURAL,
+                        self.name,
+                        cluster,
+                        _request_timeout=self.request_timeout_s,
                     ),
                 )
             except client.ApiException as exc:
@@ -488,6 +516,8 @@ class WorkerGroupSizer:
                     conflicts += 1
                     log.info("RayCluster %s changed under us (409); reading it again", self.name)
                     continue
+                raise SizerError(api_error_line(exc, "update", "rayclusters.ray.io")) from None
+            except _UNREACHABLE as exc:
                 raise SizerError(api_error_line(exc, "update", "rayclusters.ray.io")) from None
             return ResizeResult(True, attempt, conflicts, written["metadata"].get("resourceVersion", ""))
         raise SizerError(
@@ -534,15 +564,29 @@ class GroupState:
     in_service: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class _Look:
+    """One reading of the RayCluster and its Pods, taken after ``generation`` writes had been carried out."""
+
+    generation: int
+    groups: dict[str, GroupState]
+    answer: dict[str, bool]
+
+
 class KubeRayCapacity:
     """The :class:`~scheduler.live.capacity.CapacityManager` of a KubeRay RayCluster whose groups Zhisuan sizes.
 
     Its groups are planned from the node inventory (:func:`plan_worker_groups`, as :func:`raycluster` generated
-    them); each look (at most every ``poll_s``) reads the RayCluster and its Pods once. A node is in service while
-    a ready worker pod of its group runs there — not one already named in ``workersToDelete`` — and its Node is
+    them); each look (every ``poll_s``) reads the RayCluster and its Pods once. A node is in service while a ready
+    worker pod of its group runs there — not one already named in ``workersToDelete`` — and its Node is
     schedulable. Sizing runs :class:`~scheduler.scaling.ScalingRule` on each fresh look and writes the targets that
-    differ through :class:`WorkerGroupSizer` (``resourceVersion`` preconditions, 409 retries). An API server that
-    cannot be read or written is logged (once per message) and the last look stands; nothing is raised.
+    differ through :class:`WorkerGroupSizer` (``resourceVersion`` preconditions, 409 retries).
+
+    After :meth:`start` the looks and the writes happen in a thread of their own, so an API server that is slow
+    never holds the scheduler's cycle: :meth:`in_service` hands over the newest look, and only one taken after
+    every write handed off so far (a look from before a write would put the nodes it removes back in service).
+    Without :meth:`start` (tests) both happen in the caller. An API server that cannot be read or written is
+    logged (once per message) and the last look stands; nothing is raised.
     """
 
     def __init__(
@@ -560,7 +604,7 @@ class KubeRayCapacity:
         self.poll_s = poll_s
         self.reserve = reserve
         self.groups: dict[str, GroupState] = {}
-        #: What it wrote: one entry per group whose target changed (for logs and tests).
+        #: What it decided to write: one entry per group whose target changed (for logs and tests).
         self.decisions: list[dict[str, Any]] = []
         self.last_error = ""
         self._last_look = float("-inf")
@@ -568,34 +612,83 @@ class KubeRayCapacity:
         self._plans: list[WorkerGroupPlan] = []
         self._planned_from: Inventory | None = None
         self._missing: set[str] = set()
+        self._lock = threading.Lock()
+        self._latest: _Look | None = None
+        #: Writes handed off, and the targets of the one not carried out yet.
+        self._handed = 0
+        self._todo: dict[str, GroupTarget] | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -------------------------------------------------------------------------------------- the thread
+
+    def start(self) -> None:
+        """Look and write from a thread of its own (see the class docstring)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="kuberay-capacity", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            self._write_handed()
+            self._look_now()
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
 
     # -------------------------------------------------------------------------------------- looking
 
     def in_service(self, now: float) -> dict[str, bool] | None:
-        if now - self._last_look < self.poll_s:
-            return None
-        self._last_look = now
+        if self._thread is None:
+            if now - self._last_look < self.poll_s:
+                return None
+            self._last_look = now
+            self._look_now()
+        with self._lock:
+            look = self._latest
+            if look is None or look.generation != self._handed:
+                return None
+            self._latest = None
+        self.groups = look.groups
+        self._fresh = True
+        return look.answer
+
+    def _look_now(self) -> None:
+        """Read the RayCluster and its Pods once; the result waits for :meth:`in_service`."""
+        with self._lock:
+            generation = self._handed - (1 if self._todo is not None else 0)
         inventory = self.inventory.inventory()
         if inventory is not self._planned_from:
             self._plans = plan_worker_groups(inventory, self.reserve)
             self._planned_from = inventory
+        plans = self._plans
         schedulable = {n.node.id: n.schedulable for n in inventory.nodes}
         try:
             cluster = self.sizer.get()
             pods = self.sizer.pods()
         except SizerError as exc:
             self._failed(str(exc))
-            return None
+            return
         self._recovered()
-        self.groups = self._look(cluster, pods, schedulable)
-        self._fresh = True
-        answer = {node: False for plan in self._plans for node in plan.nodes}
-        for group in self.groups.values():
+        groups = self._groups(plans, cluster, pods, schedulable)
+        answer = {node: False for plan in plans for node in plan.nodes}
+        for group in groups.values():
             answer.update(dict.fromkeys(group.in_service, True))
-        return answer
+        with self._lock:
+            self._latest = _Look(generation, groups, answer)
 
-    def _look(
-        self, cluster: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], schedulable: Mapping[str, bool]
+    def _groups(
+        self,
+        plans: Sequence[WorkerGroupPlan],
+        cluster: Mapping[str, Any],
+        pods: Sequence[Mapping[str, Any]],
+        schedulable: Mapping[str, bool],
     ) -> dict[str, GroupState]:
         state = readiness(cluster, pods)
         specs = {g.get("groupName", ""): g for g in (cluster.get("spec") or {}).get("workerGroupSpecs") or ()}
@@ -608,7 +701,7 @@ class KubeRayCapacity:
             if meta.get("name") in doomed:
                 leaving.add(((meta.get("labels") or {}).get(GROUP_LABEL, ""), (pod.get("spec") or {}).get("nodeName")))
         groups = {}
-        for plan in self._plans:
+        for plan in plans:
             spec = specs.get(plan.name)
             if spec is None:
                 if plan.name not in self._missing:
@@ -673,12 +766,14 @@ class KubeRayCapacity:
         changed = {name: t for name, t in targets.items() if t.replicas != self.groups[name].replicas or t.remove}
         if not changed:
             return ()
-        try:
-            self.sizer.resize(changed)
-        except SizerError as exc:
-            self._failed(str(exc))
-            return ()
-        self._recovered()
+        with self._lock:
+            self._handed += 1
+            self._todo = changed
+        if self._thread is None:
+            if not self._write_handed():
+                return ()
+        else:
+            self._wake.set()
         taken: list[str] = []
         for name, target in changed.items():
             before = self.groups[name]
@@ -709,6 +804,20 @@ class KubeRayCapacity:
                 f", removing idle {', '.join(target.remove)}" if target.remove else "",
             )
         return tuple(taken)
+
+    def _write_handed(self) -> bool:
+        """Carry out the write handed off, if any; False if it failed (the next look shows what stands)."""
+        with self._lock:
+            targets, self._todo = self._todo, None
+        if targets is None:
+            return True
+        try:
+            self.sizer.resize(targets)
+        except SizerError as exc:
+            self._failed(str(exc))
+            return False
+        self._recovered()
+        return True
 
     def _failed(self, line: str) -> None:
         if line != self.last_error:

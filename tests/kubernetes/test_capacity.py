@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,40 @@ def test_the_service_masks_nodes_out_of_service_and_keeps_work_where_it_runs() -
         service.cycle()
         clock[0] += 1
     assert service.state.allocations[second].nodes == ("bj1-h100-00",)
+
+
+def test_in_its_own_thread_an_api_server_that_went_away_never_holds_the_caller(server: ReplayServer) -> None:
+    manager = capacity(server, h100_objects(4))
+    manager.poll_s = 0.05
+    manager.start()
+    try:
+        deadline = time.monotonic() + 5
+        answer = None
+        while answer is None and time.monotonic() < deadline:
+            answer = manager.in_service(0.0)
+            time.sleep(0.01)
+        assert answer == dict.fromkeys((f"bj1-h100-{i:02d}" for i in range(4)), False)
+        pending = [Job(id="gang", workers=4, devices_per_worker=8, models=("H100",))]
+        manager.size(ClusterState(), pending, {}, 0.0, lambda job: job.models)  # handed to the thread
+        # Until the write is carried out and looked at again, nothing is handed over (a look from before the
+        # write would put nodes it removes back in service).
+        while manager.in_service(1.0) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert manager.groups["bj1-h100"].replicas == 4
+        assert server.state.rayclusters[("zhisuan", "zhisuan")]["spec"]["workerGroupSpecs"][0]["replicas"] == 4
+        server.stop()  # connections refused from now on (urllib3's errors, not the API's)
+        while "unreachable" not in manager.last_error and time.monotonic() < deadline:
+            began = time.monotonic()
+            assert manager.in_service(2.0) is None
+            assert time.monotonic() - began < 0.05  # the caller (the scheduler's cycle) never waits for it
+            time.sleep(0.01)
+        assert "cannot get rayclusters.ray.io: API server unreachable" in manager.last_error
+    finally:
+        manager.close()
+
+
+def test_without_a_thread_a_refused_connection_is_logged_not_raised(server: ReplayServer) -> None:
+    manager = capacity(server, h100_objects(2))
+    server.stop()
+    assert manager.in_service(0.0) is None
+    assert "API server unreachable" in manager.last_error
