@@ -19,6 +19,10 @@ Plugging it in (the simulator's files are unchanged)::
     replay.drain(until=sim.engine.now + 2 * 600)   # optional: let idle nodes go after the last job
     result.summary["scaling"] = replay.summary()
 
+From the command line: ``zhisuan simulate --cluster C --trace T --autoscale [--scale-grace S] [--scale-startup S]
+[--scale-interval S]`` (the runner does the above with the core's own acceptable models; the JSON gets
+``scaling``, the HTML report a capacity section).
+
 The replay reaches into :class:`~simulations.timeline.TimelineSimulation` for four things only: its engine (to
 schedule its own process), its state, its pending jobs and ``_request_pass`` (to run a pass when capacity grows).
 """
