@@ -198,6 +198,8 @@ class LiveRun:
     forecasts: dict[str, list[tuple[float, float | None]]]
     wall_s: float
     interval_s: float
+    #: ``GET /v1/jobs/{id}/eta`` answers for pending jobs: (asked at, estimated start, band start, band end).
+    bands: list[tuple[float, float | None, float | None, float | None]] = field(default_factory=list)
 
 
 def note(message: str) -> None:
@@ -246,6 +248,7 @@ def live_run(mix: Sequence[MixJob], tmp: Path, interval_s: float, eta_every_s: f
         }
         jobs: dict[str, LiveJob] = {}
         forecasts: dict[str, list[tuple[float, float | None]]] = defaultdict(list)
+        bands: list[tuple[float, float | None, float | None, float | None]] = []
         done = threading.Event()
         t0 = time.time() + 1.0
 
@@ -261,8 +264,13 @@ def live_run(mix: Sequence[MixJob], tmp: Path, interval_s: float, eta_every_s: f
             # What tenants see: every pending job's estimated start, as often as the service refreshes it.
             while not done.wait(eta_every_s / 2):
                 now = time.time()
-                for item in admin.list_jobs(state="pending"):
+                waiting = list(admin.list_jobs(state="pending"))
+                for item in waiting:
                     forecasts[item.name].append((now, item.estimated_start))
+                if waiting:
+                    # What `zhisuan eta` shows for one of them.
+                    eta = admin.eta(waiting[-1].id)
+                    bands.append((now, eta.estimated_start, eta.start_earliest, eta.start_latest))
 
         submitter = threading.Thread(target=submit_all, name="submitter", daemon=True)
         poller = threading.Thread(target=poll_estimates, name="eta-poller", daemon=True)
@@ -292,7 +300,7 @@ def live_run(mix: Sequence[MixJob], tmp: Path, interval_s: float, eta_every_s: f
                     job.running.append(event.at)
                 elif event.kind == "preempted":
                     job.preemptions += 1
-    return LiveRun(t0, jobs, dict(forecasts), time.perf_counter() - began, interval_s)
+    return LiveRun(t0, jobs, dict(forecasts), time.perf_counter() - began, interval_s, bands)
 
 
 def save_live(live: LiveRun, path: Path) -> None:
@@ -304,7 +312,8 @@ def load_live(path: Path) -> LiveRun:
     data = json.loads(path.read_text())
     jobs = {name: LiveJob(**job) for name, job in data["jobs"].items()}
     forecasts = {name: [(at, start) for at, start in samples] for name, samples in data["forecasts"].items()}
-    return LiveRun(data["t0"], jobs, forecasts, data["wall_s"], data["interval_s"])
+    bands = [tuple(b) for b in data.get("bands", [])]
+    return LiveRun(data["t0"], jobs, forecasts, data["wall_s"], data["interval_s"], bands)
 
 
 # ---------------------------------------------------------------------------------------------- replay
@@ -328,7 +337,12 @@ def launch_latency(mix: Sequence[MixJob], live: LiveRun) -> dict[str, float]:
 
 
 def replay(
-    mix: Sequence[MixJob], live: LiveRun, tmp: Path, latency_s: float, period_s: float | None = None
+    mix: Sequence[MixJob],
+    live: LiveRun,
+    tmp: Path,
+    latency_s: float,
+    period_s: float | None = None,
+    phase_s: float = 0.0,
 ) -> dict[str, Any]:
     """The same arrivals (as the API recorded them) and runtimes through the simulator, on the service's clock."""
     catalog_nodes = load_cluster(write_cluster(tmp / "cluster.yaml")).nodes
@@ -342,7 +356,9 @@ def replay(
         max_retries=10,
         eta_every_s=ServiceConfig().eta_every_s,
     )
-    origin = min(j.submitted for j in live.jobs.values())
+    # ``phase_s`` shifts the arrivals against the simulator's clock: where the live service's cycles fell is not
+    # recorded, so several phases give the spread of equally likely replays.
+    origin = min(j.submitted for j in live.jobs.values()) - phase_s
     traces = []
     for job in sorted(mix, key=lambda j: live.jobs[j.name].submitted):
         submitted = live.jobs[job.name].submitted - origin
@@ -429,8 +445,11 @@ def live_eta(live: LiveRun) -> dict[str, Any]:
         job = live.jobs.get(name)
         if job is None or not job.starts:
             continue
+        forecast_yet = False
         for at, start in samples:
-            if at >= job.submitted and at < job.starts[0]:
+            # Until the service's first forecast for a job, the API shows none: that is not a forecast.
+            forecast_yet = forecast_yet or start is not None
+            if forecast_yet and job.submitted <= at < job.starts[0]:
                 score.observe(at, {name: job.submitted}, {name: start})
         score.started(name, job.starts[0])
     return score.summary()
@@ -449,6 +468,7 @@ def main() -> None:
     parser.add_argument("--live-out", type=Path, help="write the live run's records here (for --live-in)")
     parser.add_argument("--live-in", type=Path, help="replay a recorded live run instead of running one")
     parser.add_argument("--period", type=float, default=None, help="the replay's clock (default: the service's)")
+    parser.add_argument("--phases", type=int, default=5, help="replays at evenly spread phases of the clock")
     args = parser.parse_args()
     mix = job_mix(args.jobs, args.load, args.start)
     with tempfile.TemporaryDirectory(prefix="zs-fidelity-") as folder:
@@ -465,7 +485,10 @@ def main() -> None:
         chosen = (
             args.latency if args.latency is not None else max(latency["run_overhead_mean_s"] - args.interval / 2, 0)
         )
-        sim = replay(mix, live, tmp, chosen, args.period)
+        period = args.period if args.period is not None else live.interval_s
+        phases = [period * k / args.phases for k in range(args.phases)]
+        replays = [replay(mix, live, tmp, chosen, period, phase) for phase in phases]
+        sim = replays[0]
     result = {
         "benchmark": "live (API + scheduler service + local Ray) vs simulated, same jobs, core and policy",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_1m": os.getloadavg()[0]},
@@ -494,11 +517,23 @@ def main() -> None:
     comparison = compare(live, sim)
     per_job = comparison.pop("per_job")
     result["comparison"] = comparison
+    # The simulator's forecast over the unknown cycle phase: the mean of the phases' replays, and their spread.
+    ensemble = [compare(live, r) for r in replays]
+    for what in ("wait", "jct"):
+        means = [e[what]["sim_mean_s"] for e in ensemble]
+        live_mean = comparison[what]["live_mean_s"]
+        comparison[what]["phases"] = {
+            "replays": len(means),
+            "sim_mean_s": round(statistics.mean(means), 3),
+            "deviation_of_mean": round((statistics.mean(means) - live_mean) / live_mean, 4) if live_mean else None,
+            "sim_mean_min_s": round(min(means), 3),
+            "sim_mean_max_s": round(max(means), 3),
+        }
     result["eta_live"] = live_eta(live)
     result["eta_sim"] = sim["summary"].get("eta")
     result["targets"] = {
-        "mean_wait_within_2pct": abs(comparison["wait"]["deviation_of_mean"] or 0) <= 0.02,
-        "mean_jct_within_2pct": abs(comparison["jct"]["deviation_of_mean"] or 0) <= 0.02,
+        "mean_wait_within_2pct": abs(comparison["wait"]["phases"]["deviation_of_mean"] or 0) <= 0.02,
+        "mean_jct_within_2pct": abs(comparison["jct"]["phases"]["deviation_of_mean"] or 0) <= 0.02,
     }
     if args.out is not None:
         args.out.write_text(json.dumps({**result, "per_job": per_job, "mix": [asdict(j) for j in mix]}, indent=1))

@@ -4,6 +4,10 @@
     default list (CPU-only pods drawn too, as in the paper's simulator), inflation 1.3, policies fgd / binpack /
     spread / random, seeded: wall time, GPU allocation ratio at 80/90/100/130% arrived (targets: ≤ 5 s per run,
     FGD ≥ 95% at 100%; the paper's numbers are printed beside), and where the unallocated GPUs are at 100%.
+(c) ETAs (issue 20): the PAI-like timeline on a tenth of the cluster at load 0.9 (congested), every pending job's
+    start forecast every ``--eta-every`` seconds as the live service does, scored against the real starts
+    (``SimConfig.eta_every_s``): error at submission and along the wait, and how often the band of ``zhisuan eta``
+    holds the real start; with walltime-like estimates (the duration × a user's over-estimate, 1-3×) or exact ones.
 (b) A synthetic timeline shaped like PAI 2020 (:func:`simulations.synthetic.pai_like`) on a 6,000-device cluster,
     written as a native CSV and replayed through the native loader with the default core (targets for
     1,000,000 jobs: ≤ 60 s, ≤ 4 GiB RSS): wall time, events/s, peak RSS, and where the time went (inside
@@ -15,6 +19,7 @@
     .venv/bin/python benchmarks/simulator.py --part b --timeline-jobs 10000 --scale 0.1 --load 0.9   # congested
     .venv/bin/python benchmarks/simulator.py --part b --timeline-jobs 5000 --profile   # top functions to stderr
     .venv/bin/python benchmarks/simulator.py --part b --timeline-jobs 50000 --profile-out b.pstats  # for pstats
+    .venv/bin/python benchmarks/simulator.py --part c --timeline-jobs 3000   # ETA error on a congested trace
 
 The public traces are the ones the repository ships in ``tests/fixtures/traces/`` (sources in its README).
 """
@@ -262,6 +267,62 @@ def part_b(
     return out
 
 
+def part_c(
+    jobs: int, seed: int, scale: float, load: float, eta_every: float, estimates: str, ordering: str
+) -> dict[str, Any]:
+    """ETA accuracy on a congested PAI-like timeline (see the module docstring)."""
+    import dataclasses
+    import random
+
+    from scheduler.core import QueueingConfig
+
+    catalog = load_catalog()
+    throughput = load_throughput()
+    nodes = [
+        Node(
+            id=f"{model.lower()}-{i:04d}",
+            model=model,
+            devices=devices,
+            cpu_milli=cores * 1000,
+            memory_mib=mem_gib * 1024,
+            switch=f"{model.lower()}-sw{i // 32:03d}",
+        )
+        for model, count, devices, cores, mem_gib in PAI_POOLS
+        for i in range(max(1, int(count * scale)))
+    ]
+    device_count = sum(n.devices for n in nodes)
+    rng = random.Random(seed)
+    over: dict[str, float] = {}
+    trace = []
+    for job in pai_like(jobs, device_count, seed=seed, load=load, models=[p[0] for p in PAI_POOLS]):
+        if estimates == "walltime":
+            # Each user over-estimates by a factor of their own (1-3x), a little differently every time.
+            factor = over.setdefault(job.user, rng.uniform(1.0, 3.0)) * rng.uniform(0.9, 1.1)
+            job = dataclasses.replace(job, estimate_s=job.duration_s * max(factor, 1.0))
+        trace.append(job)
+    core = SchedulerCore(
+        CoreConfig(placement=PlacementConfig(scorer="fgd", seed=seed), queueing=QueueingConfig(ordering=ordering)),  # type: ignore[arg-type]
+        catalog,
+        throughput,
+    )
+    config = SimConfig(seed=seed, eta_every_s=eta_every)
+    began = time.perf_counter()
+    result = TimelineSimulation(nodes, core, config, catalog, throughput).run(trace)
+    s = result.summary
+    return {
+        "jobs": jobs,
+        "scale": scale,
+        "load": load,
+        "devices": device_count,
+        "eta_every_s": eta_every,
+        "estimates": estimates,
+        "ordering": ordering,
+        "wall_s": round(time.perf_counter() - began, 1),
+        "wait_s": {k: round(v, 1) for k, v in s["wait_s"].items()},
+        "eta": s.get("eta"),
+    }
+
+
 _ORIGINAL_PLAN = backfill_module.plan_reservation
 
 
@@ -307,7 +368,10 @@ def _restore() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["a", "b", "both"], default="both")
+    parser.add_argument("--part", choices=["a", "b", "c", "both"], default="both")
+    parser.add_argument("--eta-every", type=float, default=60.0, help="ETA study: seconds between forecasts")
+    parser.add_argument("--estimates", choices=["walltime", "exact"], default="walltime", help="ETA study")
+    parser.add_argument("--ordering", default="drf", help="ETA study: the core's ordering")
     parser.add_argument("--seeds", default="1,2,3", help="packing seeds (comma-separated)")
     parser.add_argument("--inflation", type=float, default=1.3)
     parser.add_argument("--gpu-pods-only", action="store_true", help="packing: leave CPU-only pods out of the draw")
@@ -338,6 +402,8 @@ def main() -> None:
         out["timeline"] = part_b(
             args.jobs, args.seed, args.profile, args.arrival_pass, args.scale, args.load, args.profile_out
         )
+    if args.part == "c":
+        out["eta"] = part_c(args.jobs, args.seed, args.scale, args.load, args.eta_every, args.estimates, args.ordering)
     print(json.dumps(out, indent=1))
 
 

@@ -202,6 +202,8 @@ class SchedulerCore:
         self._ncu_state: ClusterState | None = None
         self._ncu_nodes = 0
         self._ncu_value = 0.0
+        #: What :meth:`_make_order` orders for: the state, the time and the walk of the step (or forecast) asking.
+        self._order_at: tuple[ClusterState, float, _Walk | None] = (ClusterState(), 0.0, None)
         #: ``now`` of the step before the current one (LAS: who crossed a threshold since).
         self._previous_step = -math.inf
         self._step_now = -math.inf
@@ -244,7 +246,8 @@ class SchedulerCore:
         self._advance_history(state, now, same_state)
         # 2. Order the queue: each job with its queue's domestic policy, by priority, then its queue's ordering.
         walk = _Walk()
-        order = self._make_order([self._effective(job) for job in pending], self.shares.share, state, now, walk)
+        self._order_at = (state, now, walk)
+        order = self._make_order([self._effective(job) for job in pending], self.shares.share)
         # 3. Walk it: admit by quota and place all-or-nothing; a job blocked by capacity backfills, preempts, or
         #    reserves room as its queue's head; every other job is told why it waits.
         decisions: list[Decision] = []
@@ -316,16 +319,11 @@ class SchedulerCore:
         decisions = self.step(state, [job], now)
         return next(d for d in decisions if d.job_id == job.id and d.kind is not DecisionKind.PREEMPT)
 
-    def _make_order(
-        self,
-        jobs: list[Job],
-        share: Callable[[Job, bool], float],
-        state: ClusterState,
-        now: float,
-        walk: _Walk | None = None,
-    ) -> Iterable[Job]:
+    def _make_order(self, jobs: list[Job], share: Callable[[Job, bool], float]) -> Iterable[Job]:
         """The walk's order: one ordering over every job when all their queues order alike (the core's configured
-        ordering when the policy names none), else each queue in its own order, queues taking turns by share."""
+        ordering when the policy names none), else each queue in its own order, queues taking turns by share.
+        The step's state, time and walk are in ``_order_at`` (the signature stays what subclasses override)."""
+        state, now, walk = self._order_at
         default = self.config.queueing.ordering
         if self.policy.orders_queues:
             by_queue: dict[str | None, list[Job]] = {}
@@ -365,7 +363,8 @@ class SchedulerCore:
         self, jobs: Iterable[Job], share: Callable[[Job, bool], float], state: ClusterState, now: float
     ) -> Iterable[Job]:
         """The order a step would walk ``jobs`` in, with ``share`` as the fair-share keys (the ETA plans in it)."""
-        return self._make_order(list(jobs), share, state, now)
+        self._order_at = (state, now, None)
+        return self._make_order(list(jobs), share)
 
     def ordering_of(self, job: Job) -> str:
         """The ordering of the job's queue (the core's configured one unless the policy names another)."""

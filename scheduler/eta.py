@@ -57,7 +57,10 @@ from __future__ import annotations
 import copy
 import heapq
 import math
+import statistics
+import weakref
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -105,9 +108,9 @@ class EtaBand:
         (700.0, 1600.0)
     """
 
-    early: float = 0.5
-    late: float = 1.0
-    floor_s: float = 60.0
+    early: float = 0.9
+    late: float = 1.5
+    floor_s: float = 120.0
 
     def around(self, start: float, now: float) -> tuple[float, float]:
         wait = max(start - now, 0.0)
@@ -146,6 +149,114 @@ def fork(core: SchedulerCore) -> SchedulerCore:
     return twin
 
 
+class ArrivalModel:
+    """Arrivals a forecast should expect: the jobs submitted over the last ``window_s`` come again, each the same
+    time later ("the next hour looks like the last one"), for up to ``repeats`` windows. Without them a forecast
+    lets every job start as soon as the jobs already queued allow, while jobs submitted later with a higher
+    priority or a better fair share go first: real starts come later than forecast, more so the longer the wait.
+
+    The model learns from what each forecast is shown (pending and running jobs, by their submit time), so the
+    live service and the simulator feed it by calling :func:`forecast`, nothing else::
+
+        >>> model = ArrivalModel(window_s=100.0)
+        >>> model.observe([Job(id="a", submit_time=900.0)], now=1000.0)
+        >>> [(j.id, j.submit_time) for j in model.expected(now=1000.0, horizon_s=250.0)]
+        [('a+2', 1100.0), ('a+3', 1200.0)]
+    """
+
+    def __init__(self, window_s: float = 3600.0, repeats: int = 3) -> None:
+        self.window_s = window_s
+        self.repeats = repeats
+        self._seen: dict[str, Job] = {}
+        self._first = math.inf
+
+    def observe(self, jobs: Iterable[Job], now: float) -> None:
+        for job in jobs:
+            if job.id not in self._seen and job.submit_time >= now - self.window_s:
+                self._seen[job.id] = job
+                self._first = min(self._first, job.submit_time)
+        if len(self._seen) > 4 * 1024 or any(j.submit_time < now - self.window_s for j in self._seen.values()):
+            self._seen = {k: j for k, j in self._seen.items() if j.submit_time >= now - self.window_s}
+
+    def expected(self, now: float, horizon_s: float) -> list[Job]:
+        """Jobs expected to be submitted in ``(now, now + horizon_s]``."""
+        # The window is what has been seen so far, until a whole one has.
+        window = min(self.window_s, max(now - self._first, 0.0))
+        if window < 60.0:
+            return []
+        out = []
+        for job in self._seen.values():
+            for k in range(1, self.repeats + 1):
+                at = job.submit_time + k * window
+                if now < at <= now + horizon_s:
+                    out.append(job.model_copy(update={"id": f"{job.id}+{k}", "submit_time": at}))
+        return out
+
+
+class Calibration:
+    """The forecast's own track record: for every job, its first forecast against its real start; forecasts are
+    then scaled by the median ratio of real to forecast wait of the last ``window`` jobs that started.
+
+    A forecast plans the queue as it stands; jobs submitted later with a higher priority or a better fair share
+    go first, running jobs end sooner or later than estimated, preemptions happen: real waits differ from planned
+    ones by a factor that depends on the load and the mix, which the scheduler can learn from its own history
+    (measured in ``benchmarks/README.md``). Fed by :func:`forecast`, which sees the jobs start in ``state``::
+
+        >>> calibration = Calibration(window=3, least=1)
+        >>> calibration.remember("a", made=0.0, start=100.0)
+        >>> calibration.started("a", at=200.0)
+        >>> calibration.scaled(start=150.0, now=50.0)
+        250.0
+    """
+
+    def __init__(self, window: int = 100, least: int = 10) -> None:
+        self.window = window
+        self.least = least
+        self._first: dict[str, tuple[float, float]] = {}
+        self._ratios: deque[float] = deque(maxlen=window)
+
+    @property
+    def factor(self) -> float:
+        """Real over forecast wait, the median of the recent jobs (1 until ``least`` jobs have started)."""
+        return statistics.median(self._ratios) if len(self._ratios) >= self.least else 1.0
+
+    def remember(self, job_id: str, made: float, start: float) -> None:
+        if job_id not in self._first:
+            self._first[job_id] = (made, start)
+
+    def started(self, job_id: str, at: float) -> None:
+        first = self._first.pop(job_id, None)
+        if first is not None and first[1] - first[0] > 1.0:
+            self._ratios.append(max(at - first[0], 0.0) / (first[1] - first[0]))
+
+    def forget_except(self, keep: set[str]) -> None:
+        for job_id in [j for j in self._first if j not in keep]:
+            del self._first[job_id]
+
+    def scaled(self, start: float, now: float) -> float:
+        return now + self.factor * max(start - now, 0.0)
+
+
+_ARRIVALS: weakref.WeakKeyDictionary[SchedulerCore, ArrivalModel] = weakref.WeakKeyDictionary()
+_CALIBRATIONS: weakref.WeakKeyDictionary[SchedulerCore, Calibration] = weakref.WeakKeyDictionary()
+
+
+def calibration(core: SchedulerCore) -> Calibration:
+    """The track record the forecasts for ``core`` learn from and are scaled by (one per core)."""
+    found = _CALIBRATIONS.get(core)
+    if found is None:
+        found = _CALIBRATIONS[core] = Calibration()
+    return found
+
+
+def arrival_model(core: SchedulerCore) -> ArrivalModel:
+    """The arrival model that forecasts for ``core`` learn and use (one per core)."""
+    model = _ARRIVALS.get(core)
+    if model is None:
+        model = _ARRIVALS[core] = ArrivalModel()
+    return model
+
+
 def forecast(
     core: SchedulerCore,
     state: ClusterState,
@@ -155,16 +266,40 @@ def forecast(
     *,
     method: Literal["auto", "exact", "aggregate"] = "auto",
     exact_budget: int = 10_000,
+    expect_arrivals: bool = False,
+    calibrate: bool = True,
 ) -> Forecast:
     """Estimated starts of ``pending``. ``auto`` is exact unless that would take more than ``exact_budget`` job
-    decisions (each event is a step over the jobs still pending; running jobs' ends and the starts are events)."""
+    decisions (each event is a step over the jobs still pending; running jobs' ends and the starts are events).
+    With ``calibrate`` (the default) the planned waits are scaled by the forecasts' own track record
+    (:class:`Calibration`); with ``expect_arrivals`` the exact forecast also expects the arrivals of
+    :class:`ArrivalModel` (off by default: measured worse on bursty traces, ``benchmarks/README.md``)."""
     jobs = list(pending)
+    record = calibration(core) if calibrate else None
+    if record is not None:
+        for job_id, running in state.running.items():
+            record.started(job_id, running.started_at)
+        record.forget_except({job.id for job in jobs})
+    arrivals: list[Job] = []
+    if expect_arrivals:
+        model = arrival_model(core)
+        model.observe(jobs, now)
+        model.observe((r.job for r in state.running.values()), now)
+        arrivals = model.expected(now, model.window_s * model.repeats)
     if method == "auto":
         ends = sum(len(pool.ends) for pool in state.pools.values())
-        method = "exact" if len(jobs) * (ends + len(jobs)) <= exact_budget else "aggregate"
+        queued = len(jobs) + len(arrivals)
+        method = "exact" if queued * (ends + queued) <= exact_budget else "aggregate"
     if method == "aggregate":
-        return aggregate_forecast(core, state, jobs, now)
-    return exact_forecast(core, state, jobs, now, max_events)
+        result = aggregate_forecast(core, state, jobs, now)
+    else:
+        result = exact_forecast(core, state, jobs, now, max_events, arrivals)
+    if record is not None:
+        for job_id, start in result.starts.items():
+            if start is not None:
+                record.remember(job_id, now, start)
+                result.starts[job_id] = record.scaled(start, now)
+    return result
 
 
 def exact_forecast(
@@ -173,12 +308,19 @@ def exact_forecast(
     pending: Iterable[Job],
     now: float,
     max_events: int = 10_000,
+    arrivals: Sequence[Job] = (),
 ) -> Forecast:
-    """Fast-forward a copy of ``core`` and ``state`` until every job in ``pending`` has an estimated start."""
+    """Fast-forward a copy of ``core`` and ``state`` until every job in ``pending`` has an estimated start.
+
+    ``arrivals`` are jobs expected to be submitted later (at their ``submit_time``): they join the queue then, and
+    take their turn as the core would give it to them; their own starts are not reported."""
     sim = fork(core)
     sim_state = state.copy()
     remaining = {job.id: job for job in pending}
     result = Forecast(starts=dict.fromkeys(remaining))
+    waiting = set(remaining)
+    coming = sorted((job for job in arrivals if job.id not in remaining), key=lambda job: job.submit_time)
+    coming.reverse()  # pop() takes the earliest
     # The fork decides as the core does (on the users' estimates), but jobs end when their calibrated estimates
     # say (:func:`forecast_runtime`): users over-estimate, and ends foreseen too late make every start late.
     ends: list[tuple[float, str]] = []
@@ -188,7 +330,10 @@ def exact_forecast(
             ends.append((end, job_id))
     heapq.heapify(ends)
     t = now
-    while remaining and result.events < max_events:
+    while waiting and result.events < max_events:
+        while coming and coming[-1].submit_time <= t:
+            arrival = coming.pop()
+            remaining[arrival.id] = arrival
         result.events += 1
         running_jobs = {job_id: r.job for job_id, r in sim_state.running.items()}
         for decision in sim.step(sim_state, list(remaining.values()), t):
@@ -199,7 +344,8 @@ def exact_forecast(
                     # job waits again, and its start is still to come.
                     continue
                 remaining.pop(decision.job_id, None)
-                if decision.job_id in result.starts:
+                if decision.job_id in waiting:
+                    waiting.discard(decision.job_id)
                     result.starts[decision.job_id] = t
                     if decision.placement is not None:
                         result.pools[decision.job_id] = decision.placement.pool
@@ -209,20 +355,25 @@ def exact_forecast(
             elif decision.kind is DecisionKind.PREEMPT and decision.job_id in running_jobs:
                 # A preempted job waits again; if it was one we forecast for, its estimate is its restart.
                 remaining[decision.job_id] = running_jobs[decision.job_id]
-        if not remaining:
+                if decision.job_id in result.starts:
+                    waiting.add(decision.job_id)
+        if not waiting:
             break
         # Skip ends of jobs that were preempted in the meantime.
         while ends and ends[0][1] not in sim_state.running:
             heapq.heappop(ends)
-        if not ends:
+        following = [ends[0][0]] if ends else []
+        if coming:
+            following.append(coming[-1].submit_time)
+        if not following:
             break
-        t = max(t, ends[0][0])
+        t = max(t, min(following))
         while ends and ends[0][0] <= t:
             _, job_id = heapq.heappop(ends)
             if job_id in sim_state.running:
                 sim.finish(sim_state, job_id, t)
     result.horizon = t
-    result.complete = not remaining
+    result.complete = not waiting
     return result
 
 

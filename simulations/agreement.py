@@ -285,10 +285,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.stdout.write("\n")
 
 
-def recorded_figures() -> dict[str, dict[str, dict[str, float]]]:
-    """Their aggregates as recorded in ``tests/simulations/agreement/tiresias.json`` (see the README there)."""
+def recorded_figures() -> dict[str, dict[str, Any]]:
+    """Their aggregates as recorded in ``tests/simulations/agreement/tiresias.json`` (see the README there): per
+    case its ``gpus`` and ``jobs``, and per schedule the aggregates."""
     data = json.loads((RECORDED / "tiresias.json").read_text(encoding="utf-8"))
-    cases: dict[str, dict[str, dict[str, float]]] = data["cases"]
+    cases: dict[str, dict[str, Any]] = data["cases"]
     return cases
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import public_trace
+from sim_support import public_trace
 
 from scheduler.model import JobKind, PriorityClass
 from simulations.loaders import LoadOptions, TraceError, load_nodes, open_trace

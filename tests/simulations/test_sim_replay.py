@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
-from conftest import nodes, public_trace
+from sim_support import nodes, public_trace
 
 from scheduler.model import Decision, DecisionKind, Job
 from scheduler.state import ClusterState
@@ -191,9 +192,16 @@ def test_arrival_passes_keep_reservations_unless_told_to_decide_new_jobs_alone()
         seen: list[int] = []
         step = sim.core.step
 
-        def counting(state: ClusterState, pending: list[Job], now: float, step=step, seen=seen) -> list[Decision]:  # type: ignore[no-untyped-def]
-            seen.append(len(pending))
-            return step(state, pending, now)
+        def counting(
+            state: ClusterState,
+            pending: Iterable[Job],
+            now: float,
+            step: Callable[[ClusterState, Iterable[Job], float], list[Decision]] = step,
+            seen: list[int] = seen,
+        ) -> list[Decision]:
+            jobs = list(pending)
+            seen.append(len(jobs))
+            return step(state, jobs, now)
 
         sim.core.step = counting  # type: ignore[method-assign]
         sim.run(jobs)
@@ -232,12 +240,19 @@ def test_shuffled_trace_submits_every_pod_once_before_drawing_more() -> None:
         step = core.step
         seen: list[str] = []
 
-        def recording(state: ClusterState, pending: list[Job], now: float, step=step, seen=seen) -> list[Decision]:  # type: ignore[no-untyped-def]
-            seen.append(pending[0].id.split("#")[0])
-            return step(state, pending, now)
+        def recording(
+            state: ClusterState,
+            pending: Iterable[Job],
+            now: float,
+            step: Callable[[ClusterState, Iterable[Job], float], list[Decision]] = step,
+            seen: list[str] = seen,
+        ) -> list[Decision]:
+            jobs = list(pending)
+            seen.append(jobs[0].id.split("#")[0])
+            return step(state, jobs, now)
 
         core.step = recording  # type: ignore[method-assign]
-        result = run_packing(cluster, pods, core, inflation=1.25, seed=3, arrivals=arrivals)  # type: ignore[arg-type]
+        result = run_packing(cluster, pods, core, inflation=1.25, seed=3, arrivals=arrivals)
         assert result.arrivals == arrivals and result.pods_drawn == 10
         placed[arrivals] = seen
     assert sorted(placed["shuffled-trace"][:8]) == [f"p{i}" for i in range(8)]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import ROOT, nodes
+from sim_support import ROOT, nodes
 from typer.testing import CliRunner
 
 from scheduler.errors import ConfigError
@@ -178,7 +179,10 @@ def test_sweep_backends_agree(tmp_path: Path) -> None:
     specs = grid(base, policies=["binpack", "random"], seeds=[1])
     serial = run_sweep(specs, backend="serial")
     pooled = run_sweep(specs, backend="process", workers=2)
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_s"} for r in rs]  # noqa: E731
+
+    def strip(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in rs]
+
     assert strip(serial) == strip(pooled)
     with pytest.raises(ValueError, match="unknown sweep backend"):
         run_sweep(specs, backend="slurm")
