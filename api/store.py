@@ -354,8 +354,8 @@ class Follower:
     """Keeps one API process's caches right from the change feed, whatever process wrote: a revoked token or a
     disabled user empties the token cache (``on_tokens``), a policy version reloads the policy snapshot, the
     nodes that changed are read and patched into the inventory snapshot, a job that moved updates the table of
-    device work that heartbeats answer. ``read`` is :meth:`api.service_store.ChangeFeed.read`; ``watch`` (PostgreSQL's LISTEN) wakes
-    it early, else it polls every ``poll_s``. One daemon thread::
+    device work that heartbeats answer. ``read`` is :meth:`api.service_store.ChangeFeed.read`; ``watch``
+    (PostgreSQL's LISTEN) wakes it early, else it polls every ``poll_s``. One daemon thread::
 
         follower = Follower(feed.read, feed.watch, ctx.auth.invalidate, ctx.snapshots)   # doctest: +SKIP
         follower.start()                                                                 # doctest: +SKIP

@@ -1,8 +1,8 @@
-"""Live vs simulated, small: ``benchmarks/fidelity.py`` with 30 jobs (about 80 s of arrivals and drain) through the
+"""Live vs simulated, small: ``benchmarks/fidelity.py`` with 20 jobs (about a minute of arrivals and drain) through the
 real product (local Ray cluster, API, agents, scheduler service) and replayed in the simulator.
 
 The full benchmark (300 jobs) is in ``benchmarks/README.md``; this checks the pipeline end to end and that a
-small run agrees loosely (30 jobs on a shared machine: a handful of jobs decide the means).
+small run agrees loosely (20 jobs on a shared machine: a handful of jobs decide the means).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_live_and_simulated_runs_of_one_mix_agree(tmp_path: Path) -> None:
-    mix = fidelity.job_mix(30)
+    mix = fidelity.job_mix(20)
     assert {j.kind for j in mix} == {"training", "inference"} and any(j.workers > 1 for j in mix)
     live = fidelity.live_run(mix, tmp_path, interval_s=0.2, eta_every_s=2.0, timeout_s=240.0)
     # Every job ran to the end, with its decision, its running event and its end recorded through the API.
@@ -38,13 +38,16 @@ def test_live_and_simulated_runs_of_one_mix_agree(tmp_path: Path) -> None:
     for sim in replays:
         assert set(sim["jobs"]) == set(live.jobs) and all(r["end"] is not None for r in sim["jobs"].values())
     comparisons = [fidelity.compare(live, sim) for sim in replays]
-    assert all(c["jobs_compared"] == 30 for c in comparisons)
+    assert all(c["jobs_compared"] == 20 for c in comparisons)
     for what in ("wait", "jct"):
         live_mean = comparisons[0][what]["live_mean_s"]
         sim_mean = sum(c[what]["sim_mean_s"] for c in comparisons) / len(comparisons)
-        # Loose on 30 jobs: JCTs are tens of seconds, a wait shifts by whole runtimes when one gang moves.
+        # Loose on 20 jobs: JCTs are tens of seconds, a wait shifts by whole runtimes when one gang moves.
         assert abs(sim_mean - live_mean) <= 0.25 * comparisons[0]["jct"]["live_mean_s"], (what, comparisons)
     # What `zhisuan eta` showed: a band around the forecast whenever there was one.
     shown = [b for b in live.bands if b[1] is not None]
     assert shown, "no pending job had a forecast"
-    assert all(b[2] is not None and b[3] is not None and b[2] <= b[1] <= b[3] for b in shown)
+    for asked, start, earliest, latest in shown:
+        assert start is not None and earliest is not None and latest is not None
+        # From the forecast back (never before the moment of asking) to after it.
+        assert asked - 1.0 <= earliest <= max(start, asked) and start <= latest
