@@ -152,15 +152,25 @@ def up(
     host: Annotated[str, typer.Option(help="API address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="API port")] = 8000,
     max_nodes: Annotated[int | None, typer.Option(help="start at most this many nodes of the cluster file")] = None,
+    serving_port: Annotated[
+        int, typer.Option(help="port of the served inference endpoints (zhisuan services deploy)")
+    ] = 8100,
 ) -> None:
-    """Run the whole center on this machine: Ray cluster, node agents, API (SQLite) and scheduler. Ctrl-C stops."""
+    """Run the whole center on this machine: Ray cluster, node agents, API (SQLite), scheduler and the serving
+    router. Ctrl-C stops."""
     from api.settings import Settings
     from api.up import developer_login, remember_login, running, wait_for_interrupt
 
     settings = Settings.from_env()
     try:
         with running(
-            settings, host=host, port=port, ray_address=address, cluster_file=cluster, max_nodes=max_nodes
+            settings,
+            host=host,
+            port=port,
+            ray_address=address,
+            cluster_file=cluster,
+            max_nodes=max_nodes,
+            serving_port=serving_port,
         ) as run:
             assert run.admin_token is not None
             remember_login(run.url, run.admin_token, profile="admin")
@@ -173,6 +183,7 @@ def up(
                 console.print(
                     f"  logged in as dev@acme (profile 'default') and center admin (profile 'admin') in {saved}"
                 )
+            console.print(f"  served inference endpoints at {run.serving_url}/v1/services/<tenant>/<name>/")
             console.print("  try:  zhisuan submit seeds/examples/train-1worker.yaml --wait && zhisuan list")
             console.print("  Ctrl-C stops everything.")
             wait_for_interrupt(run.stop)

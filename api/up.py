@@ -20,6 +20,7 @@ service gets a :class:`~scheduler.live.kuberay.KubeRayCapacity` as its step 3b.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,13 +39,18 @@ from api.db import make_engine, migrate, write_session
 from api.enums import NodeSource, Role
 from api.inventory_sink import SqlInventorySink, follow
 from api.profiles import Profile, save_profile
+from api.routers.services import SERVING_URL_ENV
 from api.service_store import SqlServiceStore
+from api.serving_store import SqlServing
 from api.settings import Settings
 from scheduler.cluster import load_cluster
 from scheduler.core import CoreConfig, SchedulerCore
 from scheduler.live.capacity import CapacityManager
 from scheduler.live.executors.base import Executor
 from scheduler.live.service import SchedulerService, ServiceConfig
+from scheduler.live.serving.controller import ServeConfig, ServeController
+from scheduler.live.serving.router import RouterConfig, ServiceRouter
+from scheduler.live.serving.router import running as router_running
 from scheduler.live.store import ServiceStore
 from scheduler.model import Node
 
@@ -78,6 +84,9 @@ class Running:
     #: sizer of the scheduler service (``size_worker_groups``).
     kubernetes: KubernetesInventory | None = None
     capacity: KubeRayCapacity | None = None
+    #: Where the served inference endpoints answer (``/v1/services/{tenant}/{name}/...``) when :func:`running`
+    #: started a serving router in this process (``serving_port``).
+    serving_url: str | None = None
     _scheduler: _SchedulerHost | None = field(default=None, repr=False)
     _agent_stops: dict[str, threading.Event] = field(default_factory=dict, repr=False)
 
@@ -121,9 +130,10 @@ class _SchedulerHost:
         config: ServiceConfig | None,
         core_config: CoreConfig | None,
         capacity: CapacityManager | None = None,
+        serving: ServeController | None = None,
     ) -> None:
         self.store, self.executor, self.config, self.core_config = store, executor, config, core_config
-        self.capacity = capacity
+        self.capacity, self.serving = capacity, serving
         self.service: SchedulerService | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -133,7 +143,12 @@ class _SchedulerHost:
             return self.service
         self._stop = threading.Event()
         service = SchedulerService(
-            self.store, self.executor, self.config, core=SchedulerCore(self.core_config), capacity=self.capacity
+            self.store,
+            self.executor,
+            self.config,
+            core=SchedulerCore(self.core_config),
+            capacity=self.capacity,
+            serving=self.serving,
         )
         stop = self._stop
 
@@ -295,6 +310,9 @@ def running(
     log_dir: str | None = None,
     include_dashboard: bool = False,
     executor: Executor | None = None,
+    serving_port: int | None = None,
+    serve_config: ServeConfig | None = None,
+    router_config: RouterConfig | None = None,
 ) -> Iterator[Running]:
     """Start what was asked (local Ray cluster, API, agents, scheduler), yield, and stop it all in reverse.
 
@@ -302,7 +320,11 @@ def running(
     nodes (the executor's default otherwise), ``include_dashboard`` starts the local cluster's Ray dashboard (its
     Jobs API, for comparisons). ``executor`` runs the scheduler on it instead of on Ray (``InstantExecutor`` in
     tests and benchmarks). ``settings.inventory`` says where nodes come from besides agents (the module
-    docstring), ``settings.size_worker_groups`` whether the scheduler sizes the KubeRay worker groups."""
+    docstring), ``settings.size_worker_groups`` whether the scheduler sizes the KubeRay worker groups. The
+    scheduler always runs the serving controller (step 7 of its cycle: replicas of the services deployed through
+    ``/v1/services``); ``serving_port`` also serves their endpoints from a router in this process (``0``: a free
+    port), as ``zhisuan services router`` does in a process of its own; ``serve_config`` and ``router_config``
+    tune them (defaults otherwise)."""
     with ExitStack() as stack:
         nodes: list[Node] = []
         local: LocalCluster | None = None
@@ -370,10 +392,30 @@ def running(
             if settings.size_worker_groups:
                 assert result.kubernetes is not None  # Settings refuse sizing without the Kubernetes inventory
                 result.capacity = _kuberay_capacity(settings, result.kubernetes, stack)
-            result._scheduler = _SchedulerHost(store, executor, service_config, core_config, result.capacity)
+            serving = ServeController(SqlServing(engine), serve_config or ServeConfig())
+            stack.callback(serving.close)
+            result._scheduler = _SchedulerHost(store, executor, service_config, core_config, result.capacity, serving)
             result.start_scheduler()
             stack.callback(result.stop_scheduler)
+            if serving_port is not None:
+                router = ServiceRouter(SqlServing(engine), router_config or RouterConfig())
+                result.serving_url = stack.enter_context(router_running(router, host, serving_port))
+                stack.enter_context(_serving_url_told(result.serving_url))
         yield result
+
+
+@contextmanager
+def _serving_url_told(url: str) -> Iterator[None]:
+    """The API of this process names ``url`` in its services' answers (``ZHISUAN_SERVING_URL``, which
+    :mod:`api.routers.services` reads) unless the operator set a public address of their own."""
+    if os.environ.get(SERVING_URL_ENV, "").strip():
+        yield
+        return
+    os.environ[SERVING_URL_ENV] = url
+    try:
+        yield
+    finally:
+        os.environ.pop(SERVING_URL_ENV, None)
 
 
 def _follow_kubernetes(settings: Settings, stack: ExitStack) -> KubernetesInventory:

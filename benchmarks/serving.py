@@ -90,7 +90,6 @@ else:
 
     from api.app import create_app
     from api.db import make_engine
-    from api.routers import services as services_router
     from api.service_store import SqlServiceStore
     from api.serving_store import SqlServing
     from api.settings import Settings
@@ -464,7 +463,6 @@ def stack(tmp: Path) -> Iterator[Bench]:
         scheduler = threading.Thread(target=service_.run, args=(stop,), daemon=True)
         scheduler.start()
         app = create_app(settings)
-        app.include_router(services_router.router)
         api_port = free_port()
         api = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=api_port, log_level="warning"))
         api_thread = threading.Thread(target=api.run, daemon=True)

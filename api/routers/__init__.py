@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.routers import agent, health, jobs, nodes, queues, tenants, usage, users_tokens
+from api.routers import agent, health, jobs, nodes, queues, services, tenants, usage, users_tokens
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
@@ -15,4 +15,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     usage.router,
     nodes.router,
     agent.router,
+    services.router,
 )

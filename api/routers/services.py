@@ -62,8 +62,12 @@ def serving_of(request: Request) -> SqlServing:
     return found
 
 
+#: The serving port's public address, named in the answers (``zhisuan up`` sets it to its own router's).
+SERVING_URL_ENV = "ZHISUAN_SERVING_URL"
+
+
 def serving_url() -> str | None:
-    url = os.environ.get("ZHISUAN_SERVING_URL", "").strip()
+    url = os.environ.get(SERVING_URL_ENV, "").strip()
     return url.rstrip("/") or None
 
 

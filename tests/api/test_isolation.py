@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -22,6 +22,15 @@ from starlette.routing import Route
 from agents.agent import AGENT_VERSION
 
 PRINCIPALS = ("own", "other", "none", "bad", "node")
+#: A served model: one quarter-device replica (the matrix only deploys it; no replica needs to run).
+SERVICE = {
+    "kind": "inference",
+    "devices_per_worker": 0.25,
+    "models": ["H100"],
+    "priority": "production-inference",
+    "entrypoint": "python -m http.server",
+    "serving": {"max_replicas": 2},
+}
 BAD_TOKEN = "zs_0123456789abcdef_" + "x" * 43
 PUBLIC = {p: 200 for p in PRINCIPALS}
 Request = tuple[str, str, Any]
@@ -49,6 +58,7 @@ class World:
     stack: Stack
     marker: str
     job_id: str
+    services: list[str] = field(default_factory=list)
 
     def new_job(self) -> str:
         with self.stack.client("alice") as c:
@@ -56,6 +66,31 @@ class World:
         assert r.status_code == 201, r.text
         job_id: str = r.json()["id"]
         return job_id
+
+    def service(self) -> str:
+        """acme's service (deployed once), named with the marker."""
+        if not self.services:
+            with self.stack.client("alice") as c:
+                r = c.post("/v1/services", json=self.service_spec())
+            assert r.status_code == 201, r.text
+            self.services.append(r.json()["name"])
+        return self.services[0]
+
+    def service_spec(self, name: str = "") -> dict[str, Any]:
+        return {**SERVICE, "name": name or f"{self.marker}-svc", "queue": "acme"}
+
+    def new_service(self) -> str:
+        name = f"{self.marker}-{uuid.uuid4().hex[:6]}"
+        with self.stack.client("alice") as c:
+            assert c.post("/v1/services", json=self.service_spec(name)).status_code == 201
+        return name
+
+    def new_key_id(self) -> str:
+        with self.stack.client("boss") as c:  # keys are for tenant admins
+            r = c.post(f"/v1/services/{self.service()}/keys", json={"name": self.marker})
+        assert r.status_code == 201, r.text
+        key_id: str = r.json()["id"]
+        return key_id
 
     def new_token_id(self) -> str:
         with self.stack.client("alice") as c:
@@ -108,6 +143,8 @@ def expect(own: int, other: int, node: int = 403) -> dict[str, int]:
 
 TENANT_ONLY = expect(200, 200)
 ADMIN_ONLY = expect(403, 403)
+#: Tenant admins only (alice and bob are tenant users: the role is refused before the service is looked up).
+ADMIN_OF_TENANT = expect(403, 403)
 #: The dashboard opens only with its session cookie (tests/ui checks the roles): an API token in the
 #: Authorization header opens nothing there, whoever holds it — every principal is sent to the login page.
 TO_LOGIN = {p: 303 for p in PRINCIPALS}
@@ -206,6 +243,33 @@ MATRIX: dict[tuple[str, str], tuple[Callable[[World], Request], dict[str, int]]]
         expect(403, 403, 200),
     ),
     ("GET", "/v1/inventory"): (lambda w: ("GET", "/v1/inventory", None), TENANT_ONLY),
+    # Services: as jobs — someone else's is not found, a deployment into acme's queue is an unknown queue.
+    ("POST", "/v1/services"): (
+        lambda w: ("POST", "/v1/services", w.service_spec(f"{w.marker}-new")),
+        expect(201, 422),
+    ),
+    ("GET", "/v1/services"): (lambda w: ("GET", "/v1/services", None), TENANT_ONLY),
+    ("GET", "/v1/services/{name}"): (lambda w: ("GET", f"/v1/services/{w.service()}", None), expect(200, 404)),
+    ("DELETE", "/v1/services/{name}"): (
+        lambda w: ("DELETE", f"/v1/services/{w.new_service()}", None),
+        expect(202, 404),
+    ),
+    ("GET", "/v1/services/{name}/usage"): (
+        lambda w: ("GET", f"/v1/services/{w.service()}/usage", None),
+        expect(200, 404),
+    ),
+    ("GET", "/v1/services/{name}/keys"): (
+        lambda w: ("GET", f"/v1/services/{w.service()}/keys", None),
+        expect(200, 404),
+    ),
+    ("POST", "/v1/services/{name}/keys"): (
+        lambda w: ("POST", f"/v1/services/{w.service()}/keys", {"name": w.marker}),
+        ADMIN_OF_TENANT,
+    ),
+    ("DELETE", "/v1/services/{name}/keys/{key_id}"): (
+        lambda w: ("DELETE", f"/v1/services/{w.service()}/keys/{w.new_key_id()}", None),
+        ADMIN_OF_TENANT,
+    ),
     # The dashboard: its login page, assets and session probe are public; everything else wants the cookie.
     ("GET", "/ui/login"): _ui("GET", "/ui/login", PUBLIC),
     ("POST", "/ui/login"): _ui("POST", "/ui/login", {p: 401 for p in PRINCIPALS}),

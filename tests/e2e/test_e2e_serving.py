@@ -32,7 +32,6 @@ from e2e_support import CORE_CONFIG, H100_NODES, HEARTBEAT_INTERVAL_S, REPO, Dep
 from api.app import create_app
 from api.client import ZhisuanClient
 from api.db import make_engine
-from api.routers import services as services_router
 from api.service_store import SqlServiceStore
 from api.serving_store import SqlServing
 from api.up import developer_login
@@ -175,7 +174,6 @@ def serving(deployment: Deployment) -> Iterator[Serving]:
     scheduler = threading.Thread(target=service.run, args=(stop,), name="serving-scheduler", daemon=True)
     scheduler.start()
     app = create_app(run.settings)
-    app.include_router(services_router.router)  # until api/routers/__init__.py lists it
     api_port = _free_port()
     api_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=api_port, log_level="warning"))
     api_thread = threading.Thread(target=api_server.run, daemon=True)

@@ -4,7 +4,6 @@ SQL, the CLI — on SQLite, with every replica a real process here (no Ray)."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,22 +11,18 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from local_executor import LocalProcessExecutor, wait_until
 from serving_stack import HERE, REPO, server_cmd
 from typer.testing import CliRunner
 
-from api.app import create_app
 from api.cli import app as cli_app
 from api.db import make_engine
-from api.routers import services as services_router
-from api.service_store import SqlServiceStore
-from api.serving_store import SqlServing
 from api.settings import Settings
-from scheduler.core import CoreConfig, QueueingConfig, SchedulerCore
-from scheduler.live.service import SchedulerService, ServiceConfig
-from scheduler.live.serving.controller import ServeConfig, ServeController
-from scheduler.live.serving.router import RouterConfig, ServiceRouter, running
+from api.up import running
+from scheduler.core import CoreConfig, QueueingConfig
+from scheduler.live.service import ServiceConfig
+from scheduler.live.serving.controller import ServeConfig
+from scheduler.live.serving.router import RouterConfig
 
 
 def _free_port() -> int:
@@ -67,6 +62,8 @@ def spec(name: str = "chat", **serving: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Product]:
+    """The product as ``zhisuan up`` composes it (:func:`api.up.running`: API, scheduler service with its serving
+    controller, serving router), with replicas as processes here instead of Ray tasks."""
     tmp = tmp_path_factory.mktemp("product")
     url = f"sqlite:///{tmp / 'zhisuan.db'}"
     settings = Settings(
@@ -78,53 +75,35 @@ def product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Product]:
         cache_refresh_s=0.2,
         admin_token_file=tmp / "admin-token",
     )
-    app = create_app(settings)
-    app.include_router(services_router.router)  # until api/routers/__init__.py lists it
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    api_thread = threading.Thread(target=server.run, daemon=True)
-    api_thread.start()
-    wait_until(lambda: server.started, 30, what="the API")
-    api = f"http://127.0.0.1:{port}"
-    admin = app.state.ctx.bootstrap_token
-    tokens = {"admin": admin}
-    with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {admin}"}) as c:
-        for name, tenant, role in (
-            ("boss", "acme", "tenant-admin"),
-            ("ann", "acme", "tenant-user"),
-            ("li", "lab", "tenant-admin"),
-        ):
-            assert c.post("/v1/users", json={"name": name, "tenant": tenant, "role": role}).status_code == 201
-            made = c.post("/v1/tokens", json={"user": f"{name}@{tenant}"})
-            tokens[name] = made.json()["token"]
-    engine = make_engine(url)
     executor = LocalProcessExecutor(tmp / "logs", REPO, stop_grace_s=3.0)
-    controller = ServeController(
-        SqlServing(engine),
-        ServeConfig(every_s=0.2, health_every_s=0.3, health_starting_every_s=0.1, route_refresh_s=0.2),
-    )
-    service = SchedulerService(
-        SqlServiceStore(engine, heartbeat_interval_s=1.0),
-        executor,
-        ServiceConfig(holder="serving-api-tests", interval_s=0.1, lease_s=5.0, logs_every_s=0.3),
-        core=SchedulerCore(CoreConfig(queueing=QueueingConfig(min_runtime_s=0.0))),
-        serving=controller,
-    )
-    stop = threading.Event()
-    scheduler = threading.Thread(target=service.run, args=(stop,), daemon=True)
-    scheduler.start()
-    router = ServiceRouter(SqlServing(engine), RouterConfig(refresh_s=0.2, report_every_s=0.3, key_cache_s=0.5))
-    try:
-        with running(router) as router_url:
-            yield Product(api, router_url, tokens, engine, executor)
-    finally:
-        stop.set()
-        scheduler.join(10)
-        controller.close()
-        executor.close()
-        server.should_exit = True
-        api_thread.join(10)
-        engine.dispose()
+    with running(
+        settings,
+        port=_free_port(),
+        agents=False,
+        executor=executor,
+        service_config=ServiceConfig(holder="serving-api-tests", interval_s=0.1, lease_s=5.0, logs_every_s=0.3),
+        core_config=CoreConfig(queueing=QueueingConfig(min_runtime_s=0.0)),
+        serving_port=0,
+        serve_config=ServeConfig(every_s=0.2, health_every_s=0.3, health_starting_every_s=0.1, route_refresh_s=0.2),
+        router_config=RouterConfig(refresh_s=0.2, report_every_s=0.3, key_cache_s=0.5),
+    ) as run:
+        assert run.admin_token is not None and run.serving_url is not None
+        tokens = {"admin": run.admin_token}
+        with httpx.Client(base_url=run.url, headers={"Authorization": f"Bearer {run.admin_token}"}) as c:
+            for name, tenant, role in (
+                ("boss", "acme", "tenant-admin"),
+                ("ann", "acme", "tenant-user"),
+                ("li", "lab", "tenant-admin"),
+            ):
+                assert c.post("/v1/users", json={"name": name, "tenant": tenant, "role": role}).status_code == 201
+                made = c.post("/v1/tokens", json={"user": f"{name}@{tenant}"})
+                tokens[name] = made.json()["token"]
+        engine = make_engine(url)
+        try:
+            yield Product(run.url, run.serving_url, tokens, engine, executor)
+        finally:
+            engine.dispose()
+            executor.close()
 
 
 def _ready(product: Product, name: str, count: int, who: str = "boss", timeout_s: float = 40) -> dict[str, Any]:
@@ -156,8 +135,7 @@ def test_bad_specs_are_refused_with_what_to_fix(product: Product) -> None:
         assert c.get("/v1/services").json()["items"] == []  # nothing was written
 
 
-def test_deploy_call_with_a_key_watch_and_bill(product: Product, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ZHISUAN_SERVING_URL", product.router)
+def test_deploy_call_with_a_key_watch_and_bill(product: Product) -> None:
     with product.client("boss") as boss, product.client("ann") as ann, product.client("li") as li:
         first = boss.post("/v1/services", json=spec())
         assert first.status_code == 201 and first.json()["outcome"] == "created", first.text
