@@ -95,13 +95,13 @@ REPLAYS: list[Replay] = [
 
 def test_every_tool_fixture_is_replayed() -> None:
     """The property tests below cover every vendor-tool fixture (NVML fixtures are recorded library answers,
-    exercised in test_agent_nvml.py)."""
+    exercised in test_agent_nvml.py; decisions/ holds the simulator's golden decision logs, not tool output)."""
     replayed = {path for r in REPLAYS for path in r.responses.values()}
     replayed |= {"cambricon/cnmon_info.json"}  # an export file, read by parse_cnmon_json (tested below)
     on_disk = {
         str(p.relative_to(FIXTURES))
         for p in FIXTURES.glob("*/*")
-        if p.parent.name not in {"nvml", "kubernetes"} and p.name != "README.md" and p.is_file()
+        if p.parent.name not in {"nvml", "kubernetes", "decisions"} and p.name != "README.md" and p.is_file()
     }
     assert on_disk <= replayed, sorted(on_disk - replayed)
 
