@@ -10,7 +10,13 @@ when a telemetry sample is due, health changed or the work on the node did; a he
 tick, not the next interval. The time series stay here, for Prometheus (:mod:`agents.exporter`). Otherwise every
 buffered batch is sent, as protocol 1 did. A herd of agents refused with 429 comes back after ``Retry-After``
 plus jitter. When the API is unreachable the agent keeps sampling; the buffer keeps the newest
-``buffer_max_batches`` batches and counts the ones it had to drop::
+``buffer_max_batches`` batches and counts the ones it had to drop.
+
+A vendor whose tool or library fails at discovery (state ``error``: the tool timed out, NVML init failed) is
+tried again with backoff: at start (:meth:`Agent.discover_with_retry`, before the first registration, so a
+node is not registered without the devices of a tool that was only slow once), and then from the loop, which
+registers again with the new devices once the vendor answers. A MIG GPU is offered as its MIG devices: the
+node's device count counts those, never the GPU as well (:func:`schedulable_devices`)::
 
     >>> from agents.shims.emulated import EmulatedShim
     >>> agent = Agent(AgentConfig(api_url="http://127.0.0.1:9", node_token="t", node_id="n1"),
@@ -36,7 +42,7 @@ from typing import Any
 import httpx
 import psutil
 from pydantic import BaseModel, ConfigDict, Field
-from tenacity import RetryCallState, Retrying, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, stop_never, wait_exponential_jitter
 
 from agents import health as health_rules
 from agents.exporter import TelemetryStore
@@ -52,6 +58,7 @@ from agents.protocol import (
     RegisterRequest,
     RegisterResponse,
     ShimState,
+    ShimStatus,
     TelemetryBatch,
 )
 from agents.shims.base import Shim, dedupe_uuids
@@ -83,6 +90,14 @@ class AgentConfig(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     cpu_milli: int | None = Field(default=None, ge=0, description="default: this machine's logical CPUs")
     memory_mib: int | None = Field(default=None, ge=0, description="default: this machine's memory")
+    discovery_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="discoveries at start while a vendor fails (state error) before registering without it; "
+        "with no device found at all the agent keeps trying (a registration would be refused)",
+    )
+    discovery_backoff_initial_s: float = Field(default=1.0, gt=0)
+    discovery_backoff_max_s: float = Field(default=60.0, gt=0, description="also the loop's retry ceiling")
 
 
 class AgentStopped(RuntimeError):
@@ -134,6 +149,20 @@ class Backoff:
         self.failures = 0
 
 
+def schedulable_devices(devices: Sequence[DeviceInfo]) -> list[DeviceInfo]:
+    """The devices work can be placed on: a GPU in MIG mode is not one (its MIG devices, which carry its uuid as
+    ``parent_uuid``, are), so it is left out whenever one of its MIG devices was found.
+
+    >>> gpu = DeviceInfo(vendor="nvidia", index=0, uuid="GPU-0", name="A100", mig_enabled=True)
+    >>> migs = [DeviceInfo(vendor="nvidia", index=0, uuid=f"MIG-{i}", name="A100 MIG 3g.40gb", parent_uuid="GPU-0")
+    ...         for i in range(2)]
+    >>> [d.uuid for d in schedulable_devices([gpu, *migs])]
+    ['MIG-0', 'MIG-1']
+    """
+    parents = {d.parent_uuid for d in devices if d.parent_uuid is not None}
+    return [d for d in devices if d.uuid not in parents]
+
+
 class Agent:
     """See the module docstring. ``client`` is an ``httpx.Client`` (tests pass one; default: a new one)."""
 
@@ -181,6 +210,12 @@ class Agent:
         self._work_changed = False
         #: While backing off after a failure, not even a health change is sent before this.
         self._hold_until = 0.0
+        #: Vendors that failed discovery are tried again from the loop at this pace (reset when they answer).
+        self.discovery_backoff = Backoff(
+            config.discovery_backoff_initial_s, config.discovery_backoff_max_s, config.backoff_jitter_s
+        )
+        self.next_discovery_at = 0.0
+        self.discoveries = 0
 
     @property
     def client(self) -> httpx.Client:
@@ -193,13 +228,75 @@ class Agent:
 
     def discover(self) -> list[DeviceInfo]:
         """Ask every shim for its devices; absent vendors contribute nothing."""
-        devices: list[DeviceInfo] = []
         for shim in self.shims:
-            found = shim.discover()
-            log.info("shim %s: %s %s", shim.vendor, shim.status.state.value, shim.status.reason)
-            devices.extend(found)
-        self.devices = devices
-        return devices
+            self._discover_shim(shim)
+        return self._collect()
+
+    @property
+    def failed_shims(self) -> list[Shim]:
+        """Vendors whose tool or library failed at the last discovery (state ``error``): worth another try."""
+        return [s for s in self.shims if s.status.state == ShimState.ERROR]
+
+    def rediscover(self) -> bool:
+        """Discover again the vendors that failed; True when the devices changed (register again to say so)."""
+        before = [d.uuid for d in self.devices]
+        for shim in self.failed_shims:
+            self._discover_shim(shim)
+        return [d.uuid for d in self._collect()] != before
+
+    def discover_with_retry(
+        self, stop: threading.Event | None = None, sleep: Callable[[float], None] | None = None
+    ) -> list[DeviceInfo]:
+        """Discover, and while a vendor fails discover it again with backoff: ``discovery_attempts`` times in all,
+        or until ``stop`` is set; without any device at all, until a vendor answers (or ``stop``)."""
+        stop = stop or threading.Event()
+        config = self.config
+
+        def again(state: RetryCallState) -> bool:
+            if stop.is_set() or not self.failed_shims:
+                return False
+            log.warning(
+                "discovery attempt %d: %s; trying again",
+                state.attempt_number,
+                "; ".join(f"{s.vendor}: {s.status.reason}" for s in self.failed_shims),
+            )
+            return not self.devices or state.attempt_number < config.discovery_attempts
+
+        first = True
+
+        def attempt() -> list[DeviceInfo]:
+            nonlocal first
+            if first:
+                first = False
+                return self.discover()
+            self.rediscover()
+            return self.devices
+
+        retrying = Retrying(
+            wait=wait_exponential_jitter(
+                multiplier=config.discovery_backoff_initial_s,
+                max=config.discovery_backoff_max_s,
+                jitter=config.backoff_jitter_s,
+            ),
+            retry=again,
+            stop=stop_never,
+            sleep=sleep or (lambda seconds: _pause(stop, seconds)),
+        )
+        return retrying(attempt)
+
+    def _discover_shim(self, shim: Shim) -> None:
+        try:
+            shim.discover()
+        except Exception as err:  # a shim bug must not stop the agent: the vendor is in error, tried again later
+            log.exception("shim %s failed at discovery", shim.vendor)
+            shim.status = ShimStatus(vendor=shim.vendor, state=ShimState.ERROR, reason=f"discovery failed: {err!r}")
+            shim.devices = []
+        self.discoveries += 1
+        log.info("shim %s: %s %s", shim.vendor, shim.status.state.value, shim.status.reason)
+
+    def _collect(self) -> list[DeviceInfo]:
+        self.devices = [d for shim in self.shims for d in shim.devices if shim.status.state == ShimState.PRESENT]
+        return self.devices
 
     @property
     def present_shims(self) -> list[Shim]:
@@ -215,7 +312,7 @@ class Agent:
             # A node has accelerators of one model (design); several models mean a misconfigured node.
             model=models.pop() if len(models) == 1 else None,
             vendor=vendors.pop() if len(vendors) == 1 else None,
-            devices=len(self.devices),
+            devices=len(schedulable_devices(self.devices)),
             cpu_milli=cfg.cpu_milli if cfg.cpu_milli is not None else (psutil.cpu_count() or 0) * 1000,
             memory_mib=cfg.memory_mib if cfg.memory_mib is not None else psutil.virtual_memory().total // 2**20,
             site=cfg.site,
@@ -342,7 +439,7 @@ class Agent:
     def register_with_retry(self, sleep: Callable[[float], None] = time.sleep, attempts: int = 0) -> RegisterResponse:
         """Register, retrying transport errors and 5xx with backoff, and 429 after its ``Retry-After`` plus
         jitter (``attempts=0``: forever)."""
-        from tenacity import retry_if_exception_type, stop_after_attempt, stop_never
+        from tenacity import retry_if_exception_type, stop_after_attempt
 
         backoff = wait_exponential_jitter(
             multiplier=self.config.backoff_initial_s,
@@ -504,6 +601,7 @@ class Agent:
         while not stop.is_set():
             now = self.clock()
             if now >= next_tick:
+                self._retry_discovery(now)
                 self.tick()
                 ticks += 1
                 next_tick += self.interval_s
@@ -515,6 +613,18 @@ class Agent:
                     break
             stop.wait(max(0.0, next_tick - self.clock()))
 
+    def _retry_discovery(self, now: float) -> None:
+        """From the loop: the vendors in error are discovered again with backoff; new devices register again."""
+        if not self.failed_shims:
+            self.discovery_backoff.success()
+            return
+        if now < self.next_discovery_at:
+            return
+        if self.discovery_backoff.failures and self.rediscover():
+            log.info("devices found on discovering again: %d; registering again", len(self.devices))
+            self.registered_node_id = None  # the next flush registers the node with them
+        self.next_discovery_at = now + self.discovery_backoff.failure()
+
     def close(self) -> None:
         for shim in self.shims:
             shim.close()
@@ -523,6 +633,11 @@ class Agent:
 
 
 _JSON = {"Content-Type": "application/json"}
+
+
+def _pause(stop: threading.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less if ``stop`` is set meanwhile."""
+    stop.wait(seconds)
 
 
 def core_node(descriptor: NodeDescriptor) -> Node | None:

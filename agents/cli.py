@@ -95,13 +95,16 @@ def run(
     shims = build_shims(vendor, emulate, config.node_id, seed, tool_timeout)
     store = TelemetryStore(node=config.node_id)
     agent = Agent(config, shims, on_tick=export_to(store))
-    devices = agent.discover()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # A vendor tool that timed out or an NVML that failed once is tried again before the node registers.
+    devices = agent.discover_with_retry(stop)
     typer.echo(f"{len(devices)} devices: " + ", ".join(f"{d.vendor}:{d.index}:{d.model or d.name}" for d in devices))
+    for failed in agent.failed_shims:
+        typer.echo(f"{failed.vendor}: {failed.status.reason} (tried again while the agent runs)", err=True)
     if exporter_port:
         server, _thread, _registry = start_exporter(store, exporter_port, exporter_addr)
         typer.echo(f"metrics on http://{exporter_addr}:{server.server_port}/metrics")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         agent.run(stop=stop, max_ticks=ticks)
     except AgentStopped as err:

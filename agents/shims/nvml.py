@@ -14,7 +14,9 @@ those are unavailable on the MIG records and the parent carries them. NVLink pee
 
 The NVML module is a constructor argument so tests can inject a fake with the same function names and return
 types. On a machine without the NVIDIA driver the real module raises ``NVMLError_LibraryNotFound`` (or
-``DriverNotLoaded``) and the shim reports the vendor absent (output on a machine without a GPU)::
+``DriverNotLoaded``) and the shim reports the vendor absent (output on a machine without a GPU). Any other NVML
+error at discovery (``Unknown``, ``Timeout``, ``GpuIsLost``, a driver/library mismatch in the middle of a driver
+upgrade) is an ``error``: the GPUs are there but did not answer, and the agent tries again with backoff::
 
     >>> shim = NvmlShim()
     >>> shim.discover(), shim.status.state.value  # doctest: +SKIP
@@ -29,7 +31,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from agents.protocol import METRIC_FIELDS, SLOW_FIELDS, DeviceInfo, DeviceSample, Health
+from agents.protocol import METRIC_FIELDS, SLOW_FIELDS, DeviceInfo, DeviceSample, Health, ShimState, ShimStatus
 from agents.shims.base import ModelResolver, Shim
 from scheduler.catalog import Catalog
 
@@ -41,6 +43,8 @@ _NOT_SUPPORTED = 3
 _TIMEOUT = 10
 _GPU_IS_LOST = 15
 _NOT_FOUND = 6
+#: Errors that mean "no usable NVIDIA GPU here" (vendor absent) rather than "the GPUs did not answer this time".
+_ABSENT_ERRORS = frozenset({4, 9, 12, 13})  # NoPermission, DriverNotLoaded, LibraryNotFound, FunctionNotFound
 _EVENT_DRAIN_LIMIT = 1024  # bound the per-tick drain if a broken GPU floods events
 
 # Clock event ("throttle") reasons by NVML constant name (nvml.h nvmlClocksEventReason*), reported as lower-case
@@ -93,15 +97,18 @@ class NvmlShim(Shim):
     def discover(self) -> list[DeviceInfo]:
         nvml = self.nvml
         try:
-            nvml.nvmlInit()
-            self._initialised = True
+            if not self._initialised:
+                nvml.nvmlInit()
+                self._initialised = True
             count = nvml.nvmlDeviceGetCount()
+            self._handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
         except nvml.NVMLError as err:
-            # LibraryNotFound / DriverNotLoaded / NoPermission: this node has no usable NVIDIA GPU.
-            return self._absent(f"NVML unavailable: {err}")
+            if getattr(err, "value", None) in _ABSENT_ERRORS:
+                # LibraryNotFound / DriverNotLoaded / NoPermission: this node has no usable NVIDIA GPU.
+                return self._absent(f"NVML unavailable: {err}")
+            return self._failed(f"NVML did not answer at discovery: {err}")
         except OSError as err:
             return self._absent(f"NVML unavailable: {err}")
-        self._handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
         driver = self._plain(nvml.nvmlSystemGetDriverVersion)
         uuids = [str(self._plain(nvml.nvmlDeviceGetUUID, h) or f"nvidia-index{i}") for i, h in enumerate(self._handles)]
         devices = []
@@ -447,6 +454,13 @@ class NvmlShim(Shim):
         """``_plain`` for calls an older pynvml may lack."""
         function = getattr(self.nvml, name, None)
         return None if function is None else self._plain(function, *args)
+
+    def _failed(self, reason: str) -> list[DeviceInfo]:
+        """NVML is there but failed (state ``error``): released, so that the next discovery starts afresh."""
+        self.close()
+        self.status = ShimStatus(vendor=self.vendor, state=ShimState.ERROR, reason=reason, command="NVML")
+        self.devices, self._handles = [], []
+        return []
 
     def close(self) -> None:
         nvml = self.nvml
