@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 import psutil
 from pydantic import BaseModel, ConfigDict, Field
-from tenacity import RetryCallState, Retrying, stop_never, wait_exponential_jitter
+from tenacity import RetryCallState, RetryError, Retrying, stop_never, wait_exponential_jitter
 
 from agents import health as health_rules
 from agents.exporter import TelemetryStore
@@ -216,6 +216,8 @@ class Agent:
         )
         self.next_discovery_at = 0.0
         self.discoveries = 0
+        #: The switch that stops :meth:`run` (or the registration retries): once set, failures are not warned.
+        self._stop: threading.Event | None = None
 
     @property
     def client(self) -> httpx.Client:
@@ -436,10 +438,17 @@ class Agent:
         if lease:
             self.lease_s = lease
 
-    def register_with_retry(self, sleep: Callable[[float], None] = time.sleep, attempts: int = 0) -> RegisterResponse:
+    def register_with_retry(
+        self,
+        sleep: Callable[[float], None] = time.sleep,
+        attempts: int = 0,
+        stop: threading.Event | None = None,
+    ) -> RegisterResponse:
         """Register, retrying transport errors and 5xx with backoff, and 429 after its ``Retry-After`` plus
-        jitter (``attempts=0``: forever)."""
-        from tenacity import retry_if_exception_type, stop_after_attempt
+        jitter (``attempts=0``: forever). Once ``stop`` is set it tries no more and raises :class:`AgentStopped`
+        (a sleep that ``stop`` cuts short must not turn the backoff into a busy loop)."""
+        from tenacity import retry_if_exception_type, stop_after_attempt, stop_when_event_set
+        from tenacity.stop import stop_base
 
         backoff = wait_exponential_jitter(
             multiplier=self.config.backoff_initial_s,
@@ -453,14 +462,20 @@ class Agent:
                 return error.retry_after_s + self.rng.uniform(0.0, max(self.config.backoff_jitter_s, 1.0))
             return float(backoff(state))
 
+        until: stop_base = stop_after_attempt(attempts) if attempts else stop_never
+        if stop is not None:
+            self._stop = stop
+            until = until | stop_when_event_set(stop)
         retrying = Retrying(
-            wait=wait,
-            retry=retry_if_exception_type((httpx.HTTPError, Throttled)),
-            stop=stop_after_attempt(attempts) if attempts else stop_never,
-            sleep=sleep,
-            reraise=True,
+            wait=wait, retry=retry_if_exception_type((httpx.HTTPError, Throttled)), stop=until, sleep=sleep
         )
-        return retrying(self.register)
+        try:
+            return retrying(self.register)
+        except RetryError as err:
+            if stop is not None and stop.is_set():
+                raise AgentStopped("stopped before the API accepted the registration") from err
+            err.reraise()
+            raise  # unreachable: reraise raises the last attempt's error
 
     def flush(self) -> bool:
         """One heartbeat attempt now. True when the API acknowledged it."""
@@ -587,13 +602,15 @@ class Agent:
         if at_least_s:  # the API said when: that, plus jitter so that a refused herd does not return as one
             delay = at_least_s + self.rng.uniform(0.0, max(self.config.backoff_jitter_s, 1.0))
         self.next_send_at = self._hold_until = now + delay
-        log.warning("API unreachable (%s); retry in %.1f s, %d batches buffered", err, delay, len(self._buffer))
+        # Told to stop (zhisuan up going down, SIGTERM): a last heartbeat that fails is no news to the operator.
+        level = logging.DEBUG if self._stop is not None and self._stop.is_set() else logging.WARNING
+        log.log(level, "API unreachable (%s); retry in %.1f s, %d batches buffered", err, delay, len(self._buffer))
 
     # ------------------------------------------------------------------------------------------------ loop
 
     def run(self, stop: threading.Event | None = None, max_ticks: int | None = None) -> None:
         """Tick every ``interval_s`` and heartbeat when the backoff allows, until ``stop`` is set."""
-        stop = stop or threading.Event()
+        stop = self._stop = stop or threading.Event()
         if not self.devices:
             self.discover()
         next_tick = self.clock()

@@ -253,7 +253,7 @@ def _start_agents(
 ) -> tuple[dict[str, threading.Event], list[threading.Thread]]:
     """One emulated node agent per node, each in its own thread, registering and heartbeating like a real one.
     Returns each agent's own stop switch (``stop`` stops them all) and the agents' threads."""
-    from agents.agent import Agent, AgentConfig
+    from agents.agent import Agent, AgentConfig, AgentStopped
     from agents.shims.emulated import EmulatedShim
 
     switches: dict[str, threading.Event] = {}
@@ -280,8 +280,11 @@ def _start_agents(
             _relay(stop, own)
             try:
                 agent.discover()
-                agent.register_with_retry(sleep=lambda seconds: _pause(own, seconds))
+                agent.register_with_retry(sleep=lambda seconds: _pause(own, seconds), stop=own)
                 agent.run(own)
+            except AgentStopped:
+                if not own.is_set():  # refused by the API; a stop before registering is what was asked
+                    log.exception("agent of %s stopped", agent.config.node_id)
             except Exception:
                 log.exception("agent of %s stopped", agent.config.node_id)
             finally:

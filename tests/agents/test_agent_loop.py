@@ -186,3 +186,45 @@ def test_register_with_retry_backs_off_through_server_errors(api: StubApi, catal
     api.fail_next = 5
     with pytest.raises(httpx.HTTPStatusError):
         agent.register_with_retry(sleep=slept.append, attempts=2)
+
+
+def test_a_stop_ends_registration_retries_at_once_and_quietly(
+    api: StubApi, catalog: Catalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """zhisuan up stopping while an agent still waits for the API: no busy loop, no warning, AgentStopped."""
+    agent = _agent(api, catalog)
+    api.mode = "fail"
+    stop = threading.Event()
+    attempts: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        attempts.append(seconds)
+        stop.wait(seconds)
+
+    threading.Timer(0.3, stop.set).start()
+    with caplog.at_level("DEBUG", logger="zhisuan.agent"), pytest.raises(AgentStopped, match="stopped before"):
+        agent.register_with_retry(sleep=sleep, stop=stop)
+    assert 1 <= len(attempts) <= 2  # 1 s backoff cut short by the stop: one more try at most, then it gives up
+    assert not [r for r in caplog.records if r.levelno >= 30]
+
+
+def test_a_heartbeat_that_fails_once_the_agent_was_told_to_stop_is_not_warned(
+    api: StubApi, catalog: Catalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = _agent(api, catalog)
+    agent.tick()
+    assert agent.flush()
+    stop = threading.Event()
+    agent.run(stop=stop, max_ticks=1)
+    api.stop()
+    agent.tick()
+    with caplog.at_level("DEBUG", logger="zhisuan.agent"):
+        assert agent.flush() is False  # still running: the operator hears of it
+        stop.set()
+        agent.next_send_at = 0.0
+        assert agent.flush() is False  # told to stop: kept to the debug log
+    warned, quiet = (
+        [r for r in caplog.records if "API unreachable" in r.message and r.levelno == lvl] for lvl in (30, 10)
+    )
+    assert len(warned) == 1 and len(quiet) == 1
+    agent.close()
