@@ -217,9 +217,12 @@ def test_why_and_eta_in_human_words(server: Server, tmp_path: Path) -> None:
     )
     assert as_json(zs(server, "why", job["id"], "-o", "json"))["reasons"] == reasons
     eta = ok(zs(server, "eta", job["id"])).stdout
-    assert "starts in 12 min (" in eta and "UTC)" in eta and "finishes in 1 h 12 min" in eta
+    # The band the forecasts' measured errors allow (scheduler.eta.EtaBand), then the most likely start.
+    assert "starts between " in eta and "most likely in 12 min (" in eta and "UTC)" in eta, eta
+    assert "finishes in 1 h 12 min" in eta, eta
     data = as_json(zs(server, "eta", job["id"], "-o", "json"))
     assert data["estimated_start"] == pytest.approx(start) and data["state"] == "pending"
+    assert data["start_earliest"] < start < data["start_latest"], data
     start_job(server.engine, job["id"])
     assert "is running: it is not waiting" in ok(zs(server, "why", job["id"])).stdout
     assert "running; finishes in 10 min" in ok(zs(server, "eta", job["id"])).stdout
