@@ -11,4 +11,14 @@
   limits, metering).
 
 The pure rules (autoscaling, rollout plan, spread) are in :mod:`scheduler.serving`.
+
+Why not Ray Serve. Serve owns what the core must decide: its controller creates and places a deployment's
+replicas itself, every replica with the same ``ray_actor_options`` / ``placement_group_bundles``, and its
+autoscaler owns the count. Zhisuan places each replica as a job — its own node and device share (fractional,
+topology- and fragmentation-aware), inside the tenant's quota and fair share, preempting batch work for a
+production service — and one Serve deployment cannot give two replicas different nodes or devices; a deployment
+per replica would split the endpoint that Serve's routing and autoscaling work within. Per-service keys, per-key
+limits and the ledger would sit in front of Serve's proxy anyway, and its custom request router is an alpha API.
+So replicas are jobs the Ray executor runs like any other, and the endpoint is a Starlette app (uvicorn) with
+aiohttp to the replicas (httpx's pool collapsed under concurrency: encode/httpx#3215).
 """
