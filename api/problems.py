@@ -117,10 +117,16 @@ def describe_errors(errors: Sequence[Mapping[str, Any]], prefix: Sequence[str | 
             msg = "unknown field; remove it (see the schema at /docs)"
         elif kind == "missing":
             msg = "field required"
-        elif "input" in error:
-            shown = repr(error["input"])
-            if len(shown) <= 60:
-                msg = f"{msg} (got {shown})"
+        else:
+            # A validator's own message already says what is wrong ("deserved 32 is below guarantee 100");
+            # pydantic's "Value error, " prefix says nothing to a user.
+            msg = msg.removeprefix("Value error, ")
+            given = error.get("input")
+            # The value a field was given helps; a whole object (a model validator's input) repeats the form.
+            if "input" in error and not isinstance(given, Mapping | list | tuple):
+                shown = repr(given)
+                if len(shown) <= 60:
+                    msg = f"{msg} (got {shown})"
         out.append({"loc": loc, "msg": msg, "type": kind})
     return out
 

@@ -183,3 +183,32 @@ def test_rate_limit(tmp_path: Path) -> None:
     assert [r.status_code for r in answers[:3]] == [200, 200, 200]
     limited = assert_problem(answers[-1], 429, "rate-limited", "rate limit")
     assert int(answers[-1].headers["retry-after"]) >= 1 and limited["status"] == 429
+
+
+def test_validator_messages_say_what_is_wrong_without_pydantic_noise() -> None:
+    """A model validator's message reaches the user as written: no "Value error, " prefix, and not the whole
+    object it was given (a field's own value is still shown)."""
+    from pydantic import BaseModel, ValidationError, model_validator
+
+    from api.problems import describe_errors
+
+    class Quota(BaseModel):
+        guarantee: float = 0
+        deserved: float | None = None
+        limit: int = 0
+
+        @model_validator(mode="after")
+        def ordered(self) -> Quota:
+            if self.deserved is not None and self.deserved < self.guarantee:
+                raise ValueError(f"deserved {self.deserved:g} is below guarantee {self.guarantee:g}")
+            return self
+
+    def errors(body: dict[str, object]) -> list[dict[str, object]]:
+        try:
+            Quota.model_validate(body)
+        except ValidationError as err:
+            return describe_errors(err.errors(include_url=False), ("body",))
+        raise AssertionError("valid")
+
+    assert errors({"guarantee": 100, "deserved": 32})[0]["msg"] == "deserved 32 is below guarantee 100"
+    assert errors({"limit": "lots"})[0]["msg"].endswith("(got 'lots')")
