@@ -60,6 +60,7 @@ from agents.protocol import (
     ShimState,
     ShimStatus,
     TelemetryBatch,
+    schedulable_devices,
 )
 from agents.shims.base import Shim, dedupe_uuids
 from scheduler.model import Node
@@ -147,20 +148,6 @@ class Backoff:
 
     def success(self) -> None:
         self.failures = 0
-
-
-def schedulable_devices(devices: Sequence[DeviceInfo]) -> list[DeviceInfo]:
-    """The devices work can be placed on: a GPU in MIG mode is not one (its MIG devices, which carry its uuid as
-    ``parent_uuid``, are), so it is left out whenever one of its MIG devices was found.
-
-    >>> gpu = DeviceInfo(vendor="nvidia", index=0, uuid="GPU-0", name="A100", mig_enabled=True)
-    >>> migs = [DeviceInfo(vendor="nvidia", index=0, uuid=f"MIG-{i}", name="A100 MIG 3g.40gb", parent_uuid="GPU-0")
-    ...         for i in range(2)]
-    >>> [d.uuid for d in schedulable_devices([gpu, *migs])]
-    ['MIG-0', 'MIG-1']
-    """
-    parents = {d.parent_uuid for d in devices if d.parent_uuid is not None}
-    return [d for d in devices if d.uuid not in parents]
 
 
 class Agent:
@@ -305,16 +292,21 @@ class Agent:
         return [s for s in self.shims if s.status.state == ShimState.PRESENT]
 
     def node_descriptor(self) -> NodeDescriptor:
+        """The node as the scheduler sees it: its catalog model, and how many devices of that model work can be
+        placed on (a device the catalog does not know is reported, not counted; a GPU in MIG mode counts as its
+        MIG devices)."""
         models = {d.model for d in self.devices if d.model}
-        vendors = {d.vendor for d in self.devices}
+        # A node has accelerators of one model (design); several models mean a misconfigured node.
+        model = models.pop() if len(models) == 1 else None
+        offered = [d for d in schedulable_devices(self.devices) if model is None or d.model == model]
+        vendors = {d.vendor for d in offered}
         cfg = self.config
         return NodeDescriptor(
             node_id=cfg.node_id,
             hostname=socket.gethostname(),
-            # A node has accelerators of one model (design); several models mean a misconfigured node.
-            model=models.pop() if len(models) == 1 else None,
+            model=model,
             vendor=vendors.pop() if len(vendors) == 1 else None,
-            devices=len(schedulable_devices(self.devices)),
+            devices=len(offered),
             cpu_milli=cfg.cpu_milli if cfg.cpu_milli is not None else (psutil.cpu_count() or 0) * 1000,
             memory_mib=cfg.memory_mib if cfg.memory_mib is not None else psutil.virtual_memory().total // 2**20,
             site=cfg.site,

@@ -43,6 +43,7 @@ uncorrectable ECC, remap failure, vendor alarm); that decision is the API's, the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -139,6 +140,20 @@ class DeviceInfo(_Record):
         default=None, gt=0, le=1, description="share of the parent device this one is (MIG: GPU slices / slices)"
     )
     profile: str | None = Field(default=None, description="partition profile as the vendor names it ('1g.10gb')")
+
+
+def schedulable_devices(devices: Sequence[DeviceInfo]) -> list[DeviceInfo]:
+    """The devices work can be placed on: a GPU in MIG mode is not one (its MIG devices, which carry its uuid as
+    ``parent_uuid``, are), so it is left out whenever one of its MIG devices was found.
+
+    >>> gpu = DeviceInfo(vendor="nvidia", index=0, uuid="GPU-0", name="A100", mig_enabled=True)
+    >>> migs = [DeviceInfo(vendor="nvidia", index=0, uuid=f"MIG-{i}", name="A100 MIG 3g.40gb", parent_uuid="GPU-0")
+    ...         for i in range(2)]
+    >>> [d.uuid for d in schedulable_devices([gpu, *migs])]
+    ['MIG-0', 'MIG-1']
+    """
+    parents = {d.parent_uuid for d in devices if d.parent_uuid is not None}
+    return [d for d in devices if d.uuid not in parents]
 
 
 class DeviceWork(_Record):

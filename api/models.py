@@ -357,10 +357,31 @@ class DeviceOut(_Out):
     index: int
     uuid: str
     model: str | None
-    healthy: bool
-    health_reason: str = ""
+    healthy: bool = Field(description="work may be placed on it (false only when its agent reports it unhealthy)")
+    health: str | None = Field(default=None, description="healthy | unhealthy | unknown, as last reported")
+    health_reason: str = Field(default="", description="why it is unhealthy or unknown")
     telemetry: dict[str, Any] | None
     updated_at: float | None = None
+    # What discovery reported; only in GET /v1/nodes/{id} (None in the list).
+    vendor: str | None = None
+    name: str | None = Field(default=None, description="the product name as the vendor tool printed it")
+    other_names: list[str] | None = Field(default=None, description="further names the tool printed for it")
+    model_known: bool | None = Field(default=None, description="whether the catalog knew one of its names")
+    notes: list[str] | None = None
+    parent_uuid: str | None = Field(default=None, description="a MIG device's GPU")
+    fraction: float | None = Field(default=None, description="share of its GPU (MIG: slices / slices of the GPU)")
+    profile: str | None = Field(default=None, description="partition profile as the vendor names it ('1g.10gb')")
+
+
+class ShimOut(_Out):
+    """One vendor the node's agent tried at registration (``agents.protocol.ShimStatus``)."""
+
+    vendor: str
+    state: str = Field(description="present | absent | error")
+    reason: str = ""
+    tool_version: str | None = None
+    driver_version: str | None = None
+    command: str | None = None
 
 
 class NodeOut(_Out):
@@ -385,7 +406,10 @@ class NodeOut(_Out):
     last_heartbeat: float | None
     agent_version: str | None
     last_seq: int | None
-    devices: list[DeviceOut] = Field(description="per device; telemetry only in GET /v1/nodes/{id}")
+    devices: list[DeviceOut] = Field(description="per device; telemetry and discovery only in GET /v1/nodes/{id}")
+    shims: list[ShimOut] | None = Field(
+        default=None, description="the vendors its agent tried (only in GET /v1/nodes/{id}; [] without an agent)"
+    )
 
     @property
     def size(self) -> int:

@@ -147,6 +147,9 @@ class NodeRow(SQLModel, table=True):
     #: An agent's node is up until its lease ends (``last_heartbeat`` + the lease the API granted with it);
     #: indexed so the scheduler finds the leases that lapsed since it last looked without reading every node.
     lease_expires_at: float | None = Field(default=None, index=True)
+    #: What the agent reported at registration about each vendor it tried (``agents.protocol.ShimStatus``:
+    #: vendor, state, reason, tool and driver versions, command); ``[]`` for a node from a file or Kubernetes.
+    shims: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSONValue)
 
 
 class InventorySourceRow(SQLModel, table=True):
@@ -179,14 +182,30 @@ class DeviceRow(SQLModel, table=True):
     node_id: str = Field(
         sa_column=Column(String, ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True, nullable=False)
     )
+    #: The device's place on the node as the scheduler numbers it (0 .. devices - 1): the agent's index, except
+    #: on a node where those repeat (MIG devices carry their GPU's; two vendors both count from 0): its rank.
     index: int = Field(primary_key=True)
     uuid: str
     model: str | None = None
     memory_mib: float | None = None
+    #: Whether work may be placed on it: false only when its agent reports it ``unhealthy``.
     healthy: bool = True
+    #: Why it is not healthy, for ``unhealthy`` and ``unknown`` alike ("npu-smi timed out after 5.0 s").
     health_reason: str = ""
     telemetry: dict[str, Any] = Field(default_factory=dict, sa_type=JSONValue)
     updated_at: float
+    #: ``healthy`` / ``unhealthy`` / ``unknown`` as last reported (``unknown`` until the first report).
+    health: str = "unknown"
+    #: What discovery reported (``agents.protocol.DeviceInfo``): the names the vendor tool printed, whether the
+    #: catalog knew one of them, notes (why the model is unknown ...), and for a MIG device its GPU and profile.
+    vendor: str = ""
+    name: str = ""
+    other_names: list[str] = Field(default_factory=list, sa_type=JSONValue)
+    model_known: bool | None = None
+    notes: list[str] = Field(default_factory=list, sa_type=JSONValue)
+    parent_uuid: str | None = None
+    fraction: float | None = None
+    profile: str | None = None
 
 
 class DeviceHealthEventRow(SQLModel, table=True):

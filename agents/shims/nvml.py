@@ -143,7 +143,10 @@ class NvmlShim(Shim):
         for device in devices:
             if device.parent_uuid is None and device.index not in self._xid_capable:
                 device.notes.append("XID critical-error events not available through NVML on this device")
-        return self._present(devices, tool_version=str(driver) if driver else None)
+        self._present(devices, tool_version=str(driver) if driver else None)
+        # NVML is the driver's own library: the version it reports is the driver's (what `nvidia-smi` prints).
+        self.status.driver_version, self.status.command = self.status.tool_version, "NVML"
+        return devices
 
     def _mig_devices(self, parent: DeviceInfo, handle: Any) -> list[DeviceInfo]:
         """The MIG devices of a GPU in MIG mode, each a fraction of its parent with the parent's model."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import re
+from pathlib import PurePath
 from typing import Annotated, Any
 
 import typer
@@ -28,7 +29,7 @@ from api.commands.render import (
     stderr,
     when,
 )
-from api.models import InventorySourceOut, NodeOut, QueueOut, UsageOut
+from api.models import DeviceOut, InventorySourceOut, NodeOut, QueueOut, UsageOut
 
 
 def amount_text(value: float) -> str:
@@ -139,6 +140,43 @@ def usage(
     emit(answer.to_dict(), output, lambda c: usage_table(c, answer))
 
 
+_HEALTH_STYLE = {"healthy": "green", "unhealthy": "red", "unknown": "yellow"}
+
+
+def health_text(d: DeviceOut) -> str:
+    """``healthy``, or ``unhealthy``/``unknown`` with the reason (a server before 0005 reports only ``healthy``).
+
+    >>> health_text(DeviceOut(index=0, uuid="u", model=None, healthy=True, health="unknown",
+    ...                       health_reason="cnmon timed out", telemetry=None))
+    '[yellow]unknown[/yellow]: cnmon timed out'
+    """
+    state = d.health or ("healthy" if d.healthy else "unhealthy")
+    style = _HEALTH_STYLE.get(state, "yellow")
+    text = f"[{style}]{escape(state)}[/{style}]"
+    return f"{text}: {escape(d.health_reason)}" if d.health_reason and state != "healthy" else text
+
+
+def device_text(d: DeviceOut) -> str:
+    """What the vendor tool printed for the device, whether the catalog knew it, and its MIG place.
+
+    >>> device_text(DeviceOut(index=7, uuid="u", model=None, healthy=True, telemetry=None, name="MLU370-X4",
+    ...                       other_names=["MLU370"], model_known=False))
+    'MLU370-X4; [yellow]not in the catalog[/yellow] (also printed as MLU370)'
+    """
+    parts = [escape(d.name)] if d.name else []
+    also = f"also printed as {escape(', '.join(d.other_names))}" if d.other_names else ""
+    if d.model_known is False:
+        parts.append("[yellow]not in the catalog[/yellow]" + (f" ({also})" if also else ""))
+    elif also:
+        parts.append(also)
+    if d.parent_uuid:
+        named = bool(d.profile and d.name and d.profile in d.name)
+        what = "MIG device" if named or not d.profile else f"MIG {escape(d.profile)}"
+        share = f", {d.fraction:.0%} of it" if d.fraction else ""
+        parts.append(f"{what} of {escape(d.parent_uuid)}{share}")
+    return "; ".join(parts) or "-"
+
+
 def _node_detail(console: Console, n: NodeOut) -> None:
     key_values(
         console,
@@ -148,17 +186,38 @@ def _node_detail(console: Console, n: NodeOut) -> None:
             ("pool", escape(str(n.pool))),
             ("where", " / ".join(escape(str(v)) for v in (n.region, n.site, n.switch, n.island) if v)),
             ("state", str(n.state)),
+            ("devices", f"{n.devices_healthy} of {n.device_count} healthy"),
             ("heartbeat", ago(n.last_heartbeat)),
+            *([("agent", escape(n.agent_version))] if n.agent_version else []),
         ],
     )
+    if n.shims:
+        t = Table(box=None, header_style="bold", title="vendors the agent tried", title_justify="left")
+        for column in ("vendor", "state", "tool", "driver", "reason"):
+            t.add_column(column)
+        for shim in n.shims:
+            style = {"present": "green", "error": "red"}.get(shim.state)
+            state = f"[{style}]{escape(shim.state)}[/{style}]" if style else escape(shim.state)
+            command = PurePath(shim.command).name if shim.command else None  # the tool, not where it lives
+            tool = " ".join(escape(v) for v in (command, shim.tool_version) if v) or "-"
+            t.add_row(escape(shim.vendor), state, tool, escape(shim.driver_version or "-"), escape(shim.reason))
+        console.print(t)
     if n.devices:
         t = Table(box=None, header_style="bold")
-        for column in ("index", "model", "healthy", "uuid"):
+        for column in ("index", "model", "health", "device", "uuid"):
             t.add_column(column)
         for d in n.devices:
-            health = "yes" if d.healthy else f"[red]no[/red] {escape(d.health_reason or '')}"
-            t.add_row(str(d.index), str(d.model or n.model), health, escape(d.uuid or "-"))
+            model = str(d.model) if d.model else ("-" if d.model_known is False else str(n.model))
+            t.add_row(str(d.index), model, health_text(d), device_text(d), escape(d.uuid or "-"))
         console.print(t)
+        unknown: dict[str, list[int]] = {}  # why the catalog did not know a part, once per reason
+        for d in n.devices:
+            for note in d.notes or []:
+                if "unknown" in note:
+                    unknown.setdefault(note, []).append(d.index)
+        for note, indexes in unknown.items():
+            which = "device" + ("s" if len(indexes) > 1 else "")
+            console.print(f"  {which} {', '.join(map(str, indexes))}: {escape(note)}", soft_wrap=True)
 
 
 def _warn_stale(client: ZhisuanClient) -> None:

@@ -20,6 +20,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -32,12 +33,14 @@ from agents.protocol import (
     PROTOCOL_2_FIELDS,
     REGISTER_PATH,
     SUPPORTED_PROTOCOLS,
+    DeviceInfo,
     DeviceSample,
     Health,
     HeartbeatRequest,
     HeartbeatResponse,
     RegisterRequest,
     RegisterResponse,
+    schedulable_devices,
 )
 from api.auth import Principal
 from api.db import write_engine
@@ -149,6 +152,7 @@ def register(body: RegisterRequest, request: Request, principal: CurrentPrincipa
         "lease_expires_at": now + lease,
         "agent_version": body.agent_version,
         "last_seq": None,
+        "shims": [shim.model_dump(mode="json") for shim in body.shims],
     }
     with write_engine(ctx.engine).begin() as conn:
         existing = conn.execute(select(NODES).where(NODES.c.id == node.node_id)).mappings().first()
@@ -160,26 +164,13 @@ def register(body: RegisterRequest, request: Request, principal: CurrentPrincipa
         conn.execute(
             statement.on_conflict_do_update(index_elements=["id"], set_={k: v for k, v in values.items() if k != "id"})
         )
-        indexes = [d.index for d in body.devices]
+        rows = device_rows(node.node_id, entry.model, body.devices, now)
+        indexes = [r["index"] for r in rows]
         conn.execute(delete(DEVICES).where(DEVICES.c.node_id == node.node_id, DEVICES.c.index.not_in(indexes)))
-        if body.devices:
-            rows: list[dict[str, Any]] = [
-                {
-                    "node_id": node.node_id,
-                    "index": d.index,
-                    "uuid": d.uuid,
-                    "model": d.model,
-                    "memory_mib": d.memory_total_mib,
-                    "healthy": True,
-                    "health_reason": "",
-                    "telemetry": {},
-                    "updated_at": now,
-                }
-                for d in body.devices
-            ]
+        if rows:
             upsert = insert_(DEVICES).values(rows)
             # A device already known keeps its health and latest sample: its agent reports them next heartbeat.
-            keep = {"node_id", "index", "healthy", "health_reason", "telemetry"}
+            keep = {"node_id", "index", "healthy", "health_reason", "health", "telemetry"}
             conn.execute(
                 upsert.on_conflict_do_update(
                     index_elements=["node_id", "index"],
@@ -199,6 +190,49 @@ def register(body: RegisterRequest, request: Request, principal: CurrentPrincipa
         lease_s=lease,
     )
     return _reply(reply, body.protocol_version)
+
+
+def device_rows(node_id: str, model: str, devices: Sequence[DeviceInfo], now: float) -> list[dict[str, Any]]:
+    """The ``devices`` rows of a registration: one per device work could be placed on (a GPU in MIG mode is not
+    one, its MIG devices are: :func:`~agents.protocol.schedulable_devices`), numbered as the scheduler numbers the
+    node's ``model`` devices. That is the agent's index unless indexes repeat — MIG devices carry their GPU's, two
+    vendors both count from 0 — and then the rank: first the devices of ``model`` (0 .. devices - 1), then the
+    others (a part the catalog does not know is kept, to be seen, and never counted as the node's).
+
+    >>> from agents.protocol import DeviceInfo
+    >>> gpu = DeviceInfo(vendor="nvidia", index=0, uuid="GPU-0", name="A100", model="A100", mig_enabled=True)
+    >>> migs = [DeviceInfo(vendor="nvidia", index=0, uuid=f"MIG-{i}", name="A100 MIG 3g.40gb", model="A100",
+    ...                    parent_uuid="GPU-0", profile="3g.40gb", fraction=3 / 7) for i in range(2)]
+    >>> mlu = DeviceInfo(vendor="cambricon", index=0, uuid="MLU-0", name="MLU370-X4")
+    >>> [(r["index"], r["uuid"], r["parent_uuid"]) for r in device_rows("n", "A100", [gpu, mlu, *migs], 0.0)]
+    [(0, 'MIG-0', 'GPU-0'), (1, 'MIG-1', 'GPU-0'), (2, 'MLU-0', None)]
+    """
+    offered = schedulable_devices(devices)
+    offered = [d for d in offered if d.model == model] + [d for d in offered if d.model != model]
+    repeated = len({d.index for d in offered}) < len(offered)
+    return [
+        {
+            "node_id": node_id,
+            "index": rank if repeated else d.index,
+            "uuid": d.uuid,
+            "model": d.model,
+            "memory_mib": d.memory_total_mib,
+            "healthy": True,
+            "health_reason": "",
+            "health": Health.UNKNOWN.value,  # until its first report
+            "telemetry": {},
+            "updated_at": now,
+            "vendor": d.vendor,
+            "name": d.name,
+            "other_names": list(d.other_names),
+            "model_known": d.model_known,
+            "notes": list(d.notes),
+            "parent_uuid": d.parent_uuid,
+            "fraction": d.fraction,
+            "profile": d.profile,
+        }
+        for rank, d in enumerate(offered)
+    ]
 
 
 @router.post("/heartbeat", response_model=HeartbeatResponse, summary="Telemetry and health from a node agent")
@@ -256,38 +290,40 @@ def _store_devices(conn: Connection, body: HeartbeatRequest, now: float) -> None
         for sample in batch.samples:
             latest[sample.uuid] = (sample, now - batch.age_s)
     rows = conn.execute(
-        select(DEVICES.c.index, DEVICES.c.uuid, DEVICES.c.healthy, DEVICES.c.health_reason).where(
+        select(DEVICES.c.index, DEVICES.c.uuid, DEVICES.c.healthy, DEVICES.c.health_reason, DEVICES.c.health).where(
             DEVICES.c.node_id == body.node_id
         )
     ).all()
     with_sample: list[dict[str, Any]] = []
     health_only: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
-    for index, uuid, was_healthy, was_reason in rows:
+    for index, uuid, was_healthy, was_reason, was_health in rows:
         found = latest.get(uuid)
         health = body.device_health.get(uuid, found[0].health if found is not None else None)
         if found is None and health is None:
             continue
-        healthy, reason = was_healthy, was_reason
+        healthy, reason, state = was_healthy, was_reason, was_health
         if health is not None:
-            healthy = health is not Health.UNHEALTHY
-            reasons = found[0].health_reasons if found is not None else []
-            reason = ("; ".join(reasons) or "reported unhealthy by the agent") if not healthy else ""
+            healthy, state = health is not Health.UNHEALTHY, health.value
+            reason = _health_reason(
+                health, found[0].health_reasons if found is not None else None, was_health, was_reason
+            )
         if healthy != was_healthy:
             events.append(
                 {"node_id": body.node_id, "index": index, "uuid": uuid, "at": now, "healthy": healthy, "reason": reason}
             )
-        values = {"n": body.node_id, "i": index, "healthy": healthy, "reason": reason, "at": now}
+        values = {"n": body.node_id, "i": index, "healthy": healthy, "reason": reason, "health": state, "at": now}
         if found is not None:
             sample, sampled_at = found
             telemetry = {**sample.model_dump(mode="json"), "received_at": now, "sampled_at": sampled_at}
             with_sample.append({**values, "telemetry": telemetry})
-        elif healthy != was_healthy or reason != was_reason:
+        elif healthy != was_healthy or reason != was_reason or state != was_health:
             health_only.append(values)
     where = (DEVICES.c.node_id == bindparam("n")) & (DEVICES.c.index == bindparam("i"))
     columns: dict[str, Any] = {
         "healthy": bindparam("healthy"),
         "health_reason": bindparam("reason"),
+        "health": bindparam("health"),
         "updated_at": bindparam("at"),
     }
     if with_sample:
@@ -296,6 +332,26 @@ def _store_devices(conn: Connection, body: HeartbeatRequest, now: float) -> None
         conn.execute(update(DEVICES).where(where).values(**columns), health_only)
     if events:
         conn.execute(insert(DEVICE_HEALTH_EVENTS), events)
+
+
+def _health_reason(health: Health, reasons: Sequence[str] | None, was_health: str, was_reason: str) -> str:
+    """Why a device is ``unhealthy`` or ``unknown`` (empty when healthy): the sample's reasons; without a sample
+    (a heartbeat of health changes only) the reason already stored for the same health, else a stand-in.
+
+    >>> _health_reason(Health.UNKNOWN, ["npu-smi info timed out after 5.0 s"], "healthy", "")
+    'npu-smi info timed out after 5.0 s'
+    >>> _health_reason(Health.UNKNOWN, None, "unknown", "npu-smi info timed out after 5.0 s")
+    'npu-smi info timed out after 5.0 s'
+    >>> _health_reason(Health.UNHEALTHY, None, "healthy", "")
+    'reported unhealthy by the agent'
+    """
+    if health is Health.HEALTHY:
+        return ""
+    if reasons:
+        return "; ".join(reasons)
+    if reasons is None and was_health == health.value and was_reason:
+        return was_reason
+    return f"reported {health.value} by the agent"
 
 
 class AgentAdmission:

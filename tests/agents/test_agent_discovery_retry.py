@@ -111,7 +111,8 @@ def test_a_vendor_still_failing_after_the_start_attempts_registers_again_from_th
     assert late.status.state == ShimState.PRESENT and not agent.failed_shims
     first, *_, last = api.registrations
     assert first.node.devices == 2 and [s.state for s in first.shims] == [ShimState.PRESENT, ShimState.ERROR]
-    assert last.node.devices == 5 and {d.vendor for d in last.devices} == {"moorethreads", "cambricon"}
+    assert len(last.devices) == 5 and {d.vendor for d in last.devices} == {"moorethreads", "cambricon"}
+    assert last.node.devices == 2  # the MLU370-X4s are reported, but the catalog has no model for them to count as
     assert api.heartbeats[-1].device_health.keys() == {d.uuid for d in last.devices}
     agent.close()
 
