@@ -14,6 +14,7 @@ pending with reasons, the rest finished with ledger stop rows) and their events.
 
     .venv/bin/python benchmarks/dashboard.py                       # defaults: 10,000 jobs, 1,000 nodes
     .venv/bin/python benchmarks/dashboard.py --rounds 20 --streams 100 --window-s 20
+    .venv/bin/python benchmarks/dashboard.py --pages "/ui/admin,/ui/admin?panel=grid" --rounds 90 --streams 0
 
 Prints one JSON document; asserts nothing.
 """
@@ -389,6 +390,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--window-s", type=float, default=20.0)
+    parser.add_argument(
+        "--pages", default="", help="comma-separated pages to time (default: every page); --streams 0 skips streams"
+    )
     args = parser.parse_args()
     rng = random.Random(19)
     with tempfile.TemporaryDirectory() as folder:
@@ -431,17 +435,28 @@ def main() -> None:
                 "/ui/admin/billing",
                 "/ui/admin?panel=grid",
             ]
+            if args.pages:
+                wanted = set(args.pages.split(","))
+                tenant_pages = [p for p in tenant_pages if p in wanted]
+                center_pages = [p for p in center_pages if p in wanted]
             results = {
                 "tenant": render(tenant, tenant_pages, args.rounds),
                 "center": render(center, center_pages, max(5, args.rounds // 3)),
             }
             everything = [p for view in results.values() for p in view.values()]
             worst = max(everything, key=lambda r: r["p99_ms"])
-            cookies = [login(url, tenant_token).cookies["zs_ui"] for _ in range(args.streams)]
-            server = psutil.Process(proc.pid)
-            jobs = list(seeded["acme_running"][1:])
-            idle = cpu_window(server, args.window_s, url, admin, jobs, [])
-            busy = cpu_window(server, args.window_s, url, admin, jobs, cookies)
+            streams: dict[str, Any] = {}
+            if args.streams > 0:
+                cookies = [login(url, tenant_token).cookies["zs_ui"] for _ in range(args.streams)]
+                server = psutil.Process(proc.pid)
+                jobs = list(seeded["acme_running"][1:])
+                idle = cpu_window(server, args.window_s, url, admin, jobs, [])
+                busy = cpu_window(server, args.window_s, url, admin, jobs, cookies)
+                streams = {
+                    "without": idle,
+                    "with": busy,
+                    "added_cpu_share_pct": round(busy["cpu_share_pct"] - idle["cpu_share_pct"], 1),
+                }
             print(
                 json.dumps(
                     {
@@ -449,11 +464,7 @@ def main() -> None:
                         "seed_s": round(seed_s, 1),
                         "render": results,
                         "worst_p99_ms": worst["p99_ms"],
-                        "streams": {
-                            "without": idle,
-                            "with": busy,
-                            "added_cpu_share_pct": round(busy["cpu_share_pct"] - idle["cpu_share_pct"], 1),
-                        },
+                        "streams": streams,
                         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
                     },
                     indent=2,

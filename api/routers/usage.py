@@ -49,65 +49,88 @@ def compute_usage(
     ctx: AppContext, session: Session, scope: TenantScope, start: float, end: float, now: float
 ) -> dict[str, Any]:
     lines: list[tuple[str, str, str, float, float, float, float, bool]] = []  # tenant, model, queue, ncu, dh, $, kWh
+    # The columns it adds up, as tuples: a center's month is thousands of rows, and whole rows through
+    # ``.mappings()`` cost several times the arithmetic.
     stops = session.execute(
         scope.apply(
-            select(LEDGER).where(LEDGER.c.kind == "stop", LEDGER.c.at > start, LEDGER.c.at - LEDGER.c.seconds < end),
+            select(
+                LEDGER.c.tenant,
+                LEDGER.c.model,
+                LEDGER.c.queue,
+                LEDGER.c.at,
+                LEDGER.c.seconds,
+                LEDGER.c.ncu_hours,
+                LEDGER.c.devices,
+                LEDGER.c.charge,
+                LEDGER.c.energy_kwh,
+                LEDGER.c.domestic,
+            ).where(LEDGER.c.kind == "stop", LEDGER.c.at > start, LEDGER.c.at - LEDGER.c.seconds < end),
             LEDGER.c.tenant,
         )
-    ).mappings()
-    for row in stops:
-        seconds = row["seconds"] or 0.0
-        began = row["at"] - seconds
-        overlap = max(0.0, min(row["at"], end) - max(began, start))
-        share = overlap / seconds if seconds > 0 else (1.0 if start < row["at"] <= end else 0.0)
+    )
+    for tenant, model_name, queue, at, seconds, ncu_hours, devices, charge, energy_kwh, domestic in stops:
+        seconds = seconds or 0.0
+        began = at - seconds
+        overlap = max(0.0, min(at, end) - max(began, start))
+        share = overlap / seconds if seconds > 0 else (1.0 if start < at <= end else 0.0)
         lines.append(
             (
-                row["tenant"],
-                row["model"],
-                row["queue"],
-                row["ncu_hours"] * share,
-                row["devices"] * overlap / 3600,
-                row["charge"] * share,
-                (row["energy_kwh"] or 0.0) * share,
-                bool(row["domestic"]),
+                tenant,
+                model_name,
+                queue,
+                ncu_hours * share,
+                devices * overlap / 3600,
+                charge * share,
+                (energy_kwh or 0.0) * share,
+                bool(domestic),
             )
         )
-    # Open runs: jobs holding devices whose latest ledger entry is a start.
-    holding = session.execute(
-        scope.apply(
-            select(JOBS.c.id, JOBS.c.spec).where(JOBS.c.state.in_([s.value for s in HOLDING_STATES])), JOBS.c.tenant
-        )
-    ).all()
-    classes = {job_id: (spec or {}).get("job_class", "generic") for job_id, spec in holding}
-    if classes and start < now:
-        latest: dict[str, Any] = {}
+    # Open runs: jobs holding devices whose latest ledger entry is a start. One join reads the entries of the
+    # holding jobs with each job's class (taken out of the spec by the database, not by decoding every spec).
+    if start < now:
+        job_class = JOBS.c.spec["job_class"].as_string()
         entries = session.execute(
-            select(LEDGER).where(LEDGER.c.job_id.in_(list(classes))).order_by(LEDGER.c.at, LEDGER.c.id)
-        ).mappings()
+            scope.apply(
+                select(
+                    LEDGER.c.job_id,
+                    LEDGER.c.kind,
+                    LEDGER.c.tenant,
+                    LEDGER.c.model,
+                    LEDGER.c.queue,
+                    LEDGER.c.at,
+                    LEDGER.c.devices,
+                    LEDGER.c.price_per_ncu_hour,
+                    LEDGER.c.domestic,
+                    job_class,
+                )
+                .select_from(LEDGER.join(JOBS, JOBS.c.id == LEDGER.c.job_id))
+                .where(JOBS.c.state.in_([s.value for s in HOLDING_STATES]))
+                .order_by(LEDGER.c.at, LEDGER.c.id),
+                JOBS.c.tenant,
+            )
+        )
+        latest: dict[str, Any] = {}
         for entry in entries:
-            latest[entry["job_id"]] = entry
-        for job_id, entry in latest.items():
-            if entry["kind"] != "start":
+            latest[entry[0]] = tuple(entry)  # not the row: rows kept across the loop reach the GC's oldest generation
+        relative: dict[tuple[str, str], float] = {}  # a few models and classes, thousands of runs
+        tdp_w: dict[str, float | None] = {}
+        for _, kind, tenant, model_name, queue, at, devices, price, domestic, klass in latest.values():
+            if kind != "start":
                 continue
-            overlap = max(0.0, min(now, end) - max(entry["at"], start))
+            overlap = max(0.0, min(now, end) - max(at, start))
             if overlap <= 0:
                 continue
-            device_hours = entry["devices"] * overlap / 3600
-            ncu = device_hours * ctx.throughput.relative(entry["model"], classes[job_id])
-            model = ctx.catalog.lookup(entry["model"])
-            energy = (model.tdp_w or 0.0) * device_hours / 1000 if model is not None else 0.0
-            lines.append(
-                (
-                    entry["tenant"],
-                    entry["model"],
-                    entry["queue"],
-                    ncu,
-                    device_hours,
-                    ncu * entry["price_per_ncu_hour"],
-                    energy,
-                    bool(entry["domestic"]),
-                )
-            )
+            device_hours = devices * overlap / 3600
+            key = (model_name, klass or "generic")
+            if key not in relative:
+                relative[key] = ctx.throughput.relative(*key)
+            ncu = device_hours * relative[key]
+            if model_name not in tdp_w:
+                model = ctx.catalog.lookup(model_name)
+                tdp_w[model_name] = None if model is None else model.tdp_w or 0.0
+            tdp = tdp_w[model_name]
+            energy = tdp * device_hours / 1000 if tdp is not None else 0.0
+            lines.append((tenant, model_name, queue, ncu, device_hours, ncu * price, energy, bool(domestic)))
     policy = ctx.snapshots.policy.policy
     prices = policy.prices
     by_model: dict[str, dict[str, float]] = {}

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 from fastapi import Response
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlmodel import Session
 
 from api.deps import AppContext, TenantScope
@@ -88,12 +88,14 @@ def jobs_by_node(session: Session, scope: TenantScope) -> dict[str, list[dict[st
     return out
 
 
-def allocated_by_device(work_by_node: Mapping[str, list[Any]]) -> dict[tuple[str, int], list[str]]:
-    """(node, device index) -> ids of the jobs holding a share of it (center admins only: names no tenant)."""
-    out: dict[tuple[str, int], list[str]] = {}
+def allocated_by_device(work_by_node: Mapping[str, list[tuple[str, int]]]) -> dict[tuple[str, int], tuple[str, ...]]:
+    """(node, device index) -> ids of the jobs holding a share of it (center admins only: names no tenant).
+    ``work_by_node``: :func:`holding_work`'s (job id, index) per node."""
+    out: dict[tuple[str, int], tuple[str, ...]] = {}
     for node, work in work_by_node.items():
-        for item in work:
-            out.setdefault((node, item.index), []).append(item.job_id)
+        for job_id, index in work:
+            key = (node, index)
+            out[key] = (*out.get(key, ()), job_id)  # tuples of strings: the GC stops tracking them
     return out
 
 
@@ -111,17 +113,72 @@ def started_at(session: Session, job_ids: Iterable[str]) -> dict[str, float | No
 
 def node_list(ctx: AppContext, session: Session, now: float) -> list[dict[str, Any]]:
     """``GET /v1/nodes`` without the telemetry: the same node fields and states (:func:`api.store.node_status`),
-    and per device only its index and health. Reading every device's telemetry document is most of the cost of
-    listing a thousand nodes; the center's grid, node list and "can it run now" need none of it."""
-    health: dict[str, list[dict[str, Any]]] = {}
-    for node_id, index, healthy in session.execute(
-        select(DEVICES.c.node_id, DEVICES.c.index, DEVICES.c.healthy).order_by(DEVICES.c.node_id, DEVICES.c.index)
-    ):
-        health.setdefault(node_id, []).append({"index": index, "healthy": healthy})
+    and per device only its health: ``healthy_indices``, the indices of the node's healthy devices (a ``range``
+    when they are 0..n-1, as discovered devices are; None when the node has no device rows). Reading every
+    device's telemetry document is most of the cost of listing a thousand nodes; the center's grid, node list and
+    "can it run now" need none of it.
+
+    The database counts the devices per node (a thousand rows, not eight thousand) and lists only the unhealthy
+    ones; only a node whose indices are not 0..n-1 has its indices read one by one. Only the columns shown are
+    read."""
+    healthy_int = case((DEVICES.c.healthy, 1), else_=0)
+    per_node = {
+        node_id: (int(count), int(healthy or 0), low, high)
+        for node_id, count, healthy, low, high in session.execute(
+            select(
+                DEVICES.c.node_id,
+                func.count(),
+                func.sum(healthy_int),
+                func.min(DEVICES.c.index),
+                func.max(DEVICES.c.index),
+            ).group_by(DEVICES.c.node_id)
+        )
+    }
+    unhealthy: dict[str, set[int]] = {}
+    for node_id, index in session.execute(
+        select(DEVICES.c.node_id, DEVICES.c.index).where(DEVICES.c.healthy.is_(False))
+    ).all():
+        unhealthy.setdefault(node_id, set()).add(index)
+    irregular = sorted(n for n, (count, _, low, high) in per_node.items() if low != 0 or high != count - 1)
+    listed: dict[str, list[int]] = {}
+    if irregular:
+        for node_id, index in session.execute(
+            select(DEVICES.c.node_id, DEVICES.c.index).where(DEVICES.c.node_id.in_(irregular))
+        ).all():
+            listed.setdefault(node_id, []).append(index)
+    columns = [
+        NODES.c[name]
+        for name in (
+            "id",
+            "hostname",
+            "model",
+            "vendor",
+            "pool",
+            "site",
+            "island",
+            "switch",
+            "devices",
+            "source",
+            "state",
+            "last_heartbeat",
+            "registered_at",
+            "lease_expires_at",
+            "agent_version",
+        )
+    ]
+    interval = ctx.settings.heartbeat_interval_s
     out = []
-    for row in session.execute(select(NODES).order_by(NODES.c.id)).mappings():
-        devices = health.get(row["id"], [])
-        healthy = sum(1 for d in devices if d["healthy"]) if devices else row["devices"]
+    for row in session.execute(select(*columns).order_by(NODES.c.id)).mappings():
+        found = per_node.get(row["id"])
+        indices: range | tuple[int, ...] | None = None
+        healthy = row["devices"]
+        if found is not None:
+            sick = unhealthy.get(row["id"])
+            every = listed.get(row["id"])
+            indices = range(found[0]) if every is None else tuple(sorted(every))
+            if sick:
+                indices = tuple(i for i in indices if i not in sick)
+            healthy = found[1]
         out.append(
             {
                 "id": row["id"],
@@ -135,23 +192,45 @@ def node_list(ctx: AppContext, session: Session, now: float) -> list[dict[str, A
                 "device_count": row["devices"],
                 "devices_healthy": healthy,
                 "source": row["source"],
-                "state": node_status(row, now, ctx.settings.heartbeat_interval_s),
+                "state": node_status(row, now, interval),
                 "last_heartbeat": row["last_heartbeat"],
                 "registered_at": row["registered_at"],
                 "agent_version": row["agent_version"],
-                "devices": devices,
+                "healthy_indices": indices,
             }
         )
     return out
 
 
+def holding_work(session: Session) -> tuple[dict[str, list[tuple[str, int]]], dict[str, float | None]]:
+    """Per node, the devices that jobs in a holding state hold, as (job id, device index) — the placements
+    :func:`api.store.device_work` reads, without its validated records (thousands a page) — and when each of those
+    jobs' current run started: one query for both, read row by row (each decoded placement dies young)."""
+    work: dict[str, list[tuple[str, int]]] = {}
+    started: dict[str, float | None] = {}
+    statement = select(JOBS.c.id, JOBS.c.placement, JOBS.c.started_at).where(
+        JOBS.c.state.in_([s.value for s in HOLDING_STATES])
+    )
+    for job_id, placement, started_at in session.execute(statement):
+        started[job_id] = started_at
+        for worker in (placement or {}).get("workers", ()):
+            items = work.setdefault(worker.get("node", ""), [])
+            items.extend((job_id, d) for d in worker.get("devices", ()))
+    return work, started
+
+
 def free_devices(node: Mapping[str, Any], used: Mapping[str, set[int]]) -> int:
-    """Free healthy whole devices of a node, as ``GET /v1/pools`` counts them (ready nodes only)."""
+    """Free healthy whole devices of a node (from :func:`node_list`), as ``GET /v1/pools`` counts them (ready
+    nodes only)."""
     if node["state"] != "ready":
         return 0
-    devices = node["devices"]
-    healthy = {d["index"] for d in devices if d["healthy"]} if devices else set(range(node["device_count"]))
-    return len(healthy - used.get(node["id"], set()))
+    healthy = node["healthy_indices"]
+    if healthy is None:
+        healthy = range(node["device_count"])
+    held = used.get(node["id"])
+    if not held:
+        return len(healthy)
+    return sum(1 for index in healthy if index not in held)
 
 
 def pools(ctx: AppContext, nodes: list[dict[str, Any]], used: Mapping[str, set[int]]) -> list[dict[str, Any]]:
@@ -184,19 +263,18 @@ def pools(ctx: AppContext, nodes: list[dict[str, Any]], used: Mapping[str, set[i
 
 
 def allocated_utilisation(
-    session: Session, held: Mapping[str, list[Any]]
+    session: Session, used: Mapping[str, set[int]]
 ) -> dict[tuple[str, int], tuple[float | None, float | None]]:
-    """(node, device) -> (utilisation %, sampled at) of every device a job holds (``held``: the API's
-    :func:`~api.store.device_work`), read from inside the telemetry document by the database."""
-    if not held:
+    """(node, device) -> (utilisation %, sampled at) of every device a job holds (``used``: node -> the indices
+    held, from :func:`holding_work`), read from inside the telemetry document by the database."""
+    if not used:
         return {}
     util = DEVICES.c.telemetry["utilization_pct"].as_float()
     sampled = DEVICES.c.telemetry["sampled_at"].as_float()
     rows = session.execute(
-        select(DEVICES.c.node_id, DEVICES.c.index, util, sampled).where(DEVICES.c.node_id.in_(sorted(held)))
+        select(DEVICES.c.node_id, DEVICES.c.index, util, sampled).where(DEVICES.c.node_id.in_(sorted(used)))
     )
-    wanted = {(node, w.index) for node, work in held.items() for w in work}
-    return {(node, index): (u, at) for node, index, u, at in rows if (node, index) in wanted}
+    return {(node, index): (u, at) for node, index, u, at in rows if index in used.get(node, ())}
 
 
 # ----------------------------------------------------------------------------------------- over time
@@ -277,38 +355,47 @@ def allocation_series(
     for model, at, seconds, ncu_hours in stops:
         if seconds and seconds > 0:
             series.add(model, at - seconds, at, ncu_hours * 3600 / seconds)
-    holding = [s.value for s in HOLDING_STATES]
-    classes = dict(
-        session.execute(
-            scope.apply(
-                select(JOBS.c.id, JOBS.c.spec["job_class"].as_string()).where(JOBS.c.state.in_(holding)),
-                JOBS.c.tenant,
+    # Open runs: the ledger entries of the jobs holding devices, each with its job's class, in one join (as
+    # ``GET /v1/usage`` reads them); the latest entry of a job says whether its run is open.
+    latest: dict[str, Any] = {}
+    for row in session.execute(
+        scope.apply(
+            select(
+                LEDGER.c.job_id,
+                LEDGER.c.kind,
+                LEDGER.c.model,
+                LEDGER.c.devices,
+                LEDGER.c.at,
+                JOBS.c.spec["job_class"].as_string(),
             )
-        ).all()
-    )
-    if classes:
-        latest: dict[str, Any] = {}
-        for row in session.execute(
-            select(LEDGER.c.job_id, LEDGER.c.kind, LEDGER.c.model, LEDGER.c.devices, LEDGER.c.at)
-            .where(LEDGER.c.job_id.in_(list(classes)))
-            .order_by(LEDGER.c.at, LEDGER.c.id)
-        ):
-            latest[row.job_id] = row
-        for job_id, row in latest.items():
-            if row.kind != "start" or row.at >= min(end, now):
-                continue
-            rate = row.devices * ctx.throughput.relative(row.model, classes[job_id] or "generic")
-            series.add(row.model, row.at, min(end, now), rate)
+            .select_from(LEDGER.join(JOBS, JOBS.c.id == LEDGER.c.job_id))
+            .where(JOBS.c.state.in_([s.value for s in HOLDING_STATES]))
+            .order_by(LEDGER.c.at, LEDGER.c.id),
+            JOBS.c.tenant,
+        )
+    ):
+        latest[row[0]] = tuple(row)  # a plain tuple: rows held across the loop would reach the GC's oldest generation
+    relative: dict[tuple[str, str], float] = {}
+    for _, kind, model, devices, at, job_class in latest.values():
+        if kind != "start" or at >= min(end, now):
+            continue
+        key = (model, job_class or "generic")
+        if key not in relative:
+            relative[key] = ctx.throughput.relative(*key)
+        series.add(model, at, min(end, now), devices * relative[key])
     return series
 
 
 def pending_series(session: Session, scope: TenantScope, start: float, end: float, buckets: int, now: float) -> Series:
     """Pending jobs over [start, end): each job waits from submission until it started or ended."""
     series = Series(start, (end - start) / buckets, buckets)
+    # The database leaves out the jobs that stopped waiting before the window (most of a week's): the same test
+    # as below, ``started or finished or now`` (0 and NULL alike are "not yet"), so no row that counts is lost.
+    stopped = func.coalesce(func.nullif(JOBS.c.started_at, 0), func.nullif(JOBS.c.finished_at, 0), now)
     statement = scope.apply(
         select(JOBS.c.submitted_at, JOBS.c.started_at, JOBS.c.finished_at, JOBS.c.state).where(
             JOBS.c.submitted_at < end,
-            (JOBS.c.state == JobState.PENDING.value) | (JOBS.c.submitted_at >= start - 7 * 86400),
+            (JOBS.c.state == JobState.PENDING.value) | ((JOBS.c.submitted_at >= start - 7 * 86400) & (stopped > start)),
         ),
         JOBS.c.tenant,
     )
