@@ -279,6 +279,7 @@ def server(
     except ConfigError as err:
         errors.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(2) from None
+    console.print("stopped")
 
 
 def _serve_workers(host: str, port: int, ray_address: str | None, workers: int, settings: Settings) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -489,12 +490,21 @@ def developer_login(url: str, admin_token: str, tenant: str = "acme", user: str 
 
 
 def wait_for_interrupt(stop: threading.Event) -> None:
-    """Block until Ctrl-C (or ``stop``)."""
+    """Block until Ctrl-C, SIGTERM (or ``stop``).
+
+    SIGTERM is how Kubernetes, systemd and docker stop a process: it takes the same way out as Ctrl-C (the leader
+    lock released, agents and API stopped in order), not Ray's handler, which kills the process where it stands."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:
         pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def remember_login(url: str, token: str | None, profile: str = "default") -> Path | None:
