@@ -388,7 +388,8 @@ class SchedulerService:
             usable = record.usable
             if usable and alive is not None and node_id not in alive:
                 usable = False
-                if self._nodes.get(node_id, ("", True, True))[1]:
+                # A node the executor never ran work on yet (its raylet still joining at start) is not lost.
+                if self._nodes.get(node_id, ("", False, False))[1]:
                     log.warning("node %s reports to the API but the executor cannot reach it: lost", node_id)
             schedulable = usable and node_id not in held
             known = self._nodes.get(node_id)

@@ -167,3 +167,44 @@ def test_a_restarted_service_adopts_running_jobs_instead_of_launching_them_again
     assert store.job("j1").record.state is JobState.RUNNING
     assert "j1" in again.state.allocations
     assert executor.launched == [("j1", 0)]
+
+
+class JoiningExecutor(InstantExecutor):
+    """An executor that can tell which nodes it reaches (as Ray does), with raylets that join late or die."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock=clock, runtime=runtime_from_label)
+        self.alive: set[str] = set()
+
+    def alive_nodes(self, node_ids: object) -> set[str] | None:
+        return set(self.alive)
+
+
+def test_a_joining_node_is_not_reported_lost_but_a_vanished_one_is(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    store = MemoryStore()
+    store.set_policy(load_yaml_mapping(POLICY))
+    store.put_node(Node(id="h0", model="H100", devices=8, cpu_milli=64_000, memory_mib=512 * 1024, site="bj1"))
+    executor = JoiningExecutor(clock)
+    config = ServiceConfig(holder="svc", lease_s=10.0, liveness_every_s=0.0)
+    service = SchedulerService(store, executor, config, clock=clock)
+    # The agent registered before the executor reaches the node (a raylet still joining at start): quiet.
+    with caplog.at_level("WARNING"):
+        service.cycle()
+        clock.now += 1
+        executor.alive = {"h0"}
+        service.cycle()
+    assert not [r for r in caplog.records if "cannot reach it" in r.getMessage()]
+    store.submit("j1", spec("train", 600), tenant="acme", user="ann", now=clock.now)
+    clock.now += 1
+    service.cycle()
+    assert store.job("j1").record.state in (JobState.STARTING, JobState.RUNNING)
+    # Then the node's executor side goes while its agent still heartbeats: lost, said once, its job requeued.
+    executor.alive = set()
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            clock.now += 1
+            service.cycle()
+    said = [r for r in caplog.records if "cannot reach it" in r.getMessage()]
+    assert len(said) == 1 and "h0" in said[0].getMessage()
+    assert store.job("j1").record.state is JobState.PENDING
