@@ -45,6 +45,51 @@ def _add(bucket: dict[str, dict[str, float]], key: str, ncu: float, device_hours
     line["charge"] += charge
 
 
+#: The start entry of a run still open (a job in a holding state whose latest ledger entry is a start):
+#: job id, tenant, model, queue, at, devices, price per NCU-hour, domestic, the job's class (from its spec).
+#: A plain tuple: the garbage collector stops tracking tuples of strings and numbers, so the thousands a center
+#: page holds never count towards a full collection.
+OpenRun = tuple[str, str, str, str, float, float, float, bool, str | None]
+
+
+def open_runs(session: Session, scope: TenantScope) -> list[OpenRun]:
+    """The open runs in the scope, in the order their jobs' first entries were written.
+
+    One join reads the entries of the holding jobs with each job's class (taken out of the spec by the database,
+    not by decoding every spec). Kept in ``session.info`` for the session's life (a read session per request),
+    so a page that shows the month's usage and the allocation trend (the center overview) reads them once."""
+    key = ("api.routers.usage.open_runs", scope.tenant)
+    cached: list[OpenRun] | None = session.info.get(key)
+    if cached is not None:
+        return cached
+    entries = session.execute(
+        scope.apply(
+            select(
+                LEDGER.c.job_id,
+                LEDGER.c.kind,
+                LEDGER.c.tenant,
+                LEDGER.c.model,
+                LEDGER.c.queue,
+                LEDGER.c.at,
+                LEDGER.c.devices,
+                LEDGER.c.price_per_ncu_hour,
+                LEDGER.c.domestic,
+                JOBS.c.spec["job_class"].as_string(),
+            )
+            .select_from(LEDGER.join(JOBS, JOBS.c.id == LEDGER.c.job_id))
+            .where(JOBS.c.state.in_([s.value for s in HOLDING_STATES]))
+            .order_by(LEDGER.c.at, LEDGER.c.id),
+            JOBS.c.tenant,
+        )
+    )
+    latest: dict[str, Any] = {}
+    for entry in entries:
+        latest[entry[0]] = tuple(entry)  # not the row: rows kept across the loop reach the GC's oldest generation
+    runs: list[OpenRun] = [(job_id, *rest) for job_id, kind, *rest in latest.values() if kind == "start"]
+    session.info[key] = runs
+    return runs
+
+
 def compute_usage(
     ctx: AppContext, session: Session, scope: TenantScope, start: float, end: float, now: float
 ) -> dict[str, Any]:
@@ -85,38 +130,11 @@ def compute_usage(
                 bool(domestic),
             )
         )
-    # Open runs: jobs holding devices whose latest ledger entry is a start. One join reads the entries of the
-    # holding jobs with each job's class (taken out of the spec by the database, not by decoding every spec).
+    # Open runs: jobs holding devices whose latest ledger entry is a start.
     if start < now:
-        job_class = JOBS.c.spec["job_class"].as_string()
-        entries = session.execute(
-            scope.apply(
-                select(
-                    LEDGER.c.job_id,
-                    LEDGER.c.kind,
-                    LEDGER.c.tenant,
-                    LEDGER.c.model,
-                    LEDGER.c.queue,
-                    LEDGER.c.at,
-                    LEDGER.c.devices,
-                    LEDGER.c.price_per_ncu_hour,
-                    LEDGER.c.domestic,
-                    job_class,
-                )
-                .select_from(LEDGER.join(JOBS, JOBS.c.id == LEDGER.c.job_id))
-                .where(JOBS.c.state.in_([s.value for s in HOLDING_STATES]))
-                .order_by(LEDGER.c.at, LEDGER.c.id),
-                JOBS.c.tenant,
-            )
-        )
-        latest: dict[str, Any] = {}
-        for entry in entries:
-            latest[entry[0]] = tuple(entry)  # not the row: rows kept across the loop reach the GC's oldest generation
         relative: dict[tuple[str, str], float] = {}  # a few models and classes, thousands of runs
         tdp_w: dict[str, float | None] = {}
-        for _, kind, tenant, model_name, queue, at, devices, price, domestic, klass in latest.values():
-            if kind != "start":
-                continue
+        for _, tenant, model_name, queue, at, devices, price, domestic, klass in open_runs(session, scope):
             overlap = max(0.0, min(now, end) - max(at, start))
             if overlap <= 0:
                 continue

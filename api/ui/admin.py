@@ -62,15 +62,16 @@ def center(request: Request, viewer: AdminDep, session: ReadSession, panel: str 
     interval = ctx.settings.heartbeat_interval_s
 
     @functools.cache
-    def holding() -> tuple[dict[str, list[tuple[str, int]]], dict[str, float | None]]:
+    def holding() -> tuple[dict[str, tuple[tuple[str, int], ...]], dict[str, float | None]]:
         """The devices jobs hold and when those jobs started: one query, however many panels want them."""
         return data.holding_work(session)
 
     @functools.cache
-    def inventory() -> tuple[list[dict[str, Any]], dict[str, set[int]], dict[str, int]]:
-        """Nodes, allocated devices and each node's free healthy devices, read and counted once per request."""
+    def inventory() -> tuple[list[dict[str, Any]], dict[str, tuple[int, ...]], dict[str, int]]:
+        """Nodes, allocated devices and each node's free healthy devices, read and counted once per request.
+        The allocated indices of a node as a tuple (a handful; a set per node would stay tracked by the GC)."""
         nodes = data.node_list(ctx, session, now)
-        used = {n: {index for _, index in ws} for n, ws in holding()[0].items()}
+        used = {n: tuple(sorted({index for _, index in ws})) for n, ws in holding()[0].items()}
         return nodes, used, {node["id"]: data.free_devices(node, used) for node in nodes}
 
     def devices() -> dict[str, Any]:
@@ -104,7 +105,7 @@ def center(request: Request, viewer: AdminDep, session: ReadSession, panel: str 
             entry["healthy"] += node["devices_healthy"]
             entry["free"] += free[node["id"]]
             entry["unhealthy"] += node["device_count"] - node["devices_healthy"]
-            for index in sorted(used.get(node["id"], set())):
+            for index in used.get(node["id"], ()):  # sorted already
                 entry["allocated"] += 1
                 util, sampled_at = telemetry.get((node["id"], index), (None, None))
                 fresh = sampled_at is not None and now - sampled_at <= 3 * interval
