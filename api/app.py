@@ -189,6 +189,12 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+#: How long the server keeps an idle connection. Longer than the clients' own expiry (httpx: 5 s), so a client
+#: always drops an idle connection first: with both at 5 s, an agent heartbeating every 5 s sent on a connection
+#: the server was closing at that moment ("Server disconnected without sending a response").
+KEEP_ALIVE_S = 15
+
+
 def run(
     settings: Settings | None = None,
     host: str = "127.0.0.1",
@@ -212,6 +218,7 @@ def run(
         "loop": "uvloop",
         "http": CoalescingHttpToolsProtocol,
         "lifespan": "on",
+        "timeout_keep_alive": KEEP_ALIVE_S,
     }
     if workers <= 1:
         uvicorn.run(create_app(settings), **options)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from api.app import create_app
+from api.app import KEEP_ALIVE_S, create_app
 from api.auth import issue_token
 from api.bootstrap import ADMIN_USER, prepare
 from api.coalescing import CoalescingHttpToolsProtocol
@@ -360,6 +360,7 @@ def running(
                 loop="uvloop",
                 http=CoalescingHttpToolsProtocol,
                 lifespan="on",
+                timeout_keep_alive=KEEP_ALIVE_S,
             )
         )
         # Off the main thread uvicorn leaves signals alone: Ctrl-C reaches wait_for_interrupt, which stops us.
