@@ -88,6 +88,11 @@ class PlacementEngine:
         self._model_order: dict[tuple[tuple[str, ...], JobClass, DomesticPreference], list[tuple[str, float]]] = {}
         self._infeasible: dict[tuple[object, ...], tuple[int, Reason]] = {}
         self._infeasible_shapes: dict[tuple[object, ...], tuple[int, tuple[Reason, ...]]] = {}
+        #: Parked attempts: per (shape, pool), the pool's ``version`` when the shape last failed there, the
+        #: reason, and whether the pool's counters had passed the shape (then quota was asked, and is again).
+        self._parked: dict[tuple[object, ...], tuple[int, Reason, bool]] = {}
+        #: How many pool searches parking saved (for tests and benchmarks).
+        self.parked_hits = 0
 
     # ------------------------------------------------------------------------------------------ pools
 
@@ -129,6 +134,12 @@ class PlacementEngine:
         A shape that did not fit a pool keeps not fitting until capacity grows (``state.capacity_epoch``
         moves), because allocations only shrink what is free. The first failure is remembered per (shape,
         pool), which keeps a long saturated queue at a few dictionary lookups per job.
+
+        Once ``capacity_epoch`` has moved (capacity came back somewhere, a phantom was lifted, a projection
+        ran), a pool whose contents did not change at all since the shape failed there (``PoolState.version``)
+        is not searched again: the shape stays *parked* on it, with the very reason the search would give
+        again (every number in it is read from the unchanged pool). Only quota, which lives outside the pool,
+        is asked again.
         """
         shape = shape_key(job)
         epoch = state.capacity_epoch
@@ -163,19 +174,40 @@ class PlacementEngine:
                 if scored is not None:
                     continue
             else:
-                reason = self._quick_reject(pool, job)
-                if reason is None and admit is not None:
-                    refusal = admit(pool, rel)
-                    if refusal is not None:
-                        refused = True
-                        self._note(result, refusal)
-                        continue
-                if reason is None:
-                    placement, reason = self._place_in_pool(state, pool, job)
-                    if placement is not None:
-                        result.placement = placement
-                        result.relative_throughput = rel
-                        return result
+                parked = self._parked.get(key)
+                if parked is not None and parked[0] == pool.version:
+                    # Nothing in the pool changed since this shape failed here: the same reason, unsearched.
+                    reason, counted = parked[1], parked[2]
+                    self.parked_hits += 1
+                    if counted and admit is not None:
+                        refusal = admit(pool, rel)
+                        if refusal is not None:
+                            refused = True
+                            self._note(result, refusal)
+                            continue
+                else:
+                    reason = self._quick_reject(pool, job)
+                    counted = reason is None
+                    if reason is None and admit is not None:
+                        refusal = admit(pool, rel)
+                        if refusal is not None:
+                            refused = True
+                            self._note(result, refusal)
+                            continue
+                    version = pool.version
+                    if reason is None:
+                        placement, reason = self._place_in_pool(state, pool, job)
+                        if placement is not None:
+                            result.placement = placement
+                            result.relative_throughput = rel
+                            return result
+                    # Parked only after a search that left no trace: replicas that tried workers out on the
+                    # pool allocated and released them, which moves epochs that reservations and the memos
+                    # above read, so skipping that search next time would not leave the state as it did.
+                    if reason is not None and pool.version == version:
+                        if len(self._parked) > 200_000:
+                            self._parked.clear()
+                        self._parked[key] = (version, reason, counted)
                 if reason is not None:
                     if len(self._infeasible) > 200_000:
                         self._infeasible.clear()

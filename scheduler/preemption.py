@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from scheduler.model import MILLI, Job, Placement
 from scheduler.orderings import OrderingRule
-from scheduler.placement import PlacementEngine
+from scheduler.placement import PlacementEngine, shape_key
 from scheduler.quota import QuotaCheck, demand_for
 from scheduler.state import ClusterState, NodeState, PoolState, RunningJob
 
@@ -60,6 +60,11 @@ class Preemptor:
         self.quota = quota
         self.min_runtime_s = min_runtime_s
         self.max_candidates = max_candidates
+        #: Parked projections: per (job shape, pool), the pool's ``held`` version and the victims with whom
+        #: the shape still did not fit there, on a pool that held no phantom (see :meth:`_hopeless`).
+        self._parked: dict[tuple[object, ...], tuple[int, frozenset[str]]] = {}
+        #: How many projections parking saved (for tests and benchmarks).
+        self.parked_hits = 0
 
     def plan(
         self, state: ClusterState, job: Job, queue: str | None, now: float, rule: OrderingRule | None = None
@@ -112,6 +117,36 @@ class Preemptor:
             and other.tenant != job.tenant
             and self.quota.borrowing(state, victim.accounts, victim.demand)
         )
+
+    def _hopeless(self, state: ClusterState, job: Job, pool: PoolState, candidates: list[RunningJob]) -> bool:
+        """Whether ``job`` misses ``pool`` even with every one of ``candidates`` gone (one projection).
+
+        The answer is *parked* per (shape, pool) when it is yes and the pool holds no phantom: until a job
+        starts or stops there, or a node of it changes (``PoolState.held``), what the jobs there leave free is
+        what it was, and phantoms since can only hide more of it; victims that were not among the parked ones
+        (a job now past its minimum runtime, a borrower that became one) wake it too. Placement failures are
+        taken to persist while free capacity only shrinks, as the placement engine's own memo takes them. A
+        parked answer moves ``capacity_epoch`` as the projection would have (``ClusterState.projected``).
+        """
+        key = (shape_key(job), pool.id)
+        parked = self._parked.get(key)
+        if parked is not None and parked[0] == pool.held and parked[1].issuperset(v.job.id for v in candidates):
+            state.projected()
+            self.parked_hits += 1
+            return True
+        held = pool.held
+        state.vacate(victim.placement for victim in candidates)
+        try:
+            hopeless = self.engine.place_in(state, job, pool) is None
+        finally:
+            state.occupy(victim.placement for victim in candidates)
+        # Not parked after a projection that left a trace (replicas try workers out with real allocations,
+        # which move the nodes' epochs that kept reservations read): skipping it would not leave that trace.
+        if hopeless and not pool.phantoms and pool.held == held:
+            if len(self._parked) > 100_000:
+                self._parked.clear()
+            self._parked[key] = (held, frozenset(v.job.id for v in candidates))
+        return hopeless
 
     @staticmethod
     def _node_by_node(state: ClusterState, job: Job, candidates: list[RunningJob]) -> tuple[list[RunningJob], bool]:
@@ -204,12 +239,7 @@ class Preemptor:
         candidates = candidates[: self.max_candidates]
         # A job that does not fit with every candidate gone fits with no subset of them either: one projection
         # settles what would otherwise be a walk through all the candidates, one placement attempt each.
-        state.vacate(victim.placement for victim in candidates)
-        try:
-            hopeless = self.engine.place_in(state, job, pool) is None
-        finally:
-            state.occupy(victim.placement for victim in candidates)
-        if hopeless:
+        if self._hopeless(state, job, pool, candidates):
             return None
         # Trying victims out: a reclaim needs their accounts released too (whether the next one still borrows
         # depends on it); a priority preemption needs only their capacity, which is much cheaper to move.

@@ -29,6 +29,10 @@ from sortedcontainers import SortedList
 from scheduler.model import MILLI, DeviceHealth, Job, Node, Placement
 
 _EPOCHS = itertools.count(1)
+#: Versions of pools' contents (``PoolState.version``, ``PoolState.held``): unique across all states, so a memo
+#: keyed by one never confuses two states (a forecast's copy, a rebuilt state). Separate from ``_EPOCHS`` so
+#: that counting versions leaves every epoch value as it was.
+_VERSIONS = itertools.count(1)
 
 
 @dataclass(slots=True)
@@ -136,6 +140,16 @@ class PoolState:
         self.free_milli = 0
         #: The state's ``capacity_epoch`` when capacity last grew in this pool (a release, a node added or back).
         self.grown = next(_EPOCHS)
+        #: Changes whenever the free capacity of any node here changes in any way (allocations and releases,
+        #: phantoms, what-if projections, health, cordons, nodes added): while it stays, everything placement
+        #: reads of this pool is as it was, so a failed placement attempt stays failed with the same reason.
+        self.version = next(_VERSIONS)
+        #: Changes with what jobs really hold here (starts, releases other than phantoms', health, cordons,
+        #: nodes added), not with phantoms or projections: while it stays, the pool's running jobs and the
+        #: capacity they leave free are as they were.
+        self.held = next(_VERSIONS)
+        #: Phantom allocations (reservations hidden within a step) that sit in this pool now.
+        self.phantoms = 0
         # Islands that span several nodes matter for gangs; single-node islands are covered by the node level.
         self.multi_node_islands = False
 
@@ -205,6 +219,7 @@ class ClusterState:
             self.pools_by_model.setdefault(node.model, []).append(pool)
         pool.grow(node.devices)
         pool.grown = self.capacity_epoch
+        pool.version = pool.held = next(_VERSIONS)
         ns = NodeState(node, len(pool.nodes), pool)
         pool.nodes.append(ns)
         ns.island = pool._domain(pool.islands, node.island)
@@ -241,6 +256,7 @@ class ClusterState:
             return
         ns.schedulable = schedulable
         ns.epoch = next(_EPOCHS)
+        ns.pool.version = ns.pool.held = next(_VERSIONS)
         if schedulable:
             self.capacity_epoch = ns.pool.grown = next(_EPOCHS)
         self._reindex(ns)
@@ -251,6 +267,7 @@ class ClusterState:
         ns = self.nodes[node_id]
         ns.healthy[device] = health is DeviceHealth.HEALTHY
         ns.epoch = next(_EPOCHS)
+        ns.pool.version = ns.pool.held = next(_VERSIONS)
         if ns.healthy[device]:
             self.capacity_epoch = ns.pool.grown = next(_EPOCHS)
         self._reindex(ns)
@@ -304,6 +321,8 @@ class ClusterState:
         self._apply(demand, -1, mark)
         self.allocations[placement.job_id] = placement
         self._demands[placement.job_id] = demand
+        if not mark:
+            self.pools[placement.pool].phantoms += 1
 
     def start(self, running: RunningJob) -> None:
         """Allocate a job's placement and charge its accounts; all or nothing like :meth:`allocate`."""
@@ -320,6 +339,8 @@ class ClusterState:
         """
         placement = self.allocations.pop(job_id)
         self._apply(self._demands.pop(job_id), +1, mark)
+        if not mark:
+            self.pools[placement.pool].phantoms -= 1
         running = self.running.pop(job_id, None)
         if running is not None:
             self.running_by_pool[placement.pool].pop(job_id, None)
@@ -338,6 +359,12 @@ class ClusterState:
         allocates.
         """
         self._apply(self._combined(placements), +1, mark=False)
+        self.capacity_epoch = next(_EPOCHS)
+
+    def projected(self) -> None:
+        """Move ``capacity_epoch`` as a :meth:`vacate` and :meth:`occupy` pair does, for a caller that knows what
+        the projection would show and skips it: the placement memos it invalidates must stay invalidated, or
+        later attempts would answer from them where they answered afresh before."""
         self.capacity_epoch = next(_EPOCHS)
 
     def occupy(self, placements: Iterable[Placement]) -> None:
@@ -425,9 +452,11 @@ class ClusterState:
     def _apply(self, demand: dict[str, tuple[dict[int, int], int, int]], sign: int, mark: bool = True) -> None:
         for node_id, (devices, cpu, mem) in demand.items():
             ns = self.nodes[node_id]
+            pool = ns.pool
+            pool.version = next(_VERSIONS)
             if mark:
                 ns.epoch = next(_EPOCHS)
-            pool = ns.pool
+                pool.held = pool.version
             for d, milli in devices.items():
                 ns.free[d] += sign * milli
                 pool.free_milli += sign * milli
