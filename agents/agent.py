@@ -244,12 +244,14 @@ class Agent:
         def again(state: RetryCallState) -> bool:
             if stop.is_set() or not self.failed_shims:
                 return False
+            retry = not self.devices or state.attempt_number < config.discovery_attempts
             log.warning(
-                "discovery attempt %d: %s; trying again",
+                "discovery attempt %d: %s; %s",
                 state.attempt_number,
                 "; ".join(f"{s.vendor}: {s.status.reason}" for s in self.failed_shims),
+                "trying again" if retry else "registering without it, tried again while the agent runs",
             )
-            return not self.devices or state.attempt_number < config.discovery_attempts
+            return retry
 
         first = True
 
