@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlmodel import Session
 
 from api.deps import AppContext, ReadSession, Scope, TenantScope, context, respond
@@ -94,9 +94,45 @@ def compute_usage(
     ctx: AppContext, session: Session, scope: TenantScope, start: float, end: float, now: float
 ) -> dict[str, Any]:
     lines: list[tuple[str, str, str, float, float, float, float, bool]] = []  # tenant, model, queue, ncu, dh, $, kWh
-    # The columns it adds up, as tuples: a center's month is thousands of rows, and whole rows through
-    # ``.mappings()`` cost several times the arithmetic.
-    stops = session.execute(
+    # Finished runs wholly inside the period count in full: the database adds them up per (tenant, model, queue,
+    # domestic), a few dozen lines however many thousand runs a center's month holds (the row-by-row read grew
+    # with the day of the month: 17 ms on the 6th, 38 ms for 30 days of the benchmark's ledger). Only the runs
+    # that cross an edge of the period are read one by one, for their share. The sums are the same but for the
+    # order of the additions (last bits of a float).
+    seconds_or_0 = func.coalesce(LEDGER.c.seconds, 0.0)
+    stop_rows = (LEDGER.c.kind == "stop", LEDGER.c.at > start, LEDGER.c.at - LEDGER.c.seconds < end)
+    inside = (LEDGER.c.at - seconds_or_0 >= start) & (LEDGER.c.at <= end)
+    groups = session.execute(
+        scope.apply(
+            select(
+                LEDGER.c.tenant,
+                LEDGER.c.model,
+                LEDGER.c.queue,
+                func.sum(LEDGER.c.ncu_hours),
+                func.sum(LEDGER.c.devices * seconds_or_0),
+                func.sum(LEDGER.c.charge),
+                func.sum(func.coalesce(LEDGER.c.energy_kwh, 0.0)),
+                LEDGER.c.domestic,
+            )
+            .where(*stop_rows, inside)
+            .group_by(LEDGER.c.tenant, LEDGER.c.model, LEDGER.c.queue, LEDGER.c.domestic),
+            LEDGER.c.tenant,
+        )
+    )
+    for tenant, model_name, queue, ncu_hours, device_seconds, charge, energy_kwh, domestic in groups:
+        lines.append(
+            (
+                tenant,
+                model_name,
+                queue,
+                float(ncu_hours or 0.0),
+                float(device_seconds or 0.0) / 3600,
+                float(charge or 0.0),
+                float(energy_kwh or 0.0),
+                bool(domestic),
+            )
+        )
+    edges = session.execute(
         scope.apply(
             select(
                 LEDGER.c.tenant,
@@ -109,11 +145,11 @@ def compute_usage(
                 LEDGER.c.charge,
                 LEDGER.c.energy_kwh,
                 LEDGER.c.domestic,
-            ).where(LEDGER.c.kind == "stop", LEDGER.c.at > start, LEDGER.c.at - LEDGER.c.seconds < end),
+            ).where(*stop_rows, ~inside),
             LEDGER.c.tenant,
         )
     )
-    for tenant, model_name, queue, at, seconds, ncu_hours, devices, charge, energy_kwh, domestic in stops:
+    for tenant, model_name, queue, at, seconds, ncu_hours, devices, charge, energy_kwh, domestic in edges:
         seconds = seconds or 0.0
         began = at - seconds
         overlap = max(0.0, min(at, end) - max(began, start))

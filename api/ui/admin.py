@@ -114,12 +114,13 @@ def center(request: Request, viewer: AdminDep, session: ReadSession, panel: str 
                     continue
                 entry["util_sum"] += util
                 entry["util_n"] += 1
-                since = max((started.get(j) or now for j in holders.get((node["id"], index), [])), default=now)
-                if util < IDLE_PCT and (sampled_at or 0) >= since + interval:
+                if util >= IDLE_PCT:
+                    continue  # busy: when its jobs started does not matter
+                jobs = holders.get((node["id"], index), ())
+                since = max((started.get(j) or now for j in jobs), default=now)
+                if (sampled_at or 0) >= since + interval:
                     entry["idle"] += 1
-                    idle.append(
-                        {"node": node["id"], "index": index, "util": util, "jobs": holders.get((node["id"], index), [])}
-                    )
+                    idle.append({"node": node["id"], "index": index, "util": util, "jobs": jobs})
         rows = []
         for model, entry in sorted(models.items()):
             relative = ctx.throughput.relative(model, "generic")

@@ -386,8 +386,9 @@ def pending_series(session: Session, scope: TenantScope, start: float, end: floa
         ),
         JOBS.c.tenant,
     )
+    pending = JobState.PENDING.value  # once, not an enum lookup per row
     for submitted, started, finished, state in session.execute(statement):
-        stop = now if state == JobState.PENDING.value else (started or finished or now)
+        stop = now if state == pending else (started or finished or now)
         if stop > start:
             series.count("pending", max(submitted, start), min(stop, end))
     return series
