@@ -21,12 +21,12 @@ from __future__ import annotations
 import typer
 
 from api.commands.admin import admin_app
+from api.commands.dashboard import dashboard_command
 from api.commands.jobs import cancel, eta, list_jobs, logs, status, submit, why
 from api.commands.kube import kube_app
 from api.commands.services import services_app
 from api.commands.session import login, logout, whoami
 from api.commands.views import nodes, queues, usage
-from api.ui.cli import dashboard_command
 
 
 def register(app: typer.Typer) -> None:

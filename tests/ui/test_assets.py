@@ -13,8 +13,8 @@ import typer
 from typer.testing import CliRunner
 from ui_stack import Dashboard
 
+from api.commands.dashboard import dashboard_command
 from api.ui import pages
-from api.ui.cli import dashboard_command
 from api.ui.i18n import ZH
 from api.ui.web import SERVED, STATIC
 
