@@ -116,7 +116,9 @@ def test_a_herd_of_agents_is_admitted_with_429_and_retry_after(cluster: Cluster,
         "--nodes",
         "200",
         "-t",
-        "15",
+        # All 200 were admitted in 12-14 s on a quiet tree and sometimes 199 within 15 s on a loaded machine: the
+        # test is about the 429s and that everyone gets in, not how fast, so the herd gets room.
+        "30",
         "--faults",
         "0",
         "--connections",
