@@ -147,17 +147,8 @@ def test_parking_decides_as_without_it(seed: int, ordering: str) -> None:
         for state in states:
             state.check_invariants()
     assert parked.placement.parked_hits, "the workload never answered a placement attempt from parking"
-    hits[ordering] = hits.get(ordering, 0) + parked.preemptor.parked_hits
-
-
-#: Preemption projections answered from parking, per ordering, over the seeds (checked below).
-hits: dict[str, int] = {}
-
-
-def test_the_differential_workload_parked_preemption_projections() -> None:
-    if len(hits) < 2:
-        pytest.skip("runs after the differential test in the same session")
-    assert hits["drf"] > 0
+    if ordering != "fifo-strict":  # strict FIFO holds its queues back and seldom gets as far as preempting
+        assert parked.preemptor.parked_hits, "the workload never answered a preemption projection from parking"
 
 
 def _full_pool() -> tuple[ClusterState, PlacementEngine]:
