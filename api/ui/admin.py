@@ -556,7 +556,7 @@ def node_page(
     session: ReadSession,
     panel: str | None = None,
 ) -> Response:
-    from api.ui.pages import is_idle, telemetry_view
+    from api.ui.pages import is_idle, stale_after_s, telemetry_view
 
     ctx = request.app.state.ctx
     now = time.time()
@@ -571,10 +571,11 @@ def node_page(
         # a sample says nothing about a job until it was taken a heartbeat after the job started
         since = max((started.get(job["id"]) or now for job in running), default=now)
         since += ctx.settings.heartbeat_interval_s
+        stale_after = stale_after_s(ctx)
         devices = [
             {
                 **d,
-                "t": (view := telemetry_view(d, now, ctx.settings.heartbeat_interval_s)),
+                "t": (view := telemetry_view(d, now, stale_after)),
                 "allocated": d["index"] in held,
                 "idle": d["index"] in held and is_idle(view, since),
             }

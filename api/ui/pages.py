@@ -81,8 +81,18 @@ TERMINAL_VALUES = frozenset(s.value for s in TERMINAL_STATES)
 ACTIVE_VALUES = frozenset(s.value for s in ACTIVE_STATES)
 
 
-def telemetry_view(device: Mapping[str, Any] | None, now: float, interval_s: float) -> dict[str, Any]:
-    """The latest sample of a device as the page shows it: each value, or an :class:`Unknown` with the reason."""
+def stale_after_s(ctx: Any) -> float:
+    """How old a device's latest sample may be before the page calls it stale. An agent sends a sample when one is
+    due (the telemetry interval the API grants, 30 s and more: ``Settings.telemetry_interval``) or sooner when the
+    work or the health on the node changed, and only with a heartbeat: older than that plus two heartbeats, it has
+    stopped sending. (Three heartbeat intervals, as before protocol 2, called a quiet device stale half the time.)"""
+    heartbeat = float(ctx.settings.heartbeat_interval(ctx.snapshots.fleet_size()))
+    return float(ctx.settings.telemetry_interval(heartbeat)) + 2 * heartbeat
+
+
+def telemetry_view(device: Mapping[str, Any] | None, now: float, stale_after: float) -> dict[str, Any]:
+    """The latest sample of a device as the page shows it: each value, or an :class:`Unknown` with the reason;
+    ``stale`` once it is older than ``stale_after`` seconds (:func:`stale_after_s`)."""
     if device is None:
         reason = "node from a cluster file: no agent reports telemetry"
         return {k: fmt.Unknown(reason) for k in ("util", "memory", "power", "temperature")} | {
@@ -116,7 +126,7 @@ def telemetry_view(device: Mapping[str, Any] | None, now: float, interval_s: flo
         "ecc": tel.get("ecc_uncorrectable_total"),
         "age": age,
         "sampled_at": received,
-        "stale": age is not None and age > 3 * interval_s,
+        "stale": age is not None and age > stale_after,
     }
 
 
@@ -391,6 +401,7 @@ def job_page(
     scope = viewer.scope
     now = time.time()
     interval = ctx.settings.heartbeat_interval_s
+    stale_after = stale_after_s(ctx)
 
     def header() -> dict[str, Any]:
         job = data.api_call(jobs_api.get_job, job_id=job_id, scope=scope, session=session)
@@ -426,7 +437,7 @@ def job_page(
             by_index = {d["index"]: d for d in node["devices"]} if node else {}
             for index in worker["devices"]:
                 device = by_index.get(index) if node and node["devices"] else None
-                view = telemetry_view(device, now, interval)
+                view = telemetry_view(device, now, stale_after)
                 rows.append(
                     {
                         "rank": worker["rank"],
