@@ -52,7 +52,9 @@ def quota_bar(
     own = min(usage, nominal) if nominal is not None else usage
     borrowed = max(0.0, usage - nominal) if nominal is not None else 0.0
     parts = [
-        f'<svg class="chart quota" viewBox="0 0 {width:.0f} 22" width="{width:.0f}" height="22" role="img">',
+        # Stretches to its cell (app.css): a fixed 300 px overflowed the quota panel of a narrow column.
+        f'<svg class="chart quota" viewBox="0 0 {width:.0f} 22" width="{width:.0f}" height="22" '
+        'preserveAspectRatio="none" role="img">',
         f"<title>{escape(words['usage'])} {escape(fmt_devices(usage))} {escape(unit)}</title>",
         f'<rect class="bar-track" x="0" y="4" width="{width:.0f}" height="14"/>',
         f'<rect class="bar-use" x="0" y="4" width="{x(own):.1f}" height="14"/>',
