@@ -22,8 +22,11 @@ disqualifies the restart from reclaiming anything; only a change from outside (a
 eligible again. An ordering victim ranks after its preemptor and cannot come back before it: a victim's remaining
 time or attained service does not change while it waits, the preemptor's remaining time only shrinks as it runs
 (SRTF), and under LAS the two swap only when the preemptor's own service crosses a threshold, a bounded number of
-times per job (and, for jobs that lose work when stopped, a bounded number of times at all). Across queues an
-ordering preemption never takes a queue above its deserved share, so reclaim never has to undo it.
+times per job (and, for jobs that lose work when stopped, a bounded number of times at all). An ordering
+preemption never takes a queue above its deserved share (across queues: the preemptor's stays within it; inside
+one queue: the swap may not make the queue borrow more than it did), so reclaim never has to undo it — a
+within-queue swap that did let a LAS gang and a reclaimer take turns at one instant without end (found by
+``tests/property/test_orderings_properties.py``).
 ``tests/unit/test_queueing.py`` and ``tests/unit/test_orderings.py`` check that repeated steps on a
 fixed workload converge.
 """
@@ -292,6 +295,16 @@ class Preemptor:
                     placement = retry
             final = self.engine.place_in(state, job, pool)
             if final is None:
+                return None
+            # An ordering swap inside the preemptor's queue that makes the queue borrow would be undone by
+            # reclaim, and the ordering would swap again: they would take turns at one instant for ever.
+            if (
+                not reclaim
+                and any(v.job.id in ordered for v in needed)
+                and not self.quota.swap_keeps_deserved(
+                    state, self.quota.queue_of(job), demand_for(pool.model, job.total_devices, rel), needed
+                )
+            ):
                 return None
             cost = sum(lost_work(v, now) for v in needed)
             return PreemptionPlan(pool, rel, final, tuple(needed), cost)

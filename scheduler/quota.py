@@ -19,8 +19,10 @@ Rules, for every queue ``a`` on the path and every flavor ``f`` of the demand (a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from scheduler.model import Job, Reason, ReasonCode
-from scheduler.state import ClusterState
+from scheduler.state import ClusterState, RunningJob
 from scheduler.tenancy import NCU, ROOT, QueuePolicy, tenant_account, user_account
 
 EPSILON = 1e-9
@@ -114,6 +116,27 @@ class QuotaCheck:
                 quota = self.policy.quota(a, flavor)
                 nominal = quota.nominal if quota is not None else None
                 if nominal is not None and state.used(a, flavor) + amount > nominal + EPSILON:
+                    return False
+        return True
+
+    def swap_keeps_deserved(
+        self, state: ClusterState, queue: str | None, demand: dict[str, float], leaving: Iterable[RunningJob]
+    ) -> bool:
+        """True unless ``leaving`` stopping and ``demand`` starting takes a queue on ``queue``'s path above its
+        deserved share and higher than it was: the swap of an ordering preemption must not make its queue
+        borrow, or reclaim takes back what it started and the ordering restarts what reclaim stopped."""
+        if queue is None:
+            return True
+        gone = list(leaving)
+        for a in self.policy.path(queue):
+            for flavor, amount in demand.items():
+                quota = self.policy.quota(a, flavor)
+                nominal = quota.nominal if quota is not None else None
+                if nominal is None:
+                    continue
+                before = state.used(a, flavor)
+                after = before + amount - sum(v.demand.get(flavor, 0.0) for v in gone if a in v.accounts)
+                if after > nominal + EPSILON and after > before + EPSILON:
                     return False
         return True
 

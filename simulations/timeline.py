@@ -432,7 +432,8 @@ class TimelineSimulation:
             if decision.kind is DecisionKind.START:
                 self._start(decision, now)
             elif decision.kind is DecisionKind.PREEMPT:
-                preempted |= self._preempt(decision.job_id, now)
+                # The pass after preemptions is this method's to ask for (bounded per instant, below).
+                preempted |= self._preempt(decision.job_id, now, repass=False)
             elif decision.reasons:
                 self.metrics.reject_reasons[decision.reasons[0].code.value] += 1
         self.metrics.on_pass(now, len(self.pending), len(self.running))
@@ -444,6 +445,10 @@ class TimelineSimulation:
             self._passes_now = (now, count)
             if count < self.config.max_passes_per_instant:
                 self._request_pass(full=True)
+            else:
+                # A policy still preempting after that many passes at one instant is looping: go on a second
+                # later rather than for ever now (the preempted jobs are pending and must be decided again).
+                self._wake(now + 1.0)
 
     def _plan_wake(self, now: float) -> None:
         """After a pass that left jobs waiting: wake at the core's next time-driven change (a LAS threshold, a
@@ -503,8 +508,9 @@ class TimelineSimulation:
                 Engine.cancel(ev)
         self.metrics.on_stop(now, running.entry.job, running.placement, running.start, outcome)
 
-    def _interrupt(self, running: _Running, now: float, outcome: str, retry: bool = True) -> None:
-        """Stop a running job early; requeue it (resuming from its last checkpoint) unless out of retries."""
+    def _interrupt(self, running: _Running, now: float, outcome: str, retry: bool = True, repass: bool = True) -> None:
+        """Stop a running job early; requeue it (resuming from its last checkpoint) unless out of retries; then
+        ask for a pass unless ``repass`` is False (the core's own preemptions: :meth:`_on_pass` bounds those)."""
         self._stop(running, now, outcome)
         entry = running.entry
         ran = max(now - running.began, 0.0)
@@ -527,7 +533,8 @@ class TimelineSimulation:
             self._fresh.append(entry.job.id)
         else:
             self.metrics.counts["gave_up"] += 1
-        self._request_pass(full=True)
+        if repass:
+            self._request_pass(full=True)
 
     def _on_finish(self, event: Event) -> None:
         running: _Running = event.payload
@@ -580,11 +587,11 @@ class TimelineSimulation:
             else None
         )
 
-    def _preempt(self, job_id: str, now: float) -> bool:
+    def _preempt(self, job_id: str, now: float, repass: bool = True) -> bool:
         running = self.running.get(job_id)
         if running is None:
             return False
-        self._interrupt(running, now, "preempted")
+        self._interrupt(running, now, "preempted", repass=repass)
         return True
 
     def _on_preemption(self, event: Event) -> None:
