@@ -483,7 +483,8 @@ class SchedulerCore:
         )
         running = self._running(job, queue, result, started_at)
         running.last_checkpoint = last_checkpoint
-        state.start(running)
+        # It runs already: on a node cordoned, or a device that turned unhealthy, since it started it goes on.
+        state.start(running, admit=False)
         self.shares.touched(running.accounts)
         return running
 

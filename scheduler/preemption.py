@@ -252,7 +252,7 @@ class Preemptor:
                 state.release(victim.job.id)
 
             def put_back(victim: RunningJob) -> None:
-                state.start(victim)
+                state.start(victim, admit=False)  # it runs: a cordon or a sick device since does not stop it
         else:
 
             def take_out(victim: RunningJob) -> None:

@@ -300,10 +300,12 @@ class ClusterState:
 
     # ------------------------------------------------------------------------------------------ allocation
 
-    def allocate(self, placement: Placement, mark: bool = True) -> None:
+    def allocate(self, placement: Placement, mark: bool = True, admit: bool = True) -> None:
         """Take the capacity of every worker, all or nothing; raises :class:`CapacityError` if any would overflow.
 
         ``mark=False`` is for phantom allocations (reservations held within a step): the nodes' ``epoch`` stays.
+        ``admit=False`` takes back work that already runs (a job adopted after a restart, a what-if victim put
+        back): a cordoned node or a device that turned unhealthy since takes no *new* work but keeps what runs.
         """
         if placement.job_id in self.allocations:
             raise CapacityError(f"job {placement.job_id!r} is already allocated")
@@ -311,10 +313,10 @@ class ClusterState:
         # Check everything before touching anything: a failed allocation leaves the state as it was.
         for node_id, (devices, cpu, mem) in demand.items():
             ns = self.nodes.get(node_id)
-            if ns is None or not ns.schedulable:
+            if ns is None or (admit and not ns.schedulable):
                 raise CapacityError(f"job {placement.job_id!r}: node {node_id!r} is not schedulable")
             for d, milli in devices.items():
-                if not (0 <= d < len(ns.free)) or not ns.healthy[d] or ns.free[d] < milli:
+                if not (0 <= d < len(ns.free)) or (admit and not ns.healthy[d]) or ns.free[d] < milli:
                     raise CapacityError(f"job {placement.job_id!r}: device {node_id}[{d}] lacks {milli} milli")
             if ns.cpu_free < cpu or ns.mem_free < mem:
                 raise CapacityError(f"job {placement.job_id!r}: node {node_id!r} lacks CPU or memory")
@@ -324,9 +326,10 @@ class ClusterState:
         if not mark:
             self.pools[placement.pool].phantoms += 1
 
-    def start(self, running: RunningJob) -> None:
-        """Allocate a job's placement and charge its accounts; all or nothing like :meth:`allocate`."""
-        self.allocate(running.placement)
+    def start(self, running: RunningJob, admit: bool = True) -> None:
+        """Allocate a job's placement and charge its accounts; all or nothing like :meth:`allocate` (``admit``
+        as there)."""
+        self.allocate(running.placement, admit=admit)
         job_id = running.placement.job_id
         self.running[job_id] = running
         self.running_by_pool.setdefault(running.placement.pool, {})[job_id] = None
