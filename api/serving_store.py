@@ -246,6 +246,7 @@ class SqlServing:
                 JOBS.c.started_at,
                 JOBS.c.placement,
                 JOBS.c.reasons,
+                JOBS.c.message.label("job_message"),
             )
             .join(JOBS, JOBS.c.id == SERVICE_REPLICAS.c.job_id)
             .where(SERVICE_REPLICAS.c.ended_at.is_(None))
@@ -496,6 +497,7 @@ def _replica(row: Mapping[Any, Any]) -> ReplicaRecord:
         failures=row["failures"],
         draining_since=row["draining_since"],
         message=row["message"],
+        job_message=row.get("job_message") or "",
     )
 
 

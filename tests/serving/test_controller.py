@@ -3,13 +3,16 @@ replicas moved off a lost node, preemption for a production service and a free-t
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 from local_executor import wait_until
-from serving_stack import NODES, Stack, auth, load, server_cmd, service_spec
+from serving_stack import NODES, Stack, auth, load, make_stack, server_cmd, service_spec
 
+from scheduler.live.serving.controller import ServeConfig
 from scheduler.live.serving.store import LoadReport
 from scheduler.model import Node
 from scheduler.spec import JobSpec, JobState
@@ -178,3 +181,32 @@ def test_replicas_of_one_service_spread_over_nodes(stack: Stack) -> None:
     assert nodes == set(NODES)
     assert isinstance(stack.store.node_records[NODES[0]].node, Node)
     assert server_cmd()  # the replicas run the example server
+
+
+def test_replicas_that_keep_failing_are_replaced_after_a_growing_pause(tmp_path: Path) -> None:
+    """A service whose replicas exit at once (a bad entrypoint) is not re-launched at every cycle for ever: each
+    failure in a row doubles the pause before the next replica (crash-loop backoff), and the service's status
+    says so with the job's own message."""
+    serve = ServeConfig(every_s=0.1, health_every_s=0.25, crash_backoff_s=0.5, crash_backoff_max_s=8.0)
+    broken = service_spec(min_replicas=1, max_replicas=1).model_copy(
+        update={"entrypoint": f"{sys.executable} -c 'import sys; sys.exit(3)'"}
+    )
+    stacks = make_stack(tmp_path, serve=serve)
+    stack = next(stacks)
+    try:
+        record, _ = stack.deploy(broken)
+        service_id = record.id
+
+        def launched() -> list[str]:
+            jobs = stack.store.stored
+            return [j for j in jobs if jobs[j].record.spec.name.startswith(broken.name)]
+
+        wait_until(lambda: "failed in a row" in stack.serving.service(service_id).message, 30, what="the backoff")
+        time.sleep(6.0)
+        # 0.5, 1, 2, 4 s of pauses fit in ~7.5 s (each run takes its own start and exit too): at most 6 replicas,
+        # where a replacement at every 0.1 s cycle would have made dozens (max_retries=1: two runs each).
+        assert 2 <= len(launched()) <= 6, launched()
+        message = stack.serving.service(service_id).message
+        assert "replicas failed in a row" in message and "the next starts in" in message, message
+    finally:
+        stacks.close()

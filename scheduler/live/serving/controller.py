@@ -101,6 +101,11 @@ class ServeConfig:
     surge: int = 1
     #: A log is read for a replica's URL at most this often.
     discover_every_s: float = 0.25
+    #: Replicas that keep failing (a bad entrypoint, a model that does not load) are replaced after a pause that
+    #: doubles with each failure in a row from ``crash_backoff_s`` up to ``crash_backoff_max_s`` (as Kubernetes'
+    #: CrashLoopBackOff), not at once for ever; a replica that gets ready ends the run.
+    crash_backoff_s: float = 2.0
+    crash_backoff_max_s: float = 120.0
 
 
 @dataclass
@@ -111,6 +116,11 @@ class ServiceView:
     revision: int
     message: str = ""
     desired_written: int | None = None
+    #: Replicas that failed in a row (none became ready between), the last one's message, and when the next
+    #: replica may be added (crash-loop backoff).
+    crashes: int = 0
+    crash_message: str = ""
+    hold_until: float = float("-inf")
 
 
 @dataclass
@@ -253,7 +263,11 @@ class ServeController:
         for replica in replicas:
             phase = self._phase(host, service, replica, results, probes, now)
             if phase is None:
+                if replica.job_state is JobState.FAILED and replica.draining_since is None:
+                    self._crashed(view, replica, now)
                 continue
+            if phase is ReplicaPhase.READY and view.crashes:
+                view.crashes, view.crash_message, view.hold_until = 0, "", float("-inf")
             if phase is ReplicaPhase.DRAINING:
                 draining.append(replica)
             views.append(ReplicaView(replica.job_id, replica.revision, phase, replica.created_at, replica.node))
@@ -265,7 +279,8 @@ class ServeController:
             self.store.set_draining(job_id, now)
             report.draining.append(job_id)
             log.info("service %s/%s: draining replica %s", service.tenant, service.name, job_id)
-        for _ in range(plan.add):
+        held = now < view.hold_until
+        for _ in range(0 if held else plan.add):
             job_id = self.store.add_replica(fence, service, now)
             self._members.setdefault(service.id, set()).add(job_id)
             report.added.append(job_id)
@@ -276,9 +291,21 @@ class ServeController:
             self.store.drop_service(fence, service.id)
             return
         message = self._status(desired, views, replicas, decision.reason, plan.why)
+        if held and plan.add:
+            message += (
+                f"; {view.crashes} replicas failed in a row ({view.crash_message or 'no message'}): "
+                f"the next starts in {view.hold_until - now:.0f} s"
+            )
         if message != view.message or desired != view.desired_written:
             self.store.set_status(service.id, desired, message, now)
             view.message, view.desired_written = message, desired
+
+    def _crashed(self, view: ServiceView, replica: ReplicaRecord, now: float) -> None:
+        """A replica's job failed: one more in a row; the next is added after the doubled pause."""
+        view.crashes += 1
+        view.crash_message = replica.job_message.splitlines()[0] if replica.job_message else ""
+        pause = min(self.config.crash_backoff_max_s, self.config.crash_backoff_s * 2 ** (view.crashes - 1))
+        view.hold_until = now + pause
 
     def _phase(
         self,

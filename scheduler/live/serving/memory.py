@@ -131,6 +131,7 @@ class MemoryServing:
                         started_at=job.started_at,
                         node=node,
                         reasons=tuple(r.message for r in stored.reasons),
+                        job_message=stored.message,
                     )
                 )
             return out

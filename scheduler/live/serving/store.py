@@ -83,6 +83,8 @@ class ReplicaRecord:
     failures: int = 0
     draining_since: float | None = None
     message: str = ""
+    #: The job's own last message (why it failed: an exit code and the last log lines).
+    job_message: str = ""
 
     @property
     def endpoint(self) -> str | None:
