@@ -104,6 +104,22 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         drop_postgres_database(url)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database for one test (migrations start from nothing), on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    error = postgres_available()
+    if error is not None:
+        pytest.skip(f"PostgreSQL NOT TESTED: {error}")
+    url = create_postgres_database()
+    try:
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

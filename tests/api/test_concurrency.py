@@ -21,14 +21,12 @@ from typing import Any
 import httpx
 from api_stack import JOB, SSL, Server, make_settings
 from sqlalchemy import func, select
-from test_database import fresh_url
 
 from api.app import create_app
 from api.db import make_engine, migrate
 from api.store import Result, Submitter
 from api.tables import JOB_EVENTS, JOBS, new_job_id
 
-__all__ = ["fresh_url"]
 CLIENTS = 100
 KEYS = 50
 

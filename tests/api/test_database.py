@@ -9,12 +9,10 @@ import sqlite3
 import stat
 import threading
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from api_stack import (
@@ -23,11 +21,8 @@ from api_stack import (
     Server,
     Stack,
     assert_problem,
-    create_postgres_database,
-    drop_postgres_database,
     free_port,
     make_settings,
-    postgres_available,
 )
 from sqlalchemy import inspect, text
 
@@ -36,21 +31,6 @@ from api.bootstrap import bootstrap
 from api.db import current_revision, head_revision, make_engine, migrate
 from api.settings import Settings
 from api.tables import JOBS, METADATA, TABLE_NAMES
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fresh.db'}"
-        return
-    error = postgres_available()
-    if error is not None:
-        pytest.skip(f"PostgreSQL NOT TESTED: {error}")
-    url = create_postgres_database()
-    try:
-        yield url
-    finally:
-        drop_postgres_database(url)
 
 
 def test_migration_creates_exactly_the_tables(fresh_url: str) -> None:

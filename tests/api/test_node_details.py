@@ -6,12 +6,11 @@ server on SQLite and PostgreSQL; then ``GET /v1/nodes/{id}``, the list, and ``zh
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic import command
-from api_stack import Stack, create_postgres_database, drop_postgres_database, postgres_available
+from api_stack import Stack
 from sqlalchemy import Column, Engine, MetaData, Table, func, insert, inspect, select
 from typer.testing import CliRunner
 
@@ -159,21 +158,6 @@ def test_unknown_health_is_stored_and_shown_with_its_reason(stack: Stack, tmp_pa
         assert "unknown: cnmon 4.20.11" in out and "not responding" in out
     finally:
         agent.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fresh.db'}"
-        return
-    error = postgres_available()
-    if error is not None:
-        pytest.skip(f"PostgreSQL NOT TESTED: {error}")
-    url = create_postgres_database()
-    try:
-        yield url
-    finally:
-        drop_postgres_database(url)
 
 
 def _migrate_to(engine: Engine, revision: str, down: bool = False) -> None:
