@@ -10,18 +10,10 @@ import time
 from pathlib import Path
 
 import httpx
+from api_stack import free_port, make_settings
 
 from api.app import KEEP_ALIVE_S
-from api.settings import Settings
 from api.up import running
-from scheduler.catalog import SEEDS_DIR
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _get(conn: socket.socket) -> bytes:
@@ -38,15 +30,8 @@ def _get(conn: socket.socket) -> bytes:
 def test_an_idle_connection_outlives_the_clients_expiry(tmp_path: Path) -> None:
     client_expiry = httpx.Limits(max_connections=1).keepalive_expiry
     assert client_expiry is not None and client_expiry < KEEP_ALIVE_S
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'zhisuan.db'}",
-        policy_file=SEEDS_DIR / "policy.yaml",
-        cluster_file=None,
-        rate_per_s=0.0,
-        rate_burst=0.0,
-        admin_token_file=tmp_path / "admin-token",
-    )
-    port = _free_port()
+    settings = make_settings(f"sqlite:///{tmp_path / 'zhisuan.db'}", tmp_path, cluster_file=None)
+    port = free_port()
     with (
         running(settings, port=port, agents=False, scheduler=False),
         socket.create_connection(("127.0.0.1", port)) as c,

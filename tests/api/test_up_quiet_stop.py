@@ -7,16 +7,14 @@ the cluster file's nodes get agents, and no scheduler runs."""
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from api_stack import free_port, make_settings
 
-from api.settings import Settings
 from api.up import running
-from scheduler.catalog import SEEDS_DIR
 
 CLUSTER = """name: quiet
 sites:
@@ -26,30 +24,18 @@ pools:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.parametrize("when", ["reporting", "registering"])
 def test_stopping_up_prints_no_agent_warning(when: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "cluster.yaml").write_text(CLUSTER)
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'zhisuan.db'}",
-        policy_file=SEEDS_DIR / "policy.yaml",
-        cluster_file=None,
-        rate_per_s=0.0,
-        rate_burst=0.0,
-        cache_refresh_s=0.2,
-        admin_token_file=tmp_path / "admin-token",
+    # The API's own heartbeat interval (5 s), as zhisuan up runs it; the cluster comes from running()'s argument.
+    settings = make_settings(
+        f"sqlite:///{tmp_path / 'zhisuan.db'}", tmp_path, cluster_file=None, heartbeat_interval_s=5.0
     )
     with (
         caplog.at_level(logging.INFO),
         running(
             settings,
-            port=_free_port(),
+            port=free_port(),
             ray_address="127.0.0.1:1",  # never dialled: no scheduler
             cluster_file=tmp_path / "cluster.yaml",
             scheduler=False,
