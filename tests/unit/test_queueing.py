@@ -99,6 +99,27 @@ def test_reclaim_returns_lent_capacity_within_one_step() -> None:
     state.check_invariants()
 
 
+def _random_jobs(
+    rng: random.Random, prefix: str, count: int, workers: list[int], priorities: list[str], submitted: int
+) -> list[Job]:
+    """``count`` jobs of tenants a and b (each in its own queue) of random sizes, gangs and classes."""
+    jobs = []
+    for i in range(count):
+        tenant = rng.choice("ab")
+        jobs.append(
+            Job(
+                id=f"{prefix}{i}",
+                tenant=tenant,
+                queue=tenant,
+                devices_per_worker=rng.choice([1, 2, 4, 8]),
+                workers=rng.choice(workers),
+                submit_time=submitted + i,
+                priority=rng.choice(priorities),
+            )
+        )
+    return jobs
+
+
 def test_victims_on_nodes_that_take_no_new_work_are_tried_and_put_back() -> None:
     """Jobs on a node cordoned, or on a device that turned unhealthy, since they started are tried as victims
     (a gang's other workers free room elsewhere) and put back when not needed, or restored after the what-if: they
@@ -108,18 +129,7 @@ def test_victims_on_nodes_that_take_no_new_work_are_tried_and_put_back() -> None
         rng = random.Random(seed)
         core = core_with(TWO_TENANTS, min_runtime_s=0)
         state = ClusterState(nodes(count=4))
-        first = [
-            Job(
-                id=f"r{i}",
-                tenant=(tenant := rng.choice("ab")),
-                queue=tenant,
-                devices_per_worker=rng.choice([1, 2, 4, 8]),
-                workers=rng.choice([1, 1, 2]),
-                submit_time=i,
-                priority=rng.choice(["best-effort", "training"]),
-            )
-            for i in range(rng.randint(3, 10))
-        ]
+        first = _random_jobs(rng, "r", rng.randint(3, 10), [1, 1, 2], ["best-effort", "training"], 0)
         core.step(state, first, now=0)
         for _ in range(rng.randint(1, 3)):
             worker = rng.choice(state.allocations[rng.choice(sorted(state.running))].workers)
@@ -128,18 +138,7 @@ def test_victims_on_nodes_that_take_no_new_work_are_tried_and_put_back() -> None
             else:
                 state.set_device_health(worker.node, worker.devices[0], DeviceHealth.UNHEALTHY)
         running = set(state.running)
-        later = [
-            Job(
-                id=f"c{k}",
-                tenant=(tenant := rng.choice("ab")),
-                queue=tenant,
-                devices_per_worker=rng.choice([1, 2, 4, 8]),
-                workers=rng.choice([1, 2]),
-                submit_time=10 + k,
-                priority=rng.choice(["training", "production-inference"]),
-            )
-            for k in range(rng.randint(1, 3))
-        ]
+        later = _random_jobs(rng, "c", rng.randint(1, 3), [1, 2], ["training", "production-inference"], 10)
         decisions = core.step(state, later, now=100)
         state.check_invariants()
         preempted = set(started(decisions, DecisionKind.PREEMPT))
