@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,14 +32,7 @@ sys.path.insert(0, str(ROOT))
 from agents.protocol import DeviceSample  # noqa: E402
 from api.db import make_engine  # noqa: E402
 from api.tables import DEVICES, NODES  # noqa: E402
-from scheduler.catalog import SEEDS_DIR  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from benchmarks.dashboard import start_server  # noqa: E402  (the API as its own process, as there)
 
 
 def seed(database_url: str, nodes: int, now: float) -> None:
@@ -132,37 +122,6 @@ def seed(database_url: str, nodes: int, now: float) -> None:
         conn.execute(insert(NODES), node_rows)
         conn.execute(insert(DEVICES), device_rows)
     engine.dispose()
-
-
-def start_server(tmp: Path, database_url: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "ZHISUAN_DATABASE_URL": database_url,
-        "ZHISUAN_POLICY_FILE": str(SEEDS_DIR / "policy.yaml"),
-        "ZHISUAN_RATE_LIMIT": "off",
-        "ZHISUAN_ADMIN_TOKEN_FILE": str(tmp / "admin-token"),
-        "ZHISUAN_HEARTBEAT_INTERVAL_S": "86400",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api.app", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"the API exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-        time.sleep(0.2)
-    raise RuntimeError("the API did not become ready")
 
 
 def timed(client: httpx.Client, path: str, rounds: int) -> dict[str, Any]:
