@@ -31,6 +31,7 @@ from api.ui.pages import (
     _jobs_page,
     month_range,
     quota_rows,
+    stale_after_s,
     usage_csv,
 )
 from api.ui.session import Viewer, resolve
@@ -60,6 +61,7 @@ def center(request: Request, viewer: AdminDep, session: ReadSession, panel: str 
     scope = viewer.scope
     now = time.time()
     interval = ctx.settings.heartbeat_interval_s
+    stale_after = stale_after_s(ctx)  # the job page's rule for a device's latest sample
 
     @functools.cache
     def holding() -> tuple[dict[str, tuple[tuple[str, int], ...]], dict[str, float | None]]:
@@ -108,7 +110,7 @@ def center(request: Request, viewer: AdminDep, session: ReadSession, panel: str 
             for index in used.get(node["id"], ()):  # sorted already
                 entry["allocated"] += 1
                 util, sampled_at = telemetry.get((node["id"], index), (None, None))
-                fresh = sampled_at is not None and now - sampled_at <= 3 * interval
+                fresh = sampled_at is not None and now - sampled_at <= stale_after
                 if util is None or not fresh:
                     entry["util_unknown"] += 1
                     continue
@@ -556,7 +558,7 @@ def node_page(
     session: ReadSession,
     panel: str | None = None,
 ) -> Response:
-    from api.ui.pages import is_idle, stale_after_s, telemetry_view
+    from api.ui.pages import is_idle, telemetry_view
 
     ctx = request.app.state.ctx
     now = time.time()
