@@ -175,25 +175,21 @@ class PlacementEngine:
                     continue
             else:
                 parked = self._parked.get(key)
-                if parked is not None and parked[0] == pool.version:
+                fresh = parked is None or parked[0] != pool.version
+                if parked is not None and not fresh:
                     # Nothing in the pool changed since this shape failed here: the same reason, unsearched.
                     reason, counted = parked[1], parked[2]
                     self.parked_hits += 1
-                    if counted and admit is not None:
-                        refusal = admit(pool, rel)
-                        if refusal is not None:
-                            refused = True
-                            self._note(result, refusal)
-                            continue
                 else:
                     reason = self._quick_reject(pool, job)
                     counted = reason is None
-                    if reason is None and admit is not None:
-                        refusal = admit(pool, rel)
-                        if refusal is not None:
-                            refused = True
-                            self._note(result, refusal)
-                            continue
+                if counted and admit is not None:
+                    refusal = admit(pool, rel)
+                    if refusal is not None:
+                        refused = True
+                        self._note(result, refusal)
+                        continue
+                if fresh:
                     version = pool.version
                     if reason is None:
                         placement, reason = self._place_in_pool(state, pool, job)
