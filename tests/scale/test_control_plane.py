@@ -26,7 +26,7 @@ from sqlalchemy import event, insert, select, text
 
 from api.db import make_engine, migrate
 from api.service_store import ChangeFeed, SqlServiceStore
-from api.tables import JOBS, NODES, POLICY_VERSIONS
+from api.tables import JOBS, LEADER_LOCK, NODES, POLICY_VERSIONS
 from benchmarks.scale import POLICY, fail_over, insert_jobs
 from scheduler.errors import load_yaml_mapping
 from scheduler.live.executors.instant import InstantExecutor
@@ -265,7 +265,12 @@ def test_a_database_outage_pauses_the_service_which_launches_nothing_twice(postg
     finally:
         stop.set()
         thread.join(timeout=30)
-    assert len(terms) >= 2 and terms[-1] > terms[0], f"the lease was not taken back with a new term: {terms}"
+    with engine.connect() as conn:
+        lock = conn.execute(select(LEADER_LOCK)).all()
+    assert len(terms) >= 2 and terms[-1] > terms[0], (
+        f"the lease was not taken back with a new term: {terms}; service term {service.term}, lock {lock}, "
+        f"launched {launched_before} before the outage and {len(executor.launched)} in all"
+    )
     assert len(executor.launched) > launched_before, "nothing was launched after the outage"
     twice = [key for key, n in collections.Counter(executor.launched).items() if n > 1]
     assert not twice, f"launched twice: {twice}"
