@@ -32,7 +32,7 @@ from api.tables import JOBS
 from api.ui import data, fmt
 from api.ui.i18n import Translator
 from api.ui.session import SESSION_NAME, Viewer, resolve
-from api.ui.web import Page, UiRoute, language, render
+from api.ui.web import Page, UiRoute, language, render, to_toast
 from scheduler.model import JobKind
 from scheduler.spec import ACTIVE_STATES, HOLDING_STATES, TERMINAL_STATES, JobState
 
@@ -490,7 +490,7 @@ def cancel(job_id: str, request: Request, viewer: ViewerDep, session: WriteSessi
         request,
         "toast.html",
         {"message": f"{job['name']}: {message}", "status": 202},
-        headers={"HX-Retarget": "#toast", "HX-Reswap": "innerHTML", "HX-Trigger": "zs:jobs"},
+        headers={**to_toast(request), "HX-Trigger": "zs:jobs"},
     )
 
 

@@ -135,6 +135,16 @@ def is_htmx(request: Request) -> bool:
     return request.headers.get("hx-request") == "true"
 
 
+def to_toast(request: Request) -> dict[str, str]:
+    """Headers that send an htmx answer to the page's message area (``#toast``). Not when the request already
+    targets it (``hx-target="#toast"``, as the cancel buttons do): htmx resolves a retarget from the element that
+    asked, and a live refresh may have replaced that element while the request was in flight ("Invalid re-target
+    #toast"), where a target named on the element was resolved when the request left."""
+    if request.headers.get("hx-target") == "toast":
+        return {}
+    return {"HX-Retarget": "#toast", "HX-Reswap": "innerHTML"}
+
+
 def error_page(request: Request, status: int, message: str) -> Response:
     if is_htmx(request):
         # Show it in the page's message area rather than replacing the panel that asked.
@@ -143,7 +153,7 @@ def error_page(request: Request, status: int, message: str) -> Response:
             "toast.html",
             {"message": message, "status": status, "title": "Something went wrong"},
             status,
-            {"HX-Retarget": "#toast", "HX-Reswap": "innerHTML"},
+            to_toast(request),
         )
     title = "Not found" if status == 404 else "Something went wrong"
     return render(request, "error.html", {"message": message, "status": status, "title": title}, status)
