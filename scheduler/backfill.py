@@ -214,6 +214,7 @@ class ReservationBook:
         self._grown: dict[str, int] = {}
         self._heads: set[str | None] = set()
         self._held: Reason | None = None
+        self._last_held: Reason | None = None
         #: Job shapes that failed to backfill this step: within a step free capacity only shrinks (until a
         #: preemption frees some), so a shape that could not backfill still cannot.
         self.backfill_misses: set[tuple[object, ...]] = set()
@@ -252,7 +253,12 @@ class ReservationBook:
         """ "Room is held for ..." naming the earliest reservation (built once per set of reservations)."""
         if self._held is None:
             first = min(self.current.values(), key=lambda r: r.start)
-            self._held = reservation_reason(first, own=False)
+            held = reservation_reason(first, own=False)
+            # The same reason as the last step's is kept as the same object: callers that compare every pending
+            # job's reasons with the last ones stored (the live service) then compare by identity.
+            if held != self._last_held:
+                self._last_held = held
+            self._held = self._last_held
         return self._held
 
     def end(self, state: ClusterState) -> None:

@@ -196,7 +196,7 @@ class SchedulerCore:
         #: The state the last step ran on: kept reservations and the history's rates describe it. Another state
         #: (a fork for a forecast, a rebuilt state) starts both over.
         self._stepped: ClusterState | None = None
-        self._domestic_jobs: dict[tuple[str, str, DomesticPreference], Job] = {}
+        self._domestic_jobs: dict[tuple[str, str, DomesticPreference], tuple[Job, Job]] = {}
         #: The policy's domestic preference per (queue, tenant) a job names (cleared with a new policy).
         self._domestic_policy: dict[tuple[str, str], DomesticPreference] = {}
         self._ncu_state: ClusterState | None = None
@@ -519,12 +519,13 @@ class SchedulerCore:
             return job
         key = (job.id, job.queue, policy)
         cached = self._domestic_jobs.get(key)
-        if cached is None or cached is not job:
-            cached = job.model_copy(update={"domestic": policy})
+        # Kept with the job it was copied from: a new version of the job (same id) is copied afresh.
+        if cached is None or cached[0] is not job:
+            cached = (job, job.model_copy(update={"domestic": policy}))
             if len(self._domestic_jobs) > 100_000:
                 self._domestic_jobs.clear()
             self._domestic_jobs[key] = cached
-        return cached
+        return cached[1]
 
     def _admission(self, state: ClusterState, queue: str | None, job: Job) -> Admission | None:
         if queue is None:
@@ -579,11 +580,11 @@ class SchedulerCore:
         self, state: ClusterState, job: Job, queue: str | None, admit: Admission | None, now: float
     ) -> Decision | None:
         """Start ``job`` on reserved room if it ends before every reservation it would touch starts."""
-        estimate = self.runtimes.estimate(job)
-        if estimate is None:
-            return None
         shape = (shape_key(job), job.queue, job.tenant)
         if shape in self.books.backfill_misses:
+            return None
+        estimate = self.runtimes.estimate(job)
+        if estimate is None:
             return None
         earliest_end = now + estimate / _fastest(self, job)
         # Lifting helps only where a reservation the job would end before hides at least one worker's worth of

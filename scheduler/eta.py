@@ -61,7 +61,7 @@ import statistics
 import weakref
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
@@ -214,11 +214,15 @@ class Calibration:
         self.least = least
         self._first: dict[str, tuple[float, float]] = {}
         self._ratios: deque[float] = deque(maxlen=window)
+        #: The median of ``_ratios`` until a job starts (every pending job's forecast is scaled by it).
+        self._factor: float | None = None
 
     @property
     def factor(self) -> float:
         """Real over forecast wait, the median of the recent jobs (1 until ``least`` jobs have started)."""
-        return statistics.median(self._ratios) if len(self._ratios) >= self.least else 1.0
+        if self._factor is None:
+            self._factor = statistics.median(self._ratios) if len(self._ratios) >= self.least else 1.0
+        return self._factor
 
     def remember(self, job_id: str, made: float, start: float) -> None:
         if job_id not in self._first:
@@ -228,6 +232,7 @@ class Calibration:
         first = self._first.pop(job_id, None)
         if first is not None and first[1] - first[0] > 1.0:
             self._ratios.append(max(at - first[0], 0.0) / (first[1] - first[0]))
+            self._factor = None
 
     def forget_except(self, keep: set[str]) -> None:
         for job_id in [j for j in self._first if j not in keep]:
@@ -274,6 +279,60 @@ def forecast(
     With ``calibrate`` (the default) the planned waits are scaled by the forecasts' own track record
     (:class:`Calibration`); with ``expect_arrivals`` the exact forecast also expects the arrivals of
     :class:`ArrivalModel` (off by default: measured worse on bursty traces, ``benchmarks/README.md``)."""
+    return _drain(
+        forecasting(
+            core,
+            state,
+            pending,
+            now,
+            max_events,
+            method=method,
+            exact_budget=exact_budget,
+            expect_arrivals=expect_arrivals,
+            calibrate=calibrate,
+        )
+    )
+
+
+#: How many jobs the aggregate plan books between two yields of :func:`forecasting`.
+SLICE_JOBS = 256
+#: The aggregate plan's grid (see the module doc): relative step far from now, and the finest step near it.
+RESOLUTION = 1 / 8
+MIN_RESOLUTION_S = 60.0
+
+
+def forecasting(
+    core: SchedulerCore,
+    state: ClusterState,
+    pending: Iterable[Job],
+    now: float,
+    max_events: int = 10_000,
+    *,
+    method: Literal["auto", "exact", "aggregate"] = "auto",
+    exact_budget: int = 10_000,
+    expect_arrivals: bool = False,
+    calibrate: bool = True,
+) -> Generator[None, None, Forecast]:
+    """:func:`forecast` a slice at a time: a generator that yields every :data:`SLICE_JOBS` jobs the aggregate
+    plan books and returns the forecast (``StopIteration.value``). A caller with a deadline plans a long queue
+    over several turns (the live service, a slice per cycle, so that planning 100,000 jobs never holds a cycle
+    up). ``state`` may change between slices: jobs that started meanwhile are skipped, a pool is read when the
+    plan first needs it. The exact forecast (short queues) works on copies and runs in one slice::
+
+        >>> from scheduler.model import Node
+        >>> state = ClusterState([Node(id="n1", model="A100", devices=8, cpu_milli=64000, memory_mib=512000)])
+        >>> core = SchedulerCore()
+        >>> _ = core.step(state, [Job(id="running", devices_per_worker=8, runtime_s=600)], now=0.0)
+        >>> steps = forecasting(core, state, [Job(id="next", devices_per_worker=8)], now=100.0, method="aggregate")
+        >>> while True:
+        ...     try:
+        ...         next(steps)  # the caller's deadline would be checked here
+        ...     except StopIteration as done:
+        ...         result = done.value
+        ...         break
+        >>> result.starts
+        {'next': 600.0}
+    """
     jobs = list(pending)
     record = calibration(core) if calibrate else None
     if record is not None:
@@ -291,7 +350,7 @@ def forecast(
         queued = len(jobs) + len(arrivals)
         method = "exact" if queued * (ends + queued) <= exact_budget else "aggregate"
     if method == "aggregate":
-        result = aggregate_forecast(core, state, jobs, now)
+        result = yield from _aggregate(core, state, jobs, now, RESOLUTION, MIN_RESOLUTION_S)
     else:
         result = exact_forecast(core, state, jobs, now, max_events, arrivals)
     if record is not None:
@@ -300,6 +359,15 @@ def forecast(
                 record.remember(job_id, now, start)
                 result.starts[job_id] = record.scaled(start, now)
     return result
+
+
+def _drain(steps: Generator[None, None, Forecast]) -> Forecast:
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: Forecast = done.value
+            return result
 
 
 def exact_forecast(
@@ -386,23 +454,39 @@ def aggregate_forecast(
     pending: Iterable[Job],
     now: float,
     *,
-    resolution: float = 1 / 8,
-    min_resolution_s: float = 60.0,
+    resolution: float = RESOLUTION,
+    min_resolution_s: float = MIN_RESOLUTION_S,
 ) -> Forecast:
     """Plan every job in ``pending`` on per-pool capacity profiles, in the core's order (see the module doc).
 
     ``core`` and ``state`` are only read. Cost: one pass over the jobs; per job, a search and a booking over
     the breakpoints its runtime spans, which the grid keeps to a few hundred per pool.
     """
+    return _drain(_aggregate(core, state, pending, now, resolution, min_resolution_s))
+
+
+def _aggregate(
+    core: SchedulerCore,
+    state: ClusterState,
+    pending: Iterable[Job],
+    now: float,
+    resolution: float,
+    min_resolution_s: float,
+) -> Generator[None, None, Forecast]:
     planner = _Planner(core, state, now, resolution, min_resolution_s)
     by_id = {job.id: job for job in pending}
     jobs = planner.effective(list(by_id.values()))
     result = Forecast(starts=dict.fromkeys(by_id), method="aggregate", horizon=now)
+    yield
     planner.prepare(jobs)
-    order = core.ordered(jobs, planner.share, state, now)
+    yield
+    order = iter(core.ordered(jobs, planner.share, state, now))
+    yield
     starts, pools, plan = result.starts, result.pools, planner.plan
     running = state.allocations
-    for job in order:
+    for n, job in enumerate(order, 1):
+        if not n % SLICE_JOBS:
+            yield
         if job.id in running:
             continue  # already started: nothing to estimate
         planned = plan(job)

@@ -227,6 +227,11 @@ class Job(_Frozen):
         )
 
     @cached_property
+    def fifo_key(self) -> tuple[int, float, str]:
+        """The FIFO order: higher priority first, then earlier submission, then id."""
+        return (-self.priority, self.submit_time, self.id)
+
+    @cached_property
     def total_device_milli(self) -> int:
         return self.device_milli * self.workers
 
@@ -285,7 +290,14 @@ class LedgerEntry:
 
 
 #: Cached properties of :class:`Job` (they live in the instance dict, which ``model_copy`` would copy).
-_DERIVED = ("device_milli", "whole_devices", "is_fractional", "total_device_milli", "placement_shape")
+_DERIVED = (
+    "device_milli",
+    "whole_devices",
+    "is_fractional",
+    "total_device_milli",
+    "placement_shape",
+    "fifo_key",
+)
 
 
 class ReasonCode(StrEnum):

@@ -230,6 +230,8 @@ class DurationPredictor:
         self._answered: dict[str, str] = {}
         #: Real runtime over the user's own estimate, per user and over everybody.
         self._ratios: dict[tuple[str, ...], deque[float]] = {}
+        #: The median of each ratio window, kept until the window changes (a forecast asks for every pending job).
+        self._medians: dict[tuple[str, ...], float] = {}
 
     @staticmethod
     def _keys(job: Job) -> list[tuple[object, ...]]:
@@ -253,6 +255,7 @@ class DurationPredictor:
                 if ratios is None:
                     ratios = self._ratios[ratio_key] = deque(maxlen=self.window * 5)
                 ratios.append(reference_seconds / job.runtime_s)
+                self._medians.pop(ratio_key, None)
         for key in self._keys(job):
             group = self._groups.get(key)
             if group is None:
@@ -287,9 +290,13 @@ class DurationPredictor:
         """
         if job.runtime_s:
             for ratio_key in (("ratio", job.tenant, job.user), ("ratio",)):
-                ratios = self._ratios.get(ratio_key)
-                if ratios is not None and len(ratios) >= 3:
-                    return job.runtime_s * statistics.median(ratios)
+                median = self._medians.get(ratio_key)
+                if median is None:
+                    ratios = self._ratios.get(ratio_key)
+                    if ratios is None or len(ratios) < 3:
+                        continue
+                    median = self._medians[ratio_key] = statistics.median(ratios)
+                return job.runtime_s * median
             return job.runtime_s
         for key in self._keys(job):
             group = self._groups.get(key)

@@ -221,7 +221,11 @@ class PlacementEngine:
         if tried and not refused:
             if len(self._infeasible_shapes) > 100_000:
                 self._infeasible_shapes.clear()
-            self._infeasible_shapes[shape] = (epoch, tuple(result.reasons))
+            reasons = tuple(result.reasons)
+            if whole_miss is not None and whole_miss[1] == reasons:
+                # Kept as the same objects while they read the same (callers compare reasons step after step).
+                reasons = whole_miss[1]
+            self._infeasible_shapes[shape] = (epoch, reasons)
         if not tried:
             wanted = ", ".join(job.models) if job.models else f"any model that runs {job.job_class.value}"
             domestic = " (domestic only)" if job.domestic is DomesticPreference.REQUIRED else ""

@@ -36,14 +36,15 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from scheduler.core import SchedulerCore
-from scheduler.eta import forecast
+from scheduler.eta import Forecast, forecasting
 from scheduler.live.capacity import CapacityManager
 from scheduler.live.executors.base import ExecutionStatus, Executor, ExecutorError, LaunchRequest, Phase
+from scheduler.live.heap import LongLivedHeap
 from scheduler.live.serving.controller import ServeController
 from scheduler.live.store import (
     Changes,
@@ -91,6 +92,9 @@ class ServiceConfig:
     lease_s: float = 10.0
     #: How often every pending job's estimated start is recomputed.
     eta_every_s: float = 5.0
+    #: A cycle plans estimated starts for at most this long: a long queue is planned over several cycles
+    #: (100,000 pending jobs take about a second, which would hold up the cycle it fell on).
+    eta_slice_s: float = 0.05
     #: How often worker logs are copied into the database.
     logs_every_s: float = 1.0
     #: A run that fails is retried this many times (new attempt each) before the job fails for good.
@@ -212,6 +216,8 @@ class SchedulerService:
         self._missing: dict[str, int] = {}
         self._last_step = float("-inf")
         self._last_eta = float("-inf")
+        #: The estimated-start pass in progress (planned a slice per cycle), if any.
+        self._eta: Generator[None, None, Forecast] | None = None
         self._last_logs = float("-inf")
         self._dirty = True
         self._adopted = False
@@ -240,6 +246,7 @@ class SchedulerService:
             unwatch()
 
     def _loop(self, stop: threading.Event, last: float) -> None:
+        heap = LongLivedHeap()
         while not stop.is_set():
             gap = self.config.min_interval_s - (time.monotonic() - last)
             if gap > 0 and stop.wait(gap):
@@ -256,6 +263,7 @@ class SchedulerService:
             except Exception:
                 log.exception("scheduler cycle failed; retrying")
                 self._lose_leadership()
+            heap.after_cycle()
             self._wake.wait(self._pause())
             self._wake.clear()
 
@@ -309,9 +317,7 @@ class SchedulerService:
         if now - self._last_logs >= self.config.logs_every_s:
             self._copy_logs()
             self._last_logs = now
-        if now - self._last_eta >= self.config.eta_every_s:
-            self._refresh_eta(now)
-            self._last_eta = now
+        self._refresh_eta(now)
         # 7. Serve: scale services and roll updates (their replica jobs are placed by the next cycles' steps).
         if self.serving is not None:
             self.serving.step(self, now)
@@ -793,11 +799,23 @@ class SchedulerService:
             self.store.append_logs(chunks)
 
     def _refresh_eta(self, now: float) -> None:
-        pending = [self._jobs[k] for k in self._jobs if k[0] not in self._active]
-        if not pending:
-            return
-        result = forecast(self.core, self.state, pending, now)
-        self.store.set_estimated_starts(result.starts)
+        """Every ``eta_every_s`` a new pass over the pending jobs starts; each cycle plans ``eta_slice_s`` of it,
+        and the pass's estimates are stored when it is done."""
+        if self._eta is None:
+            if now - self._last_eta < self.config.eta_every_s:
+                return
+            pending = [self._jobs[k] for k in self._jobs if k[0] not in self._active]
+            if not pending:
+                return
+            self._eta = forecasting(self.core, self.state, pending, now)
+            self._last_eta = now
+        deadline = time.monotonic() + self.config.eta_slice_s
+        try:
+            while time.monotonic() < deadline:
+                next(self._eta)
+        except StopIteration as done:
+            self._eta = None
+            self.store.set_estimated_starts(done.value.starts)
 
     # ------------------------------------------------------------------------------------------ helpers
 
