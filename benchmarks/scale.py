@@ -11,10 +11,12 @@ On a fresh PostgreSQL database (created on ``--postgres-url``'s server, dropped 
 2. **scheduler** — with the agents still running: ``--jobs`` pending jobs written straight into the table (the
    tenant mix of the center, spread over the fleet's six models), then the real scheduler service on the SQL
    store with :class:`~scheduler.live.executors.instant.InstantExecutor` (launches accepted at once, runs of 2-10
-   minutes), for ``--scheduler-duration`` seconds. Figures: the first cycle (adopting and reading everything),
-   then cycle times with work to do and idle, submit → decided (a decision committed for a job submitted through
-   the API), and a database failover in the middle (every connection to the database terminated): how long the
-   service paused, the lease term before and after, and whether any (job, attempt) was launched twice.
+   minutes). Figures: the first cycle (adopting and reading everything), then over a steady window of
+   ``--scheduler-duration`` seconds cycle times with work to do and idle, the estimated-start slices and how often
+   a whole pass was stored, submit → decided (a decision committed for a job submitted through the API); then a
+   database failover (every connection to the database terminated for ``--outage`` seconds): how long the
+   service took to be back (leader, a whole cycle done), the lease term before and after, submit → decided while
+   it recovered, and whether any (job, attempt) was launched twice.
 3. **mixed** — the agents and the scheduler stopped: locust's mixed tenant profile (``benchmarks/locustfile.py``,
    ``Tenant``) through the API processes for ``--mixed-duration`` seconds; requests/s, p50/p99, errors, whether
    every accepted job is stored; with ``--flood`` one more client floods ``GET /v1/jobs`` with one token.
@@ -32,11 +34,13 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import itertools
 import json
 import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -393,10 +397,21 @@ def phase_agents(args: argparse.Namespace, api: Api, cpu: Cpu, node_token: str, 
 
 
 class TimedStore:
-    """Wraps the SQL service store: when each job first got a committed decision."""
+    """Wraps the SQL service store: when each job first got a committed decision, when estimates were stored."""
 
-    def __init__(self, store: Any, decided: dict[str, float]) -> None:
-        self._store, self._decided = store, decided
+    def __init__(self, store: Any, decided: dict[str, float], eta_stored: list[float]) -> None:
+        self._store, self._decided, self._eta_stored = store, decided, eta_stored
+        #: Every read of the change feed: (when, job ids, node ids, resync).
+        self.feed: list[tuple[float, int, int, bool]] = []
+
+    def changes(self, cursor: Any) -> Any:
+        found = self._store.changes(cursor)
+        self.feed.append((time.time(), len(found.jobs), len(found.nodes), found.resync))
+        return found
+
+    def set_estimated_starts(self, starts: Any) -> None:
+        self._eta_stored.append(time.time())
+        self._store.set_estimated_starts(starts)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -418,23 +433,28 @@ def phase_scheduler(args: argparse.Namespace, api: Api, cpu: Cpu) -> dict[str, A
     inserted_s = insert_jobs(api.database_url, args.jobs)
     engine = make_engine(api.database_url, pool_size=4)
     decided: dict[str, float] = {}
-    store = TimedStore(SqlServiceStore(engine), decided)
+    eta_stored: list[float] = []
+    store = TimedStore(SqlServiceStore(engine), decided, eta_stored)
     rng = random.Random(7)
     executor = InstantExecutor(runtime=lambda request: rng.uniform(120, 600))
     service = SchedulerService(store, executor, ServiceConfig(holder="scale-bench"))
     cycles: list[tuple[float, float, Any, int | None]] = []
+    #: The scheduler thread's own CPU seconds per cycle (what a cycle costs, whatever else the cores ran).
+    cycle_cpu: list[tuple[float, float, bool, bool]] = []
     original = service.cycle
 
     def timed() -> Any:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         report = original()
         cycles.append((time.time(), time.perf_counter() - start, report, service.term))
+        cycle_cpu.append((time.time(), time.thread_time() - cpu_start, _busy(report), report.planned_eta))
         return report
 
     service.cycle = timed  # type: ignore[method-assign]
-    # Where the time of a cycle goes: the policy core's step and the estimated-start pass are O(pending) by design.
-    parts: dict[str, list[float]] = {"core_step": [], "eta_pass": []}
-    eta_at: list[float] = []
+    # Where the time of a cycle goes: the policy core's step is O(pending) by design; the estimated-start pass is
+    # too, but planned a slice per cycle (``ServiceConfig.eta_slice_s``): each cycle's slice is timed, and when
+    # each whole pass was stored (how fresh the estimates a tenant sees are).
+    parts: dict[str, list[float]] = {"core_step": [], "eta_slice": []}
 
     def timing(name: str, function: Any) -> Any:
         def timed_part(*args: Any, **kwargs: Any) -> Any:
@@ -443,13 +463,11 @@ def phase_scheduler(args: argparse.Namespace, api: Api, cpu: Cpu) -> dict[str, A
                 return function(*args, **kwargs)
             finally:
                 parts[name].append(time.perf_counter() - start)
-                if name == "eta_pass":
-                    eta_at.append(time.time())
 
         return timed_part
 
     service.core.step = timing("core_step", service.core.step)  # type: ignore[method-assign]
-    service._refresh_eta = timing("eta_pass", service._refresh_eta)  # type: ignore[method-assign]
+    service._refresh_eta = timing("eta_slice", service._refresh_eta)  # type: ignore[method-assign]
     stop = threading.Event()
     thread = threading.Thread(target=service.run, args=(stop,), name="scheduler", daemon=True)
     before = cpu.sample()
@@ -462,11 +480,12 @@ def phase_scheduler(args: argparse.Namespace, api: Api, cpu: Cpu) -> dict[str, A
     token = api.call("POST", "/v1/tokens", api.admin, {"user": users["id"], "name": "probe"})["token"]
     failover: dict[str, Any] = {}
     probe_rng = random.Random(3)
+    recovered_at: float | None = None
     with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as client:
         n = 0
-        while time.time() - t0 < args.scheduler_duration:
-            if not failover and time.time() - t0 > args.scheduler_duration / 2:
-                failover = fail_over(api.database_url, args.outage)
+
+        def probe() -> None:
+            nonlocal n
             spec = job_spec(probe_rng, "acme", 10_000_000 + n)
             sent = time.time()
             try:
@@ -480,6 +499,22 @@ def phase_scheduler(args: argparse.Namespace, api: Api, cpu: Cpu) -> dict[str, A
                     probe_errors[f"HTTP {r.status_code}"] += 1
             n += 1
             time.sleep(1.0 / args.probe_rate)
+
+        # The steady window starts when the cold start (reading and deciding everything once) is over.
+        while not cycles and time.time() - t0 < 600:
+            probe()
+        steady_from = time.time()
+        while time.time() - steady_from < args.scheduler_duration:
+            probe()
+        steady_until = time.time()
+        # Then the failover, and the service's way back: leader again, with a whole cycle behind it.
+        failover = fail_over(api.database_url, args.outage)
+        back = failover["at"] + failover["outage_s"]
+        while time.time() - back < args.recovery:
+            probe()
+            if any(c[0] > back and c[2].leader for c in cycles):
+                recovered_at = time.time()
+                break
         time.sleep(5)
     stop.set()
     thread.join(timeout=600)  # the cycle in progress finishes: nothing of it may overlap the next phase
@@ -487,13 +522,16 @@ def phase_scheduler(args: argparse.Namespace, api: Api, cpu: Cpu) -> dict[str, A
     wall = time.time() - t0
     engine.dispose()
     first = cycles[0] if cycles else None
-    rest = cycles[1:]
+    rest = [c for c in cycles[1:] if steady_from <= c[0] <= steady_until]
     busy = [c[1] for c in rest if _busy(c[2])]
-    idle = [c[1] for c in rest if not _busy(c[2])]
-    # A cycle that ran the estimated-start pass ended just after it did.
-    with_eta = {min(range(len(cycles)), key=lambda i: abs(cycles[i][0] - t)) for t in eta_at} if cycles else set()
-    busy_no_eta = [c[1] for i, c in enumerate(cycles) if i and _busy(c[2]) and i not in with_eta]
-    latency = [decided[j] - t for j, t in submitted.items() if j in decided]
+    # Idle: nothing changed and no slice of the estimated-start pass was due (a slice is ``eta_slice_s`` of work).
+    idle = [c[1] for c in rest if not _busy(c[2]) and not c[2].planned_eta]
+    eta_only = [c[1] for c in rest if not _busy(c[2]) and c[2].planned_eta]
+    steady_cpu = [c for c in cycle_cpu[1:] if steady_from <= c[0] <= steady_until]
+    steady_eta = [t for t in eta_stored if steady_from <= t <= steady_until]
+    eta_gaps = [b - a for a, b in itertools.pairwise(steady_eta)]
+    latency = [decided[j] - t for j, t in submitted.items() if j in decided and steady_from <= t <= steady_until]
+    during_failover = [decided[j] - t for j, t in submitted.items() if j in decided and t > steady_until]
     launched = collections.Counter(executor.launched)
     if failover:
         at = failover["at"]
@@ -501,6 +539,8 @@ def phase_scheduler(args: argparse.Namespace, api: Api, cpu: Cpu) -> dict[str, A
         after_f = [c for c in cycles if c[0] > at + failover["outage_s"] and c[2].leader]
         failover.update(
             {
+                "recovered_after_s": round(recovered_at - at, 2) if recovered_at else None,
+                "submit_to_decided_while_recovering": _ms_summary(during_failover),
                 "leader_again_after_s": round(after_f[0][0] - at, 2) if after_f else None,
                 "term_before": before_f[-1][3] if before_f else None,
                 "term_after": after_f[0][3] if after_f else None,
@@ -513,11 +553,28 @@ def phase_scheduler(args: argparse.Namespace, api: Api, cpu: Cpu) -> dict[str, A
         "first_cycle_s": round(first[1], 2) if first else None,
         "first_cycle": _describe(first[2]) if first else None,
         "cycles": len(cycles),
+        "steady_window_s": round(steady_until - steady_from, 1),
+        # Every cycle: (seconds since the service started, wall s, stepped, starts, pending).
+        "cycle_timeline": [
+            (round(c[0] - t0, 1), round(c[1], 3), c[2].stepped, len(c[2].started), c[2].pending) for c in cycles
+        ],
+        "feed_timeline": [(round(t - t0, 1), jobs, nodes, resync) for t, jobs, nodes, resync in store.feed],
+        "probe_latency_timeline": sorted(
+            (round(t - t0, 1), round(decided[j] - t, 1) if j in decided else None) for j, t in submitted.items()
+        ),
+        "steady_cycles": len(rest),
         "cycle_with_work": _ms_summary(busy),
-        "cycle_with_work_without_eta_pass": _ms_summary(busy_no_eta),
+        "cycle_with_work_cpu": _ms_summary([c[1] for c in steady_cpu if c[2]]),
+        "cycle_idle_cpu": _ms_summary([c[1] for c in steady_cpu if not c[2] and not c[3]]),
         "core_step": _ms_summary(parts["core_step"][1:]),
-        "eta_pass": _ms_summary(parts["eta_pass"][1:]),
+        "eta_slice": _ms_summary(parts["eta_slice"][1:]),
+        "eta_passes_stored": len(eta_stored),
+        "eta_pass_every_s": {
+            "median": round(statistics.median(eta_gaps), 1) if eta_gaps else None,
+            "max": round(max(eta_gaps), 1) if eta_gaps else None,
+        },
         "cycle_idle": _ms_summary(idle),
+        "cycle_eta_slice_only": _ms_summary(eta_only),
         "started_total": sum(len(c[2].started) for c in cycles),
         "finished_total": sum(len(c[2].finished) for c in cycles),
         "pending_at_end": cycles[-1][2].pending if cycles else None,
@@ -813,6 +870,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scheduler-duration", type=float, default=180.0)
     parser.add_argument("--probe-rate", type=float, default=5.0, help="submissions per second timed to decided")
     parser.add_argument("--outage", type=float, default=5.0, help="seconds the database is away in the failover")
+    parser.add_argument("--recovery", type=float, default=300.0, help="seconds the service may take to come back")
     parser.add_argument("--mixed-duration", type=int, default=60)
     parser.add_argument("--users", type=int, default=64)
     parser.add_argument("--locust-processes", type=int, default=2)

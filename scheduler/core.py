@@ -282,23 +282,20 @@ class SchedulerCore:
         backfilled = self._backfill(state, job, queue, admit, now) if self.books.current else None
         if backfilled is not None:
             return [backfilled]
-        rule = self._rule(ordering, state, now, walk) if ordering in PREEMPTIVE else None
-        # Job shapes that found no victims this step: victims only get scarcer as the step goes on.
-        miss_key: tuple[object, ...] = (shape_key(job), queue, job.priority, job.tenant)
-        if rule is not None:
-            miss_key += (rule.signature(job),)
-        if (
-            queueing.preemption
-            and walk.preemption_attempts < queueing.max_preemption_attempts
-            and miss_key not in walk.preemption_misses
-        ):
-            walk.preemption_attempts += 1
-            preempted = self._preempt(state, job, queue, now, rule)
-            if preempted:
-                walk.preemption_misses.clear()
-                self.books.backfill_misses.clear()
-                return preempted
-            walk.preemption_misses.add(miss_key)
+        if queueing.preemption and walk.preemption_attempts < queueing.max_preemption_attempts:
+            rule = self._rule(ordering, state, now, walk) if ordering in PREEMPTIVE else None
+            # Job shapes that found no victims this step: victims only get scarcer as the step goes on.
+            miss_key: tuple[object, ...] = (shape_key(job), queue, job.priority, job.tenant)
+            if rule is not None:
+                miss_key += (rule.signature(job),)
+            if miss_key not in walk.preemption_misses:
+                walk.preemption_attempts += 1
+                preempted = self._preempt(state, job, queue, now, rule)
+                if preempted:
+                    walk.preemption_misses.clear()
+                    self.books.backfill_misses.clear()
+                    return preempted
+                walk.preemption_misses.add(miss_key)
         reasons = list(result.reasons)
         if (
             queueing.backfill

@@ -127,6 +127,8 @@ class CycleReport:
     orphans_stopped: list[str] = field(default_factory=list)
     pending: int = 0
     stepped: bool = False
+    #: A slice of the estimated-start pass was planned in this cycle.
+    planned_eta: bool = False
 
 
 @dataclass
@@ -317,7 +319,7 @@ class SchedulerService:
         if now - self._last_logs >= self.config.logs_every_s:
             self._copy_logs()
             self._last_logs = now
-        self._refresh_eta(now)
+        self._refresh_eta(now, report)
         # 7. Serve: scale services and roll updates (their replica jobs are placed by the next cycles' steps).
         if self.serving is not None:
             self.serving.step(self, now)
@@ -531,10 +533,14 @@ class SchedulerService:
                     self._missing.pop(job_id, None)
                     self._requeue(job_id, now, StopCause.NODE_LOST, "its workers disappeared from the cluster", report)
                 continue
-            self._missing.pop(job_id, None)
-            if status.phase is Phase.RUNNING and active.state is JobState.STARTING:
-                running.append(active)
-            elif status.terminal:
+            if self._missing:
+                self._missing.pop(job_id, None)
+            # Most of 10,000s of jobs are running and stay so: that case first, with no property looked up.
+            phase = status.phase
+            if phase is Phase.RUNNING:
+                if active.state is JobState.STARTING:
+                    running.append(active)
+            elif phase.terminal:
                 self._finish(active, status, now, report)
         # Every start the executor confirmed this cycle, in one write (a cold start confirms thousands at once).
         moved = self.store.transition_many(
@@ -798,7 +804,7 @@ class SchedulerService:
         if chunks:
             self.store.append_logs(chunks)
 
-    def _refresh_eta(self, now: float) -> None:
+    def _refresh_eta(self, now: float, report: CycleReport) -> None:
         """Every ``eta_every_s`` a new pass over the pending jobs starts; each cycle plans ``eta_slice_s`` of it,
         and the pass's estimates are stored when it is done."""
         if self._eta is None:
@@ -810,7 +816,9 @@ class SchedulerService:
             self._eta = forecasting(self.core, self.state, pending, now)
             self._last_eta = now
         deadline = time.monotonic() + self.config.eta_slice_s
+        report.planned_eta = True
         try:
+            next(self._eta)  # at least one slice a cycle, however small the budget
             while time.monotonic() < deadline:
                 next(self._eta)
         except StopIteration as done:

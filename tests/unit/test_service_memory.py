@@ -208,3 +208,29 @@ def test_a_joining_node_is_not_reported_lost_but_a_vanished_one_is(caplog: pytes
     said = [r for r in caplog.records if "cannot reach it" in r.getMessage()]
     assert len(said) == 1 and "h0" in said[0].getMessage()
     assert store.job("j1").record.state is JobState.PENDING
+
+
+def test_a_long_queue_is_planned_over_several_cycles_and_stored_when_the_pass_is_done() -> None:
+    # One 8-device node busy for an hour and 1,200 jobs behind it: the aggregate forecast (a queue this long is
+    # not fast-forwarded), a slice (256 jobs) per cycle with no time budget, the estimates stored once, at the end.
+    store, _executor, service, clock = deployment(nodes=1)
+    service.config = ServiceConfig(holder="svc-a", eta_slice_s=0.0)
+    store.submit("first", spec("first", 3600, walltime_s=3600), tenant="acme", user="ann", now=clock.now)
+    service.cycle()
+    for n in range(1200):
+        store.submit(f"q{n:04d}", spec(f"q{n}", 600, walltime_s=600), tenant="acme", user=f"u{n % 3}", now=clock.now)
+    cycles = 0
+    while cycles < 20:
+        clock.now += 0.2
+        service.cycle()
+        cycles += 1
+        if store.job("q0000").estimated_start is not None:
+            break
+    assert 4 <= cycles < 20, "the pass was planned in one cycle, or never finished"
+    estimates = {job_id: s.estimated_start for job_id, s in store.stored.items() if job_id.startswith("q")}
+    assert all(start is not None for start in estimates.values())
+    # The node frees when the core expects the first job to end, then takes one job at a time.
+    ordered = sorted(estimates.values())
+    first_end = service.state.running["first"].expected_end
+    assert first_end is not None and first_end <= ordered[0] < first_end + 60
+    assert len(set(ordered)) == len(ordered) and ordered[-1] - ordered[0] > 1000 * (ordered[1] - ordered[0]) / 2
