@@ -92,9 +92,12 @@ class ServiceConfig:
     lease_s: float = 10.0
     #: How often every pending job's estimated start is recomputed.
     eta_every_s: float = 5.0
-    #: A cycle plans estimated starts for at most this long: a long queue is planned over several cycles
-    #: (100,000 pending jobs take about a second, which would hold up the cycle it fell on).
+    #: A cycle plans estimated starts for ``eta_slice_s`` or ``eta_share`` of the time the cycle took so far,
+    #: whichever is longer: a long queue is planned over several cycles (100,000 pending jobs take a second or
+    #: two, which would hold up the cycle it fell on), and the pass takes about a fifth of the service's time
+    #: however slow its cycles are (a pass of 2 s in 3-second cycles is stored every 10 s or so).
     eta_slice_s: float = 0.05
+    eta_share: float = 0.25
     #: How often worker logs are copied into the database.
     logs_every_s: float = 1.0
     #: A run that fails is retried this many times (new attempt each) before the job fails for good.
@@ -220,6 +223,7 @@ class SchedulerService:
         self._last_eta = float("-inf")
         #: The estimated-start pass in progress (planned a slice per cycle), if any.
         self._eta: Generator[None, None, Forecast] | None = None
+        self._cycle_began = time.monotonic()
         self._last_logs = float("-inf")
         self._dirty = True
         self._adopted = False
@@ -287,6 +291,7 @@ class SchedulerService:
         """One reconcile-and-schedule pass. Returns what it did; does nothing but wait unless it is the leader."""
         report = CycleReport()
         now = self.clock()
+        self._cycle_began = time.monotonic()
         # 1. Hold the lease: only the leader reconciles and schedules.
         if not self._hold_lease(now):
             if self.term is not None:
@@ -815,7 +820,8 @@ class SchedulerService:
                 return
             self._eta = forecasting(self.core, self.state, pending, now)
             self._last_eta = now
-        deadline = time.monotonic() + self.config.eta_slice_s
+        took = time.monotonic() - self._cycle_began
+        deadline = time.monotonic() + max(self.config.eta_slice_s, self.config.eta_share * took)
         report.planned_eta = True
         try:
             next(self._eta)  # at least one slice a cycle, however small the budget

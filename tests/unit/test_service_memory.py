@@ -214,7 +214,7 @@ def test_a_long_queue_is_planned_over_several_cycles_and_stored_when_the_pass_is
     # One 8-device node busy for an hour and 1,200 jobs behind it: the aggregate forecast (a queue this long is
     # not fast-forwarded), a slice (256 jobs) per cycle with no time budget, the estimates stored once, at the end.
     store, _executor, service, clock = deployment(nodes=1)
-    service.config = ServiceConfig(holder="svc-a", eta_slice_s=0.0)
+    service.config = ServiceConfig(holder="svc-a", eta_slice_s=0.0, eta_share=0.0)
     store.submit("first", spec("first", 3600, walltime_s=3600), tenant="acme", user="ann", now=clock.now)
     service.cycle()
     for n in range(1200):
