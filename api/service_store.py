@@ -33,6 +33,7 @@ from scheduler.live.store import (
     FeedCursor,
     Fence,
     FinishedRun,
+    JobEnd,
     JobRecord,
     LogChunkRow,
     NodeRecord,
@@ -449,33 +450,42 @@ class SqlServiceStore:
         return moved
 
     @_unavailable_as_store_error
-    def end(
-        self,
-        fence: Fence,
-        job_id: str,
-        now: float,
-        state: JobState,
-        message: str,
-        exit_code: int | None,
-        ledger: Sequence[LedgerEntry],
-    ) -> None:
+    def end(self, fence: Fence, now: float, ends: Sequence[JobEnd]) -> None:
+        if not ends:
+            return
+        statement = (
+            update(JOBS)
+            .where(JOBS.c.id == bindparam("job"))
+            .values(
+                state=bindparam("state"),
+                version=JOBS.c.version + 1,
+                finished_at=now,
+                updated_at=now,
+                message=bindparam("message"),
+                exit_code=bindparam("exit_code"),
+                estimated_start=None,
+            )
+        )
+        rows = [
+            {"job": e.job_id, "state": e.state.value, "message": e.message[:MESSAGE_CHARS], "exit_code": e.exit_code}
+            for e in ends
+        ]
         with self._writer.begin() as conn:
             self._fence(conn, fence)
-            conn.execute(
-                update(JOBS)
-                .where(JOBS.c.id == job_id)
-                .values(
-                    state=state.value,
-                    version=JOBS.c.version + 1,
-                    finished_at=now,
-                    updated_at=now,
-                    message=message[:MESSAGE_CHARS],
-                    exit_code=exit_code,
-                    estimated_start=None,
-                )
-            )
-            _write_ledger(conn, ledger)
-            _event(conn, job_id, now, state.value, message[:MESSAGE_CHARS], {"exit_code": exit_code})
+            for chunk in _chunks(rows, CHUNK * 4):
+                conn.execute(statement, chunk)
+            _write_ledger(conn, [entry for e in ends for entry in e.ledger])
+            events = [
+                {
+                    "job_id": e.job_id,
+                    "at": now,
+                    "kind": e.state.value,
+                    "message": e.message[:MESSAGE_CHARS],
+                    "data": {"exit_code": e.exit_code},
+                }
+                for e in ends
+            ]
+            conn.execute(insert(JOB_EVENTS), events)
 
     @_unavailable_as_store_error
     def requeue(

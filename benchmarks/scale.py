@@ -20,6 +20,8 @@ On a fresh PostgreSQL database (created on ``--postgres-url``'s server, dropped 
 3. **mixed** — the agents and the scheduler stopped: locust's mixed tenant profile (``benchmarks/locustfile.py``,
    ``Tenant``) through the API processes for ``--mixed-duration`` seconds; requests/s, p50/p99, errors, whether
    every accepted job is stored; with ``--flood`` one more client floods ``GET /v1/jobs`` with one token.
+4. **cycle** (alone: ``--phases cycle``) — the scheduler service by itself on the in-memory store: its cost per
+   cycle at ``--nodes`` and ``--jobs`` before the machine is shared with the API, the database and the agents.
 
 Each phase reports the CPU seconds of the API processes, PostgreSQL, Redis, the load generators and of the whole
 machine (what else ran beside it: other people's tests share these two cores).
@@ -27,6 +29,7 @@ machine (what else ran beside it: other people's tests share these two cores).
     .venv/bin/python benchmarks/scale.py                                   # everything, full size (~20 min)
     .venv/bin/python benchmarks/scale.py --nodes 1000 --jobs 10000 --agents-duration 60 --scheduler-duration 60
     .venv/bin/python benchmarks/scale.py --phases mixed --workers 2 --mixed-duration 60 --flood
+    .venv/bin/python benchmarks/scale.py --phases cycle --nodes 10000 --jobs 100000   # the service alone, in memory
 """
 
 from __future__ import annotations
@@ -781,7 +784,90 @@ def _flood(url: str, token: str, stop: threading.Event, out: dict[str, Any]) -> 
 # ------------------------------------------------------------------------------------------------ main
 
 
+def phase_cycle(args: argparse.Namespace) -> dict[str, Any]:
+    """The service's own cost per cycle, alone in this process: the same service code on the in-memory store, no
+    API, no database, no agents (what a cycle costs before the machine is shared). ``--nodes`` nodes of the
+    fleet's models, ``--jobs`` pending jobs of the tenant mix, then ``--cycles`` cycles 0.2 s apart with five
+    submissions every fifth cycle, run as :meth:`SchedulerService.run` runs them (what survived a cycle frozen)."""
+    import yaml
+
+    from scheduler.live.executors.instant import InstantExecutor
+    from scheduler.live.heap import LongLivedHeap
+    from scheduler.live.memory_store import MemoryStore
+    from scheduler.live.service import SchedulerService, ServiceConfig
+    from scheduler.model import Node
+    from scheduler.spec import JobSpec
+
+    store = MemoryStore()
+    store.set_policy(yaml.safe_load(POLICY))
+    for i in range(args.nodes):
+        model = MODELS[i % len(MODELS)]
+        store.put_node(Node(id=f"n{i:05d}", model=model, devices=8, cpu_milli=128_000, memory_mib=1024 * 1024))
+    rng = random.Random(1)
+    weighted = [t for t, w in TENANTS.items() for _ in range(w)]
+
+    def submit(job_id: str, n: int) -> None:
+        tenant = weighted[n % len(weighted)]
+        spec = JobSpec.model_validate(job_spec(rng, tenant, n))
+        store.submit(job_id, spec, tenant=tenant, user=f"bench@{tenant}", now=time.time())
+
+    for n in range(args.jobs):
+        submit(f"j{n:07d}", n)
+    runtimes = random.Random(7)
+    executor = InstantExecutor(runtime=lambda request: runtimes.uniform(120, 600))
+    service = SchedulerService(store, executor, ServiceConfig(holder="cycle-bench"))
+    parts: dict[str, list[float]] = collections.defaultdict(list)
+    for name in ("_reconcile", "_persist", "_refresh_eta", "_copy_logs"):
+        original = getattr(service, name)
+
+        def timed_part(*a: Any, _name: str = name, _original: Any = original, **k: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return _original(*a, **k)
+            finally:
+                parts[_name.lstrip("_")].append(time.perf_counter() - start)
+
+        setattr(service, name, timed_part)
+    step = service.core.step
+
+    def timed_step(*a: Any, **k: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return step(*a, **k)
+        finally:
+            parts["core_step"].append(time.perf_counter() - start)
+
+    service.core.step = timed_step  # type: ignore[method-assign]
+    heap = LongLivedHeap()
+    start = time.perf_counter()
+    service.cycle()
+    first = time.perf_counter() - start
+    heap.after_cycle()
+    parts.clear()
+    busy: list[float] = []
+    idle: list[float] = []
+    for k in range(args.cycles):
+        if k % 5 == 0:
+            for m in range(5):
+                submit(f"p{k}-{m}", m)
+        start = time.perf_counter()
+        report = service.cycle()
+        (busy if _busy(report) else idle).append(time.perf_counter() - start)
+        heap.after_cycle()
+        time.sleep(0.2)
+    return {
+        "nodes": args.nodes,
+        "jobs": args.jobs,
+        "first_cycle_s": round(first, 2),
+        "cycle_with_work": _ms_summary(busy),
+        "cycle_without_step": _ms_summary(idle),
+        **{name: _ms_summary(values) for name, values in sorted(parts.items())},
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.phases == {"cycle"}:
+        return {"cpus": os.cpu_count(), "cycle": phase_cycle(args)}
     tmp = Path(tempfile.mkdtemp(prefix="zhisuan-scale-"))
     (tmp / "policy.yaml").write_text(POLICY)
     database_url = create_postgres_database(args.postgres_url)
@@ -853,7 +939,8 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("ZHISUAN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
     )
     parser.add_argument("--redis-url", default=os.environ.get("ZHISUAN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    parser.add_argument("--phases", default="agents,scheduler,mixed")
+    parser.add_argument("--phases", default="agents,scheduler,mixed", help="or: cycle (the service alone, in memory)")
+    parser.add_argument("--cycles", type=int, default=30, help="cycles of the cycle phase")
     parser.add_argument("--workers", type=int, default=2, help="API processes")
     parser.add_argument("--rate-limit", default="50/s burst 200")
     parser.add_argument("--nodes", type=int, default=10_000)

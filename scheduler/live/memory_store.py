@@ -27,6 +27,7 @@ from scheduler.live.store import (
     FeedCursor,
     Fence,
     FinishedRun,
+    JobEnd,
     JobRecord,
     LogChunkRow,
     NodeRecord,
@@ -295,23 +296,16 @@ class MemoryStore:
         self._fence(fence)
         return {job_id for job_id, version in moves if self.transition(fence, job_id, version, state, now, message)}
 
-    def end(
-        self,
-        fence: Fence,
-        job_id: str,
-        now: float,
-        state: JobState,
-        message: str,
-        exit_code: int | None,
-        ledger: Sequence[LedgerEntry],
-    ) -> None:
+    def end(self, fence: Fence, now: float, ends: Sequence[JobEnd]) -> None:
         self._fence(fence)
-        assert state in TERMINAL_STATES
-        self._move(job_id, state=state)
-        stored = self.stored[job_id]
-        stored.finished_at, stored.message, stored.exit_code, stored.estimated_start = now, message, exit_code, None
-        self.ledger.extend(ledger)
-        self._event(job_id, now, state.value, message, {"exit_code": exit_code})
+        for end in ends:
+            assert end.state in TERMINAL_STATES
+            self._move(end.job_id, state=end.state)
+            stored = self.stored[end.job_id]
+            stored.finished_at, stored.message, stored.exit_code = now, end.message, end.exit_code
+            stored.estimated_start = None
+            self.ledger.extend(end.ledger)
+            self._event(end.job_id, now, end.state.value, end.message, {"exit_code": end.exit_code})
 
     def requeue(
         self,

@@ -50,6 +50,7 @@ from scheduler.live.store import (
     Changes,
     FeedCursor,
     Fence,
+    JobEnd,
     JobRecord,
     LogChunkRow,
     NodeRecord,
@@ -219,6 +220,9 @@ class SchedulerService:
         #: compare them cost more than the step's writes).
         self._reasons_written: dict[str, tuple[Reason, ...]] = {}
         self._missing: dict[str, int] = {}
+        #: Ends decided this cycle and not written yet, and the runs the executor may forget once they are.
+        self._ending: list[JobEnd] = []
+        self._forgetting: list[str] = []
         self._last_step = float("-inf")
         self._last_eta = float("-inf")
         #: The estimated-start pass in progress (planned a slice per cycle), if any.
@@ -328,6 +332,7 @@ class SchedulerService:
         # 7. Serve: scale services and roll updates (their replica jobs are placed by the next cycles' steps).
         if self.serving is not None:
             self.serving.step(self, now)
+        self._write_ends(now)
         return report
 
     # ------------------------------------------------------------------------------------------ leader lease
@@ -526,7 +531,7 @@ class SchedulerService:
             if active.state is JobState.CANCELLING:
                 self.executor.stop(job_id, "cancelled by the user")
                 self._end(active, now, JobState.CANCELLED, StopCause.CANCELLED, "cancelled", None, report)
-                self.executor.forget(job_id)
+                self._forgetting.append(job_id)
                 report.cancelled.append(job_id)
                 continue
             if status is None:
@@ -547,6 +552,7 @@ class SchedulerService:
                     running.append(active)
             elif phase.terminal:
                 self._finish(active, status, now, report)
+        self._write_ends(now)
         # Every start the executor confirmed this cycle, in one write (a cold start confirms thousands at once).
         moved = self.store.transition_many(
             self.fence, [(a.job_id, a.version) for a in running], JobState.RUNNING, now, "all workers are running"
@@ -598,9 +604,10 @@ class SchedulerService:
             self._requeue(active.job_id, now, StopCause.FAILED, message, report, retry=True)
         else:
             self._end(active, now, JobState.FAILED, StopCause.FAILED, message, exit_code, report)
-        # Every branch above stored the outcome, so the executor's own record of this attempt can go.
+        # Once the outcome is stored (requeued now, ended with the cycle's other ends), the executor's own record
+        # of this attempt can go.
         self.executor.stop(active.job_id, "finished")
-        self.executor.forget(active.job_id)
+        self._forgetting.append(active.job_id)
 
     # ------------------------------------------------------------------------------------------ schedule
 
@@ -639,6 +646,7 @@ class SchedulerService:
                 self.executor.stop(decision.job_id, "preempted")
         for job_id in report.started:
             self._launch(self._active[job_id], now, report)
+        self._write_ends(now)  # launches that failed for good
 
     def _persist(
         self, decisions: Sequence[Decision], versions: dict[str, int], now: float, report: CycleReport
@@ -713,9 +721,19 @@ class SchedulerService:
     ) -> None:
         entry = self.core.finish(self.state, active.job_id, now, cause)
         self._dirty = True
-        self.store.end(self.fence, active.job_id, now, state, message, exit_code, _entries(entry))
+        self._ending.append(JobEnd(active.job_id, state, message, exit_code, _entries(entry)))
         self._active.pop(active.job_id, None)
         report.finished.append(active.job_id)
+
+    def _write_ends(self, now: float) -> None:
+        """The ends of this cycle in one write; only then do the executor's records of those runs go (a crash in
+        between finds them again and ends them again)."""
+        if self._ending:
+            ends, self._ending = self._ending, []
+            self.store.end(self.fence, now, ends)
+        forget, self._forgetting = self._forgetting, []
+        for job_id in forget:
+            self.executor.forget(job_id)
 
     def _requeue(
         self,

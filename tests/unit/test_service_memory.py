@@ -6,6 +6,7 @@ succeeded with the ledger written, cancel, preemption, a lost node, retries, and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from scheduler.live.executors.base import LaunchRequest
 from scheduler.live.executors.instant import InstantExecutor
 from scheduler.live.memory_store import MemoryStore
 from scheduler.live.service import SchedulerService, ServiceConfig
-from scheduler.live.store import Fence, NotLeader
+from scheduler.live.store import Fence, JobEnd, NotLeader
 from scheduler.model import LedgerKind, Node
 from scheduler.spec import JobSpec, JobState
 
@@ -234,3 +235,26 @@ def test_a_long_queue_is_planned_over_several_cycles_and_stored_when_the_pass_is
     first_end = service.state.running["first"].expected_end
     assert first_end is not None and first_end <= ordered[0] < first_end + 60
     assert len(set(ordered)) == len(ordered) and ordered[-1] - ordered[0] > 1000 * (ordered[1] - ordered[0]) / 2
+
+
+def test_the_jobs_that_end_in_one_cycle_are_stored_in_one_write_before_the_executor_forgets_them() -> None:
+    store, executor, service, clock = deployment(nodes=3)
+    for n in range(3):
+        store.submit(f"j{n}", spec(f"train-{n}", 60), tenant="acme", user="ann", now=clock.now)
+    assert len(service.cycle().started) == 3
+    writes: list[list[str]] = []
+    write = store.end
+
+    def counted(fence: Fence, now: float, ends: Sequence[JobEnd]) -> None:
+        # The executor still knows every run whose end is being written.
+        assert all(executor.status(e.job_id) is not None for e in ends)
+        writes.append([e.job_id for e in ends])
+        write(fence, now, ends)
+
+    store.end = counted  # type: ignore[method-assign]
+    clock.now += 61
+    report = service.cycle()
+    assert sorted(report.finished) == ["j0", "j1", "j2"]
+    assert [sorted(w) for w in writes] == [["j0", "j1", "j2"]]
+    assert all(store.job(f"j{n}").record.state is JobState.SUCCEEDED for n in range(3))
+    assert all(executor.status(f"j{n}") is None for n in range(3))
