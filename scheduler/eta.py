@@ -480,7 +480,7 @@ def _aggregate(
     yield
     planner.prepare(jobs)
     yield
-    order = iter(core.ordered(jobs, planner.share, state, now))
+    order = core.ordered(jobs, planner.share, state, now)
     yield
     starts, pools, plan = result.starts, result.pools, planner.plan
     running = state.allocations

@@ -332,7 +332,6 @@ class SchedulerService:
         # 7. Serve: scale services and roll updates (their replica jobs are placed by the next cycles' steps).
         if self.serving is not None:
             self.serving.step(self, now)
-        self._write_ends(now)
         return report
 
     # ------------------------------------------------------------------------------------------ leader lease
